@@ -1,0 +1,112 @@
+//! The error type every command returns, and the exit code each kind maps to.
+//!
+//! Exit codes are a contract with scripts and Jenkins jobs: 0 success, 1 any
+//! other error, 3 conflict (someone else holds one of our keys), 4 a live
+//! upload owns the journal, 5 `check` found something to repair.
+
+use std::fmt;
+
+/// Process exit codes; keep the numbers stable.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const ERROR: i32 = 1;
+    pub const CONFLICT: i32 = 3;
+    pub const LIVE_LEASE: i32 = 4;
+    pub const NEEDS_REPAIR: i32 = 5;
+}
+
+/// What went wrong, in words for the operator, with the kind that decides the
+/// exit code.
+#[derive(Debug)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad command line, names or work dir: nothing was written.
+    Input,
+    /// The tarball failed verification.
+    Verification,
+    /// Another object or transaction already holds one of our keys.
+    Conflict,
+    /// A journal is owned by an upload whose lease is still live.
+    LiveLease,
+    /// The store could not be reached, refused our credentials, or failed.
+    Store,
+    /// A journal is not one alitx can trust.
+    Journal,
+    /// Local I/O failed.
+    Io,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn input(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Input, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+    pub fn store(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Store, message)
+    }
+    pub fn journal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Journal, message)
+    }
+    pub fn verification(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Verification, message)
+    }
+    pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
+        Self::new(ErrorKind::Io, format!("{what}: {err}"))
+    }
+
+    /// Prefix the message with what we were doing.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
+    /// Append what follows from the error (what was undone, what to run).
+    pub fn context_after(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{}; {what}", self.message);
+        self
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self.kind {
+            ErrorKind::Conflict => exit::CONFLICT,
+            ErrorKind::LiveLease => exit::LIVE_LEASE,
+            _ => exit::ERROR,
+        }
+    }
+
+    /// A short machine-readable name for `--json` output.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Input => "input",
+            ErrorKind::Verification => "verification",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::LiveLease => "live-lease",
+            ErrorKind::Store => "store",
+            ErrorKind::Journal => "journal",
+            ErrorKind::Io => "io",
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,21 @@
+//! Test-only crash injection. When the environment variable
+//! `ALITX_FAILPOINT` names a point the upload passes (e.g. `after-claim`,
+//! `bulk-part-3`), the process kills itself with SIGKILL there, exactly as
+//! a killed Jenkins job would die. Never set it in production.
+
+use std::sync::OnceLock;
+
+pub const ENV: &str = "ALITX_FAILPOINT";
+
+/// Die here if `ALITX_FAILPOINT` names this point.
+pub fn failpoint(name: &str) {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var(ENV).ok().filter(|v| !v.is_empty()));
+    if armed.as_deref() == Some(name) {
+        tracing::warn!("failpoint {name}: killing this process");
+        // SAFETY: sending a signal to ourselves has no memory effects.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

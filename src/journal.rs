@@ -1,0 +1,339 @@
+//! The intent journal: one JSON object per in-flight revision, written with
+//! put-if-absent before any data moves, so that two writers of the same
+//! revision collide here, and so that a crash can be rolled forward or back.
+//!
+//! A journal read back from the store is untrusted input: [`Journal::parse`]
+//! checks that every key it names lies inside the paths of the revision it
+//! describes, recomputed from that revision's names and hash.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout::{Link, Revision};
+use crate::workdir::FileIdentity;
+
+/// Bump when the format changes incompatibly; older tools refuse newer
+/// journals instead of guessing.
+pub const FORMAT: u32 = 1;
+
+/// Where journals live unless `--journal-prefix` says otherwise: outside
+/// `TARS/`, so no reader of the store ever lists them.
+pub const DEFAULT_PREFIX: &str = ".alitx/journals/";
+
+/// User metadata naming the transaction that wrote an object.
+pub const TXN_METADATA: &str = "alitx-txn";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Intent recorded; the revision may be partly written.
+    Pending,
+    /// The tarball is published; only retiring the journal remains.
+    Committed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub format: u32,
+    /// Unique id of this transaction, also stored on every object it writes.
+    pub txn: String,
+    pub state: State,
+    pub revision: Revision,
+    pub tarball: TarballRecord,
+    /// Every link to write, the package link first.
+    pub links: Vec<LinkRecord>,
+    pub owner: Owner,
+    /// Unix seconds after which the owner is presumed dead.
+    pub lease_expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TarballRecord {
+    pub key: String,
+    pub size: u64,
+    /// The local file's modification time when the journal was written.
+    pub mtime_ns: i128,
+    /// Set once the whole file was read and verified.
+    pub sha256: Option<String>,
+    pub part_size: u64,
+    /// Set once the staged upload exists.
+    pub upload_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    #[serde(flatten)]
+    pub link: Link,
+    pub body_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub host: String,
+    pub pid: u32,
+    /// Unix seconds.
+    pub started_at: i64,
+    pub tool: String,
+}
+
+impl Owner {
+    pub fn this_process() -> Self {
+        Owner {
+            host: hostname(),
+            pid: std::process::id(),
+            started_at: crate::now_secs(),
+            tool: format!("alitx {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// Whether the owner is certainly dead: it ran on this host and its pid
+    /// is gone (restic's rule for stale locks).
+    pub fn is_dead_here(&self) -> bool {
+        self.host == hostname() && !pid_alive(self.pid)
+    }
+}
+
+impl Journal {
+    pub fn new(
+        txn: String,
+        revision: &Revision,
+        tarball: FileIdentity,
+        links: &[Link],
+        part_size: u64,
+        lease: Duration,
+    ) -> Self {
+        Journal {
+            format: FORMAT,
+            txn,
+            state: State::Pending,
+            revision: revision.clone(),
+            tarball: TarballRecord {
+                key: revision.store_key(),
+                size: tarball.size,
+                mtime_ns: tarball.mtime_ns,
+                sha256: None,
+                part_size,
+                upload_id: None,
+            },
+            links: links
+                .iter()
+                .map(|link| LinkRecord {
+                    body_sha256: hex::encode(Sha256::digest(link.body.as_bytes())),
+                    link: link.clone(),
+                })
+                .collect(),
+            owner: Owner::this_process(),
+            lease_expires_at: crate::now_secs() + lease.as_secs() as i64,
+        }
+    }
+
+    /// `<arch>/<pkg>-<ver>-<rev>`: what `journals` prints and commands take.
+    pub fn id_of(revision: &Revision) -> String {
+        format!("{}/{}", revision.architecture, revision.full_version())
+    }
+
+    pub fn key_of(prefix: &str, revision: &Revision) -> String {
+        format!("{prefix}{}.json", Self::id_of(revision))
+    }
+
+    pub fn id(&self) -> String {
+        Self::id_of(&self.revision)
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = &Link> {
+        self.links.iter().map(|r| &r.link)
+    }
+
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        serde_json::to_vec_pretty(self)
+            .expect("journal serialises")
+            .into()
+    }
+
+    /// Parse and validate a journal read from `key`.
+    pub fn parse(prefix: &str, key: &str, bytes: &[u8]) -> Result<Self> {
+        let bad = |why: String| {
+            Error::new(
+                ErrorKind::Journal,
+                format!("journal {key} cannot be trusted: {why}"),
+            )
+        };
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("it is not valid JSON ({e})")))?;
+        match value.get("format").and_then(|f| f.as_u64()) {
+            Some(f) if f == FORMAT as u64 => {}
+            Some(f) => {
+                return Err(bad(format!(
+                    "unknown format version {f} (this alitx reads version {FORMAT}); use the alitx that wrote it"
+                )))
+            }
+            None => return Err(bad("it has no format version".into())),
+        }
+        let journal: Journal = serde_json::from_value(value).map_err(|e| bad(format!("{e}")))?;
+        let revision = journal.revision.validated().map_err(|e| bad(e.message))?;
+        if key != Self::key_of(prefix, &revision) {
+            return Err(bad(format!(
+                "it describes {} but is stored at another revision's key",
+                Self::id_of(&revision)
+            )));
+        }
+        if journal.tarball.key != revision.store_key() {
+            return Err(bad(format!(
+                "its tarball key {} is not this revision's",
+                journal.tarball.key
+            )));
+        }
+        if journal.links.first().map(|r| &r.link) != Some(&revision.package_link()) {
+            return Err(bad(
+                "its first link is not this revision's package link".into()
+            ));
+        }
+        for record in &journal.links {
+            if !revision.owns_link(&record.link) {
+                return Err(bad(format!(
+                    "it names {}, which is not a link of {}",
+                    record.link.key,
+                    Self::id_of(&revision)
+                )));
+            }
+            if record.body_sha256 != hex::encode(Sha256::digest(record.link.body.as_bytes())) {
+                return Err(bad(format!(
+                    "the digest of {} does not match its body",
+                    record.link.key
+                )));
+            }
+        }
+        let id_ok = |id: &str| {
+            !id.is_empty() && id.len() <= 1024 && id.bytes().all(|b| b.is_ascii_graphic())
+        };
+        if !id_ok(&journal.txn)
+            || journal
+                .tarball
+                .upload_id
+                .as_deref()
+                .is_some_and(|id| !id_ok(id))
+        {
+            return Err(bad("its transaction or upload id is malformed".into()));
+        }
+        Ok(journal)
+    }
+
+    /// Whether the journal's owner is gone: lease expired, or dead on this host.
+    pub fn owner_gone(&self) -> bool {
+        crate::now_secs() >= self.lease_expires_at || self.owner.is_dead_here()
+    }
+
+    /// Metadata every object of this transaction carries.
+    pub fn object_metadata(&self) -> crate::storage::Metadata {
+        [(TXN_METADATA.to_string(), self.txn.clone())].into()
+    }
+}
+
+/// Journal ids are `<arch>/<pkg>-<ver>-<rev>`; a full key is accepted too.
+pub fn key_from_arg(prefix: &str, arg: &str) -> Result<String> {
+    let key = if arg.starts_with(prefix) {
+        arg.to_string()
+    } else {
+        format!("{prefix}{}.json", arg.trim_end_matches(".json"))
+    };
+    let id = &key[prefix.len()..];
+    let valid = id.ends_with(".json")
+        && id.split('/').count() == 2
+        && id.split('/').all(|c| !c.is_empty() && !c.starts_with('.'))
+        && !id.contains(char::is_whitespace);
+    if !valid {
+        return Err(Error::input(format!(
+            "{arg:?} is not a journal id: expected ARCH/PKG-VERSION-REVISION as printed by `alitx journals`"
+        )));
+    }
+    Ok(key)
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal() -> Journal {
+        let revision = Revision::new("a", "p", "v", "1", &"cd".repeat(20)).unwrap();
+        let dep = crate::layout::store_key("a", &"ef".repeat(20), "dep-1-1.a.tar.gz");
+        let links = vec![
+            revision.package_link(),
+            revision.dist_link("dist", &dep).unwrap(),
+        ];
+        let identity = FileIdentity {
+            size: 10,
+            mtime_ns: 1,
+        };
+        Journal::new(
+            "t1".into(),
+            &revision,
+            identity,
+            &links,
+            8,
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn round_trips_and_validates() {
+        let j = journal();
+        let key = Journal::key_of(DEFAULT_PREFIX, &j.revision);
+        assert_eq!(key, ".alitx/journals/a/p-v-1.json");
+        assert_eq!(
+            Journal::parse(DEFAULT_PREFIX, &key, &j.to_bytes()).unwrap(),
+            j
+        );
+        assert_eq!(key_from_arg(DEFAULT_PREFIX, "a/p-v-1").unwrap(), key);
+        assert_eq!(key_from_arg(DEFAULT_PREFIX, &key).unwrap(), key);
+        assert!(key_from_arg(DEFAULT_PREFIX, "../../etc").is_err());
+    }
+
+    #[test]
+    fn refuses_forged_and_foreign_journals() {
+        let key = Journal::key_of(DEFAULT_PREFIX, &journal().revision);
+        let mut forged = journal();
+        forged.links[1].link.key = "TARS/a/dist/other/other-1-1/dep-1-1.a.tar.gz".into();
+        let mut wrong_body = journal();
+        wrong_body.links[0].link.body = "a/store/xx/evil".into();
+        let mut newer = serde_json::to_value(journal()).unwrap();
+        newer["format"] = 99.into();
+        for bytes in [
+            forged.to_bytes().to_vec(),
+            wrong_body.to_bytes().to_vec(),
+            serde_json::to_vec(&newer).unwrap(),
+            b"{not json".to_vec(),
+        ] {
+            assert_eq!(
+                Journal::parse(DEFAULT_PREFIX, &key, &bytes)
+                    .unwrap_err()
+                    .kind,
+                ErrorKind::Journal
+            );
+        }
+        let elsewhere = ".alitx/journals/a/q-v-1.json";
+        assert!(Journal::parse(DEFAULT_PREFIX, elsewhere, &journal().to_bytes()).is_err());
+    }
+}

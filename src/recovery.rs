@@ -1,0 +1,344 @@
+//! Recovery: listing journals, and resuming or rolling back the
+//! transactions of uploads that died.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::journal::{self, Journal, Owner, State};
+use crate::storage::Store;
+use crate::txn::{self, Options, Report};
+use crate::workdir;
+
+/// One journal as `alitx journals` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalEntry {
+    pub id: String,
+    pub key: String,
+    /// `pending`, `committed`, or `invalid` for a journal alitx cannot trust.
+    pub state: String,
+    pub architecture: Option<String>,
+    pub package: Option<String>,
+    pub version: Option<String>,
+    pub revision: Option<String>,
+    pub hash: Option<String>,
+    pub txn: Option<String>,
+    pub owner: Option<Owner>,
+    pub age_seconds: Option<i64>,
+    /// `live`, `expired`, or `owner-dead` (same host, pid gone).
+    pub lease: Option<String>,
+    pub lease_remaining_seconds: Option<i64>,
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub journal: Option<Journal>,
+}
+
+impl JournalEntry {
+    fn from_journal(key: String, journal: Journal) -> Self {
+        let now = crate::now_secs();
+        let lease = if journal.owner.is_dead_here() {
+            "owner-dead"
+        } else if now >= journal.lease_expires_at {
+            "expired"
+        } else {
+            "live"
+        };
+        let state = match journal.state {
+            State::Pending => "pending",
+            State::Committed => "committed",
+        };
+        let r = &journal.revision;
+        JournalEntry {
+            id: journal.id(),
+            key,
+            state: state.into(),
+            architecture: Some(r.architecture.clone()),
+            package: Some(r.package.clone()),
+            version: Some(r.version.clone()),
+            revision: Some(r.revision.clone()),
+            hash: Some(r.hash.clone()),
+            txn: Some(journal.txn.clone()),
+            owner: Some(journal.owner.clone()),
+            age_seconds: Some(now - journal.owner.started_at),
+            lease: Some(lease.into()),
+            lease_remaining_seconds: Some(journal.lease_expires_at - now),
+            error: None,
+            journal: Some(journal),
+        }
+    }
+
+    fn invalid(prefix: &str, key: String, error: Error) -> Self {
+        JournalEntry {
+            id: key[prefix.len()..].trim_end_matches(".json").to_string(),
+            key,
+            state: "invalid".into(),
+            architecture: None,
+            package: None,
+            version: None,
+            revision: None,
+            hash: None,
+            txn: None,
+            owner: None,
+            age_seconds: None,
+            lease: None,
+            lease_remaining_seconds: None,
+            error: Some(error.message),
+            journal: None,
+        }
+    }
+}
+
+/// Every journal under the prefix, valid or not.
+pub async fn list_journals(store: &dyn Store, prefix: &str) -> Result<Vec<JournalEntry>> {
+    let mut entries = Vec::new();
+    for key in store.list(prefix).await? {
+        if !key.ends_with(".json") {
+            continue;
+        }
+        entries.push(load(store, prefix, &key).await?);
+    }
+    Ok(entries)
+}
+
+async fn load(store: &dyn Store, prefix: &str, key: &str) -> Result<JournalEntry> {
+    Ok(match txn::read_journal(store, prefix, key).await {
+        Ok(Some(journal)) => JournalEntry::from_journal(key.to_string(), journal),
+        Ok(None) => {
+            return Err(Error::input(format!(
+                "no journal {} in {}; `alitx journals` lists them",
+                key[prefix.len()..].trim_end_matches(".json"),
+                store.describe()
+            )))
+        }
+        Err(e) if e.kind == ErrorKind::Journal => JournalEntry::invalid(prefix, key.to_string(), e),
+        Err(e) => return Err(e),
+    })
+}
+
+/// What happened to one journal in `resume` or `rollback`.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub id: String,
+    /// `rolled-forward`, `rolled-back`, `retired`, `skipped` or `failed`.
+    pub action: String,
+    pub message: String,
+    pub report: Option<Report>,
+    #[serde(skip)]
+    pub error: Option<Error>,
+}
+
+impl Outcome {
+    fn failed(id: String, error: Error) -> Self {
+        Outcome {
+            id,
+            action: "failed".into(),
+            message: error.message.clone(),
+            report: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// Which journals a `resume` or `rollback` acts on.
+pub struct Selection<'a> {
+    pub ids: &'a [String],
+    pub architecture: Option<&'a str>,
+    pub force: bool,
+}
+
+async fn select(
+    store: &dyn Store,
+    prefix: &str,
+    selection: &Selection<'_>,
+) -> Result<Vec<std::result::Result<JournalEntry, Outcome>>> {
+    if selection.ids.is_empty() {
+        let all = list_journals(store, prefix).await?;
+        return Ok(all
+            .into_iter()
+            .filter(|e| {
+                selection.architecture.is_none()
+                    || e.architecture.as_deref() == selection.architecture
+            })
+            .map(Ok)
+            .collect());
+    }
+    let mut chosen = Vec::new();
+    for id in selection.ids {
+        let entry = match journal::key_from_arg(prefix, id) {
+            Ok(key) => load(store, prefix, &key)
+                .await
+                .map_err(|e| Outcome::failed(id.clone(), e)),
+            Err(e) => Err(Outcome::failed(id.clone(), e)),
+        };
+        chosen.push(entry);
+    }
+    Ok(chosen)
+}
+
+/// The live-lease guard shared by `resume` and `rollback`: a journal whose
+/// owner may still be running is refused unless forced. With no explicit
+/// ids, `resume` skips such journals quietly (they belong to running jobs).
+fn guard(entry: &JournalEntry, journal: &Journal, selection: &Selection<'_>) -> Option<Outcome> {
+    if journal.state != State::Pending || journal.owner_gone() || selection.force {
+        return None;
+    }
+    let message = format!(
+        "{} is owned by a running upload (pid {} on {}, lease valid {}s more); pass --force only if you know it is dead",
+        entry.id,
+        journal.owner.pid,
+        journal.owner.host,
+        journal.lease_expires_at - crate::now_secs()
+    );
+    Some(if selection.ids.is_empty() {
+        Outcome {
+            id: entry.id.clone(),
+            action: "skipped".into(),
+            message,
+            report: None,
+            error: None,
+        }
+    } else {
+        Outcome::failed(entry.id.clone(), Error::new(ErrorKind::LiveLease, message))
+    })
+}
+
+/// `alitx resume`: roll each abandoned journal forward when the work dir
+/// still holds its exact files, back otherwise.
+pub async fn resume(
+    store: Arc<dyn Store>,
+    options: &Options,
+    work_dir: Option<&Path>,
+    selection: &Selection<'_>,
+) -> Result<Vec<Outcome>> {
+    store.preflight().await?;
+    let mut outcomes = Vec::new();
+    for entry in select(&*store, &options.journal_prefix, selection).await? {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(outcome) => {
+                outcomes.push(outcome);
+                continue;
+            }
+        };
+        let Some(journal) = entry.journal.clone() else {
+            let error = Error::journal(entry.error.clone().unwrap_or_default())
+                .context_after("inspect it and delete it by hand if it is not alitx's");
+            outcomes.push(Outcome::failed(entry.id.clone(), error));
+            continue;
+        };
+        if let Some(outcome) = guard(&entry, &journal, selection) {
+            outcomes.push(outcome);
+            continue;
+        }
+        outcomes.push(resume_one(store.clone(), journal, options, work_dir).await);
+    }
+    Ok(outcomes)
+}
+
+async fn resume_one(
+    store: Arc<dyn Store>,
+    journal: Journal,
+    options: &Options,
+    work_dir: Option<&Path>,
+) -> Outcome {
+    let id = journal.id();
+    if journal.state == State::Committed {
+        return match store
+            .delete(&Journal::key_of(&options.journal_prefix, &journal.revision))
+            .await
+        {
+            Ok(()) => Outcome {
+                id,
+                action: "retired".into(),
+                message: "already committed; journal retired".into(),
+                report: None,
+                error: None,
+            },
+            Err(e) => Outcome::failed(id, e),
+        };
+    }
+    let local = work_dir.and_then(|dir| workdir::read_revision(dir, journal.revision.clone()).ok());
+    match txn::take_over(store, journal, local.as_ref(), options).await {
+        Ok(report) => Outcome {
+            id,
+            action: match report.status {
+                txn::Status::RolledBack => "rolled-back".into(),
+                _ => "rolled-forward".into(),
+            },
+            message: summary(&report),
+            report: Some(report),
+            error: None,
+        },
+        Err(e) => Outcome::failed(id, e),
+    }
+}
+
+/// `alitx rollback`: undo the given journals.
+pub async fn rollback(
+    store: Arc<dyn Store>,
+    options: &Options,
+    selection: &Selection<'_>,
+) -> Result<Vec<Outcome>> {
+    store.preflight().await?;
+    let mut outcomes = Vec::new();
+    for entry in select(&*store, &options.journal_prefix, selection).await? {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(outcome) => {
+                outcomes.push(outcome);
+                continue;
+            }
+        };
+        let Some(journal) = entry.journal.clone() else {
+            let error = Error::journal(entry.error.clone().unwrap_or_default()).context_after(
+                "it was not rolled back; inspect it and delete it by hand if it is not alitx's",
+            );
+            outcomes.push(Outcome::failed(entry.id.clone(), error));
+            continue;
+        };
+        if let Some(outcome) = guard(&entry, &journal, selection) {
+            outcomes.push(outcome);
+            continue;
+        }
+        let outcome = match txn::take_over(store.clone(), journal, None, options).await {
+            Ok(report) => Outcome {
+                id: entry.id.clone(),
+                action: "rolled-back".into(),
+                message: summary(&report),
+                report: Some(report),
+                error: None,
+            },
+            Err(e) => Outcome::failed(entry.id.clone(), e),
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// One line saying what a transaction did.
+pub fn summary(report: &Report) -> String {
+    match report.status {
+        txn::Status::Committed => format!(
+            "published {} ({} keys written, {} of {} bytes sent, {} of {} parts reused) in {:.1}s",
+            report.revision.full_version(),
+            report.keys_written.len(),
+            report.bytes_sent,
+            report.tarball_bytes,
+            report.parts_reused,
+            report.parts_total,
+            report.duration_seconds
+        ),
+        txn::Status::AlreadyPublished => format!(
+            "{} is already published in {}; nothing written",
+            report.revision.full_version(),
+            report.store
+        ),
+        txn::Status::RolledBack => format!(
+            "rolled back {}: deleted {} keys, aborted the staged upload, retired the journal",
+            report.revision.full_version(),
+            report.keys_deleted.len()
+        ),
+    }
+}

@@ -1,0 +1,218 @@
+//! The one small storage interface the transaction engine talks to, and the
+//! backends behind it: S3 (Ceph RGW, AWS, ...) and a local directory.
+//!
+//! The interface offers exactly the primitives the protocol needs: a
+//! put-if-absent for the commit-critical keys, plain puts for the journal,
+//! and a staged (multipart) upload that stays invisible until completed.
+//! Every backend must pass the conformance suite in `tests/conformance.rs`.
+
+mod local;
+mod s3;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::layout::Link;
+
+pub use local::LocalStore;
+pub use s3::{S3Config, S3Store};
+
+/// User metadata attached to an object (`x-amz-meta-*` on S3).
+pub type Metadata = BTreeMap<String, String>;
+
+/// Whether a conditional create found the key free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Yes,
+    /// Something already holds the key; it was left untouched.
+    AlreadyExists,
+}
+
+/// What a HEAD returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub metadata: Metadata,
+    pub website_redirect: Option<String>,
+}
+
+/// One uploaded part of a staged upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub number: u32,
+    pub size: u64,
+    /// Hex MD5 of the part's bytes, without quotes.
+    pub md5: String,
+}
+
+/// A staged upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// Seconds since the epoch, when the backend knows it.
+    pub initiated: Option<i64>,
+}
+
+/// The storage primitives of the protocol. Keys are `/`-separated relative
+/// paths such as `TARS/<arch>/store/...`; callers validate them.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Where this store is, for messages: never includes credentials.
+    fn describe(&self) -> String;
+
+    /// Fail early, with a message that says what to fix, if the store cannot
+    /// be reached or used (endpoint, credentials, bucket).
+    async fn preflight(&self) -> Result<()>;
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>>;
+
+    /// The object's body (for a link: its body, as S3 readers see it).
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+
+    /// Create `key` only if nothing holds it.
+    async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created>;
+
+    /// Create or replace `key` (journal updates only).
+    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<()>;
+
+    /// Create a link object only if nothing holds its key: on S3 an object
+    /// with the link's body (and redirect and public-read ACL for dist
+    /// links), locally a relative symlink.
+    async fn put_link_if_absent(&self, link: &Link, metadata: &Metadata) -> Result<Created>;
+
+    /// Delete `key`; deleting a missing key succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Every key under `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Start a staged upload that will become `key` when completed.
+    async fn create_upload(&self, key: &str, metadata: &Metadata) -> Result<String>;
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> Result<UploadedPart>;
+
+    /// The parts the store holds for an upload; an error if the upload is gone.
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<UploadedPart>>;
+
+    /// Make the upload visible at `key`, atomically, from `parts` in order.
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<()>;
+
+    /// Discard an upload; aborting an unknown upload succeeds.
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()>;
+
+    /// Staged uploads under `prefix` that were never completed or aborted.
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>>;
+}
+
+/// Open the store named on the command line: `b3://BUCKET`, `s3://BUCKET`
+/// (with an optional `::rw` suffix, as aliBuild writes it), `file:///PATH`
+/// or a plain path.
+pub async fn open(spec: &str, endpoint: Option<&str>) -> Result<Arc<dyn Store>> {
+    match parse_spec(spec)? {
+        StoreSpec::S3 { bucket } => {
+            let config = S3Config::from_env(bucket, endpoint)?;
+            Ok(Arc::new(S3Store::connect(config).await?))
+        }
+        StoreSpec::Local { root } => Ok(Arc::new(LocalStore::new(root.into()))),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    S3 { bucket: String },
+    Local { root: String },
+}
+
+pub fn parse_spec(spec: &str) -> Result<StoreSpec> {
+    let spec = spec.strip_suffix("::rw").unwrap_or(spec);
+    let bad = |why: &str| {
+        Error::input(format!(
+            "invalid --remote-store {spec:?}: {why}; expected b3://BUCKET, s3://BUCKET, file:///ABS/PATH or a directory path"
+        ))
+    };
+    if let Some(bucket) = spec
+        .strip_prefix("b3://")
+        .or_else(|| spec.strip_prefix("s3://"))
+    {
+        let bucket = bucket.trim_end_matches('/');
+        let valid = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        if !valid {
+            return Err(bad(
+                "the bucket name must be 3-63 lowercase letters, digits, '-' or '.' (no sub-path)",
+            ));
+        }
+        return Ok(StoreSpec::S3 {
+            bucket: bucket.into(),
+        });
+    }
+    if let Some(path) = spec.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(bad("a file:// store needs an absolute path"));
+        }
+        return Ok(StoreSpec::Local { root: path.into() });
+    }
+    if spec.contains("://") {
+        return Err(bad("unsupported scheme"));
+    }
+    if spec.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    Ok(StoreSpec::Local { root: spec.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_specs() {
+        let s3 = |b: &str| StoreSpec::S3 { bucket: b.into() };
+        let local = |p: &str| StoreSpec::Local { root: p.into() };
+        assert_eq!(
+            parse_spec("b3://alibuild-repo::rw").unwrap(),
+            s3("alibuild-repo")
+        );
+        assert_eq!(
+            parse_spec("s3://alibuild-repo").unwrap(),
+            s3("alibuild-repo")
+        );
+        assert_eq!(
+            parse_spec("file:///srv/store").unwrap(),
+            local("/srv/store")
+        );
+        assert_eq!(parse_spec("/srv/store::rw").unwrap(), local("/srv/store"));
+        assert_eq!(parse_spec("rel/store").unwrap(), local("rel/store"));
+        for bad in [
+            "b3://",
+            "b3://Upper",
+            "b3://a/b",
+            "http://x",
+            "file://rel",
+            "",
+        ] {
+            assert!(parse_spec(bad).is_err(), "{bad}");
+        }
+    }
+}
