@@ -131,7 +131,8 @@ impl S3Store {
                         "{endpoint} refused our credentials ({code}) on {op} {target}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                     )),
                     ("AccessDenied", _) | (_, Some(403)) => Error::store(format!(
-                        "access denied on {op} {target} at {endpoint}: the credentials lack permission for this bucket"
+                        "{endpoint} denied {op} {target} (HTTP 403): the credentials are wrong or lack permission for this bucket; \
+                         check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                     )),
                     ("NoSuchBucket", _) => Error::store(format!(
                         "bucket {} does not exist at {endpoint}: check --remote-store and --endpoint-url",

@@ -1,0 +1,473 @@
+//! Test support shared by the integration tests: stores to test against
+//! (a temporary directory, and a fresh bucket on the real S3 server that
+//! `scripts/test.sh` starts), aliBuild-like work dirs, and the CLI.
+//!
+//! S3 tests need `AWS_ENDPOINT_URL` and credentials in the environment (as
+//! `scripts/test.sh` sets them). Without them they fail, so a run that
+//! skipped S3 is never mistaken for a green one, unless `ALITX_SKIP_S3=1`
+//! says so explicitly.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use alitx::layout::{Revision, DIST_DIRS};
+use alitx::storage::{self, Store};
+use aws_sdk_s3::Client;
+
+pub const ARCH: &str = "slc9_x86-64";
+
+/// A store under test, with an independent view of what readers see.
+pub enum TestStore {
+    Local { dir: tempfile::TempDir },
+    S3 { bucket: String, client: Client },
+}
+
+/// The backends to run a test against: always the local directory, and
+/// RGW unless explicitly skipped.
+pub fn backends() -> Vec<&'static str> {
+    if std::env::var("ALITX_SKIP_S3").as_deref() == Ok("1") {
+        vec!["local"]
+    } else {
+        vec!["local", "s3"]
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").expect(
+        "AWS_ENDPOINT_URL is not set: run the tests through scripts/test.sh (it starts Ceph RGW), \
+         or set ALITX_SKIP_S3=1 to run only the local-directory tests",
+    )
+}
+
+pub async fn s3_client() -> Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint())
+        .load()
+        .await;
+    let conf = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(true)
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .build();
+    Client::from_conf(conf)
+}
+
+impl TestStore {
+    pub async fn new(kind: &str) -> TestStore {
+        match kind {
+            "local" => TestStore::Local {
+                dir: tempfile::tempdir().unwrap(),
+            },
+            "s3" => {
+                let client = s3_client().await;
+                let bucket = format!("alitx-test-{}", alitx::random_hex(6));
+                client.create_bucket().bucket(&bucket).send().await.unwrap();
+                TestStore::S3 { bucket, client }
+            }
+            other => panic!("unknown backend {other}"),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TestStore::Local { .. } => "local",
+            TestStore::S3 { .. } => "s3",
+        }
+    }
+
+    /// What `--remote-store` takes.
+    pub fn spec(&self) -> String {
+        match self {
+            TestStore::Local { dir } => dir.path().display().to_string(),
+            TestStore::S3 { bucket, .. } => format!("b3://{bucket}::rw"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        match self {
+            TestStore::Local { dir } => dir.path(),
+            TestStore::S3 { .. } => panic!("an S3 store has no local root"),
+        }
+    }
+
+    /// The store through alitx's own backend (for the conformance suite and
+    /// for seeding foreign objects).
+    pub async fn open(&self) -> Arc<dyn Store> {
+        storage::open(&self.spec(), None).await.unwrap()
+    }
+
+    /// Every key readers can see (internal backend state excluded), with
+    /// its body.
+    pub async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+        let store = self.open().await;
+        let mut all = BTreeMap::new();
+        for key in store.list("").await.unwrap() {
+            let body = store.get(&key).await.unwrap().unwrap();
+            all.insert(key, body.to_vec());
+        }
+        all
+    }
+
+    /// Keys only, for short assertions.
+    pub async fn keys(&self) -> Vec<String> {
+        self.snapshot().await.into_keys().collect()
+    }
+
+    /// Staged uploads that were neither completed nor aborted.
+    pub async fn pending_uploads(&self) -> usize {
+        self.open().await.list_uploads("").await.unwrap().len()
+    }
+
+    /// Put an object that alitx did not write (no transaction metadata).
+    pub async fn put_foreign(&self, key: &str, body: &[u8]) {
+        self.open()
+            .await
+            .put(key, body.to_vec().into(), &Default::default())
+            .await
+            .unwrap();
+    }
+}
+
+/// One package of a generated work dir.
+#[derive(Clone, Debug)]
+pub struct Pkg {
+    pub name: String,
+    pub version: String,
+    pub revision: String,
+    pub hash: String,
+    pub deps: Vec<usize>,
+}
+
+impl Pkg {
+    pub fn revision(&self) -> Revision {
+        Revision::new(ARCH, &self.name, &self.version, &self.revision, &self.hash).unwrap()
+    }
+}
+
+/// A generated aliBuild work dir (`sw/`) holding packages, each with a
+/// real tarball and the symlinks aliBuild leaves.
+pub struct WorkDir {
+    pub dir: tempfile::TempDir,
+    pub pkgs: Vec<Pkg>,
+}
+
+pub fn hash_of(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(name.as_bytes())[..20])
+}
+
+impl WorkDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A chain of `n` packages, each depending on all earlier ones, with a
+    /// small tarball; `payload` extra bytes of incompressible content go
+    /// into the last one.
+    pub fn chain(n: usize, payload: u64) -> WorkDir {
+        let pkgs: Vec<Pkg> = (0..n)
+            .map(|i| Pkg {
+                name: format!("pkg{i}"),
+                version: format!("v{i}.0"),
+                revision: "1".into(),
+                hash: hash_of(&format!("pkg{i}")),
+                deps: (0..i).collect(),
+            })
+            .collect();
+        let wd = WorkDir {
+            dir: tempfile::tempdir().unwrap(),
+            pkgs,
+        };
+        for i in 0..n {
+            wd.write_package(i, if i == n - 1 { payload } else { 0 });
+        }
+        wd
+    }
+
+    /// The real aliBuild work dir from `shared/data/sw-example.tar.gz`.
+    pub fn sample() -> WorkDir {
+        let dir = tempfile::tempdir().unwrap();
+        let archive =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sw-example.tar.gz");
+        let status = Command::new("tar")
+            .arg("xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "extracting {}", archive.display());
+        let moved = tempfile::tempdir().unwrap();
+        fs::rename(dir.path().join("sw/TARS"), moved.path().join("TARS")).unwrap();
+        let pkg = |name: &str, version: &str, hash: &str, deps: Vec<usize>| Pkg {
+            name: name.into(),
+            version: version.into(),
+            revision: "1".into(),
+            hash: hash.into(),
+            deps,
+        };
+        WorkDir {
+            dir: moved,
+            pkgs: vec![
+                pkg(
+                    "defaults-release",
+                    "v1",
+                    "ccc4fbc1b274890de57ec71201613317b11c589c",
+                    vec![],
+                ),
+                pkg(
+                    "zlibx",
+                    "v1.0",
+                    "5b82364561d097dcbef08ccc08bb1f4cf4de725c",
+                    vec![0],
+                ),
+                pkg(
+                    "midx",
+                    "v2.0",
+                    "00478b69c97749a97825f79cba216c885a7fffbd",
+                    vec![0, 1],
+                ),
+                pkg(
+                    "topx",
+                    "v3.0",
+                    "d142077c0c23b6270c09b4a8333c6f0796a59426",
+                    vec![0, 1, 2],
+                ),
+            ],
+        }
+    }
+
+    pub fn tarball_path(&self, i: usize) -> PathBuf {
+        self.path().join(self.pkgs[i].revision().store_key())
+    }
+
+    /// Write package `i`'s tarball and links, as aliBuild does after a build.
+    pub fn write_package(&self, i: usize, payload: u64) {
+        let pkg = &self.pkgs[i];
+        let rev = pkg.revision();
+        let tarball = self.tarball_path(i);
+        fs::create_dir_all(tarball.parent().unwrap()).unwrap();
+        write_tarball(&tarball, &rev, payload);
+        let link = self.path().join(rev.package_link().key);
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(rev.package_link().symlink_target, &link).unwrap();
+        for dist in DIST_DIRS {
+            let dir = self.path().join(rev.dist_prefix(dist));
+            fs::create_dir_all(&dir).unwrap();
+            for &d in pkg.deps.iter().chain(std::iter::once(&i)) {
+                let dep = self.pkgs[d].revision();
+                let target = format!("../../../../../{}", dep.store_key());
+                std::os::unix::fs::symlink(target, dir.join(dep.tarball_name())).unwrap();
+            }
+        }
+    }
+
+    /// Add `n` extra dist links (to made-up dependencies) in each dist dir.
+    pub fn add_dist_links(&self, i: usize, n: usize) {
+        let rev = self.pkgs[i].revision();
+        for dist in DIST_DIRS {
+            let dir = self.path().join(rev.dist_prefix(dist));
+            for k in 0..n {
+                let hash = hash_of(&format!("extra{k}"));
+                let name = format!("extra{k}-v1-1.{ARCH}.tar.gz");
+                let target = format!(
+                    "../../../../../{}",
+                    alitx::layout::store_key(ARCH, &hash, &name)
+                );
+                std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
+            }
+        }
+    }
+
+    /// The `alitx upload` arguments for package `i`.
+    pub fn upload_args(&self, i: usize, store: &TestStore) -> Vec<String> {
+        let p = &self.pkgs[i];
+        [
+            "upload",
+            "--work-dir",
+            &self.path().display().to_string(),
+            "--architecture",
+            ARCH,
+            "--package",
+            &p.name,
+            "--version",
+            &p.version,
+            "--revision",
+            &p.revision,
+            "--hash",
+            &p.hash,
+            "--remote-store",
+            &store.spec(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// What the store must hold after packages `0..=last` were published:
+    /// every key with its exact body, as aliBuild's readers expect.
+    pub fn expected(&self, packages: impl IntoIterator<Item = usize>) -> BTreeMap<String, Vec<u8>> {
+        let mut expected = BTreeMap::new();
+        for i in packages {
+            let rev = self.pkgs[i].revision();
+            expected.insert(rev.store_key(), fs::read(self.tarball_path(i)).unwrap());
+            let link = rev.package_link();
+            expected.insert(link.key, link.body.into_bytes());
+            for dist in DIST_DIRS {
+                let dir = self.path().join(rev.dist_prefix(dist));
+                for entry in fs::read_dir(&dir).unwrap() {
+                    let entry = entry.unwrap();
+                    let target = fs::read_link(entry.path()).unwrap().display().to_string();
+                    let body = target.trim_start_matches("../../../../../").to_string();
+                    let key = format!(
+                        "{}{}",
+                        rev.dist_prefix(dist),
+                        entry.file_name().to_string_lossy()
+                    );
+                    expected.insert(key, body.into_bytes());
+                }
+            }
+        }
+        expected
+    }
+}
+
+/// A gzip'd tar in aliBuild's shape: `./`, `./<arch>/`, `./<arch>/<pkg>/`,
+/// then the install prefix with a `.meta.json` and `payload` bytes of
+/// incompressible data.
+pub fn write_tarball(path: &Path, rev: &Revision, payload: u64) {
+    let file = fs::File::create(path).unwrap();
+    let level = if payload > 0 {
+        flate2::Compression::none()
+    } else {
+        flate2::Compression::fast()
+    };
+    let gz = flate2::write::GzEncoder::new(std::io::BufWriter::new(file), level);
+    let mut tar = tar::Builder::new(gz);
+    let prefix = rev.install_prefix();
+    for dir in [
+        "./".to_string(),
+        format!("./{ARCH}/"),
+        format!("./{ARCH}/{}/", rev.package),
+        format!("./{prefix}/"),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        tar.append_data(&mut h, &dir, std::io::empty()).unwrap();
+    }
+    let meta = format!(
+        "{{\"package\": \"{}\", \"hash\": \"{}\"}}\n",
+        rev.package, rev.hash
+    );
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(meta.len() as u64);
+    tar.append_data(&mut h, format!("./{prefix}/.meta.json"), meta.as_bytes())
+        .unwrap();
+    if payload > 0 {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(payload);
+        tar.append_data(
+            &mut h,
+            format!("./{prefix}/data.bin"),
+            Noise::new(payload, &rev.hash),
+        )
+        .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+}
+
+/// Fast incompressible bytes (xorshift), deterministic per seed.
+pub struct Noise {
+    left: u64,
+    state: u64,
+}
+
+impl Noise {
+    pub fn new(len: u64, seed: &str) -> Self {
+        let state = seed.bytes().fold(0x9E3779B97F4A7C15u64, |s, b| {
+            (s ^ b as u64).wrapping_mul(0x100000001B3)
+        }) | 1;
+        Noise { left: len, state }
+    }
+}
+
+impl std::io::Read for Noise {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize / 8 * 8;
+        let n = if n == 0 {
+            (self.left as usize).min(buf.len())
+        } else {
+            n
+        };
+        for chunk in buf[..n].chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            chunk.copy_from_slice(&self.state.to_le_bytes()[..chunk.len()]);
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Run the alitx binary.
+pub fn alitx(args: &[String]) -> Output {
+    alitx_env(args, &[])
+}
+
+pub fn alitx_env(args: &[String], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_alitx"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Assert the exit code, showing the output when it differs.
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+}
