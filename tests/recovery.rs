@@ -1,0 +1,517 @@
+//! Recovery end to end: uploads killed with SIGKILL at every step boundary
+//! and mid-bulk, then healed by `resume`, `rollback` or re-running the
+//! upload; concurrent writers; foreign objects; untrusted journals.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+use alitx::journal::Journal;
+use common::*;
+
+/// Every point where the crash matrix kills the uploader.
+const CRASH_POINTS: [&str; 9] = [
+    "after-intent",
+    "after-create-upload",
+    "bulk-part-1",
+    "bulk-part-3",
+    "after-claim",
+    "after-links",
+    "after-bulk",
+    "after-publish",
+    "after-commit-mark",
+];
+
+const PART_MIB: &str = "5";
+
+fn journal_id(wd: &WorkDir, i: usize) -> String {
+    Journal::id_of(&wd.pkgs[i].revision())
+}
+
+fn upload_args(wd: &WorkDir, i: usize, store: &TestStore) -> Vec<String> {
+    let mut args = wd.upload_args(i, store);
+    args.extend([
+        "--part-size".into(),
+        PART_MIB.into(),
+        "--concurrency".into(),
+        "2".into(),
+    ]);
+    args
+}
+
+/// Upload package `i` with a failpoint armed; assert it died by SIGKILL.
+fn killed_upload(wd: &WorkDir, i: usize, store: &TestStore, point: &str) {
+    let out = alitx_env(&upload_args(wd, i, store), &[("ALITX_FAILPOINT", point)]);
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: not killed: {:?} {}",
+        out.status,
+        stderr(&out)
+    );
+}
+
+/// What readers must never see: a store tarball without all its links.
+fn assert_no_partial_tarball(
+    rt: &tokio::runtime::Runtime,
+    store: &TestStore,
+    wd: &WorkDir,
+    i: usize,
+    what: &str,
+) {
+    let snapshot = rt.block_on(store.snapshot());
+    let expected = wd.expected([i]);
+    if snapshot.contains_key(&wd.pkgs[i].revision().store_key()) {
+        for (key, body) in &expected {
+            assert_eq!(
+                snapshot.get(key),
+                Some(body),
+                "{what}: tarball visible but {key} is not right"
+            );
+        }
+    }
+}
+
+fn assert_clean(
+    rt: &tokio::runtime::Runtime,
+    store: &TestStore,
+    wd: &WorkDir,
+    published: std::ops::Range<usize>,
+    what: &str,
+) {
+    assert_eq!(
+        rt.block_on(store.snapshot()),
+        wd.expected(published),
+        "{what}"
+    );
+    assert_eq!(
+        rt.block_on(store.pending_uploads()),
+        0,
+        "{what}: staged upload left"
+    );
+}
+
+#[test]
+fn crash_matrix_every_point_heals_by_resume_rollback_or_rerun() {
+    let rt = runtime();
+    let mut cases = 0;
+    for kind in backends() {
+        for point in CRASH_POINTS {
+            for heal in ["resume", "rollback", "rerun"] {
+                let what = format!("{kind} {point} {heal}");
+                let store = rt.block_on(TestStore::new(kind));
+                let wd = WorkDir::chain(2, 12 << 20);
+                assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
+                killed_upload(&wd, 1, &store, point);
+                assert_no_partial_tarball(&rt, &store, &wd, 1, &what);
+
+                // The journal is there, and `journals` shows it.
+                let listed = alitx(&args(&[
+                    "journals",
+                    "--remote-store",
+                    &store.spec(),
+                    "--json",
+                ]));
+                assert_exit(&listed, 0);
+                let listed = json(&listed);
+                assert_eq!(listed.as_array().unwrap().len(), 1, "{what}: {listed}");
+                assert_eq!(listed[0]["id"], journal_id(&wd, 1));
+                assert_eq!(listed[0]["package"], "pkg1");
+                assert_eq!(listed[0]["lease"], "owner-dead");
+                let state = if point == "after-commit-mark" {
+                    "committed"
+                } else {
+                    "pending"
+                };
+                assert_eq!(listed[0]["state"], state, "{what}");
+
+                let out = match heal {
+                    "resume" => alitx(&args(&[
+                        "resume",
+                        "--remote-store",
+                        &store.spec(),
+                        "--work-dir",
+                        &wd.path().display().to_string(),
+                        "--architecture",
+                        ARCH,
+                    ])),
+                    "rollback" => alitx(&args(&[
+                        "rollback",
+                        "--remote-store",
+                        &store.spec(),
+                        &journal_id(&wd, 1),
+                    ])),
+                    _ => alitx(&upload_args(&wd, 1, &store)),
+                };
+                assert_exit(&out, 0);
+                let published = if heal == "rollback" { 0..1 } else { 0..2 };
+                assert_clean(&rt, &store, &wd, published, &what);
+                if heal != "rollback" {
+                    let tarball =
+                        rt.block_on(store.snapshot())[&wd.pkgs[1].revision().store_key()].clone();
+                    assert_eq!(
+                        tarball,
+                        std::fs::read(wd.tarball_path(1)).unwrap(),
+                        "{what}: tarball bytes"
+                    );
+                }
+                cases += 1;
+            }
+        }
+    }
+    eprintln!("crash matrix: {cases} cases");
+    assert_eq!(cases, CRASH_POINTS.len() * 3 * backends().len());
+}
+
+#[test]
+fn recovery_is_idempotent_when_itself_killed() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(2, 12 << 20);
+        assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
+        killed_upload(&wd, 1, &store, "after-links");
+        // The resume dies too, mid-bulk; a second resume finishes the job.
+        let resume = args(&[
+            "resume",
+            "--remote-store",
+            &store.spec(),
+            "--work-dir",
+            &wd.path().display().to_string(),
+        ]);
+        let out = alitx_env(&resume, &[("ALITX_FAILPOINT", "bulk-part-2")]);
+        assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
+        assert_exit(&alitx(&resume), 0);
+        assert_clean(&rt, &store, &wd, 0..2, kind);
+        // Resuming or rolling back with nothing to do is fine.
+        let out = alitx(&resume);
+        assert_exit(&out, 0);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to resume"));
+    }
+}
+
+#[test]
+fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
+    let rt = runtime();
+    let part = 8u64 << 20;
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(1, 256 << 20);
+        let mut upload = wd.upload_args(0, &store);
+        upload.extend(["--part-size".into(), "8".into()]);
+        let out = alitx_env(&upload, &[("ALITX_FAILPOINT", "bulk-part-17")]);
+        assert_eq!(out.status.signal(), Some(9));
+
+        let held: u64 = rt.block_on(async {
+            let backend = store.open().await;
+            let uploads = backend.list_uploads("TARS/").await.unwrap();
+            assert_eq!(uploads.len(), 1);
+            let parts = backend
+                .list_parts(&uploads[0].key, &uploads[0].upload_id)
+                .await
+                .unwrap();
+            parts.iter().map(|p| p.size).sum()
+        });
+        let total = std::fs::metadata(wd.tarball_path(0)).unwrap().len();
+        assert!(
+            held >= 8 * part,
+            "{kind}: only {held} bytes were staged before the kill"
+        );
+
+        let out = alitx(&args(&[
+            "resume",
+            "--remote-store",
+            &store.spec(),
+            "--work-dir",
+            &wd.path().display().to_string(),
+            "--json",
+        ]));
+        assert_exit(&out, 0);
+        let outcomes = json(&out);
+        assert_eq!(outcomes[0]["action"], "rolled-forward");
+        let sent = outcomes[0]["report"]["bytes_sent"].as_u64().unwrap();
+        let missing = total - held;
+        eprintln!("{kind}: tarball {total} B, staged before kill {held} B, resume sent {sent} B (missing {missing} B)");
+        assert!(
+            sent <= missing + part,
+            "{kind}: resume sent {sent} B for {missing} B missing"
+        );
+        assert!(outcomes[0]["report"]["parts_reused"].as_u64().unwrap() >= 8);
+        assert_clean(&rt, &store, &wd, 0..1, kind);
+    }
+}
+
+#[test]
+fn eight_concurrent_uploads_of_one_revision_commit_exactly_once() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(1, 48 << 20);
+        let mut upload = wd.upload_args(0, &store);
+        upload.push("--json".into());
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_alitx"))
+                    .args(&upload)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let committed = outs.iter().filter(|o| o.status.code() == Some(0)).count();
+        assert_eq!(committed, 1, "{kind}: {committed} uploads succeeded");
+        for out in &outs {
+            match out.status.code() {
+                Some(0) => assert_eq!(json(out)["status"], "committed"),
+                Some(3) | Some(4) => {
+                    let err = stderr(out);
+                    assert!(err.contains("pkg0-v0.0-1"), "{kind}: unclear message {err}");
+                }
+                other => panic!("{kind}: exit {other:?}: {}", stderr(out)),
+            }
+        }
+        assert_clean(&rt, &store, &wd, 0..1, kind);
+    }
+}
+
+#[test]
+fn foreign_objects_survive_rollback_and_resume() {
+    let rt = runtime();
+    for kind in backends() {
+        for heal in ["rollback", "resume"] {
+            let store = rt.block_on(TestStore::new(kind));
+            let wd = WorkDir::chain(2, 12 << 20);
+            assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
+            killed_upload(&wd, 1, &store, "after-links");
+            // Someone else's object, byte-identical, replaces one of our links.
+            let rev = wd.pkgs[1].revision();
+            let key = format!(
+                "{}{}",
+                rev.dist_prefix("dist"),
+                wd.pkgs[0].revision().tarball_name()
+            );
+            let body = wd.expected([1])[&key].clone();
+            rt.block_on(async {
+                store.open().await.delete(&key).await.unwrap();
+                store.put_foreign(&key, &body).await;
+            });
+            let out = match heal {
+                "rollback" => alitx(&args(&[
+                    "rollback",
+                    "--remote-store",
+                    &store.spec(),
+                    &journal_id(&wd, 1),
+                ])),
+                _ => alitx(&args(&[
+                    "resume",
+                    "--remote-store",
+                    &store.spec(),
+                    "--work-dir",
+                    &wd.path().display().to_string(),
+                ])),
+            };
+            assert_exit(&out, 0);
+            let snapshot = rt.block_on(store.snapshot());
+            assert_eq!(
+                snapshot.get(&key),
+                Some(&body),
+                "{kind} {heal}: the foreign object was deleted"
+            );
+            let meta = rt.block_on(async {
+                store
+                    .open()
+                    .await
+                    .head(&key)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .metadata
+            });
+            assert!(
+                !meta.contains_key("alitx-txn"),
+                "{kind} {heal}: the foreign object was replaced"
+            );
+            if heal == "rollback" {
+                let mut expected = wd.expected([0]);
+                expected.insert(key.clone(), body.clone());
+                assert_eq!(
+                    snapshot, expected,
+                    "{kind}: rollback left more than the foreign object"
+                );
+            } else {
+                assert_eq!(snapshot, wd.expected(0..2), "{kind}: resume");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_tarball_changed_since_the_journal_is_rolled_back_not_published() {
+    let rt = runtime();
+    for kind in backends() {
+        for point in ["bulk-part-2", "after-bulk"] {
+            let store = rt.block_on(TestStore::new(kind));
+            let wd = WorkDir::chain(2, 12 << 20);
+            assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
+            killed_upload(&wd, 1, &store, point);
+            // A rebuild wrote a different tarball of the same size.
+            let mut bytes = std::fs::read(wd.tarball_path(1)).unwrap();
+            let at = bytes.len() - 100;
+            bytes[at] ^= 0xff;
+            std::fs::write(wd.tarball_path(1), &bytes).unwrap();
+            let out = alitx(&args(&[
+                "resume",
+                "--remote-store",
+                &store.spec(),
+                "--work-dir",
+                &wd.path().display().to_string(),
+                "--json",
+            ]));
+            assert_exit(&out, 0);
+            assert_eq!(json(&out)[0]["action"], "rolled-back", "{kind} {point}");
+            assert_clean(&rt, &store, &wd, 0..1, &format!("{kind} {point}"));
+        }
+    }
+}
+
+#[test]
+fn live_journals_are_refused_without_force() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(2, 12 << 20);
+        assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
+        killed_upload(&wd, 1, &store, "after-links");
+        // Pretend the owner runs on another host with a fresh lease.
+        let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &wd.pkgs[1].revision());
+        rt.block_on(async {
+            let backend = store.open().await;
+            let mut journal: Journal =
+                serde_json::from_slice(&backend.get(&key).await.unwrap().unwrap()).unwrap();
+            journal.owner.host = "build-node-17".into();
+            journal.lease_expires_at = alitx::now_secs() + 3600;
+            backend
+                .put(&key, journal.to_bytes(), &Default::default())
+                .await
+                .unwrap();
+        });
+        let before = rt.block_on(store.snapshot());
+        let id = journal_id(&wd, 1);
+        let rollback = alitx(&args(&["rollback", "--remote-store", &store.spec(), &id]));
+        assert_exit(&rollback, 4);
+        assert!(
+            stderr(&rollback).contains("build-node-17"),
+            "{}",
+            stderr(&rollback)
+        );
+        let resume = alitx(&args(&["resume", "--remote-store", &store.spec(), &id]));
+        assert_exit(&resume, 4);
+        assert_exit(&alitx(&upload_args(&wd, 1, &store)), 4);
+        // Without ids, resume skips running uploads quietly.
+        let all = alitx(&args(&["resume", "--remote-store", &store.spec()]));
+        assert_exit(&all, 0);
+        assert!(String::from_utf8_lossy(&all.stdout).contains("skipped"));
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            before,
+            "{kind}: a refused command changed the store"
+        );
+        assert_exit(
+            &alitx(&args(&[
+                "rollback",
+                "--remote-store",
+                &store.spec(),
+                "--force",
+                &id,
+            ])),
+            0,
+        );
+        assert_clean(&rt, &store, &wd, 0..1, kind);
+    }
+}
+
+#[test]
+fn untrusted_journals_are_refused_and_foreign_keys_survive() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(2, 0);
+        assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
+        killed_upload(&wd, 1, &store, "after-intent");
+        let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &wd.pkgs[1].revision());
+        let real = rt.block_on(async { store.open().await.get(&key).await.unwrap().unwrap() });
+        let id = journal_id(&wd, 1);
+
+        // A forged journal that names pkg0's published dist link as its own.
+        let victim = format!(
+            "{}{}",
+            wd.pkgs[0].revision().dist_prefix("dist"),
+            wd.pkgs[0].revision().tarball_name()
+        );
+        let mut forged: serde_json::Value = serde_json::from_slice(&real).unwrap();
+        forged["links"][1]["key"] = victim.clone().into();
+        let mut newer: serde_json::Value = serde_json::from_slice(&real).unwrap();
+        newer["format"] = 99.into();
+        let cases: [(&str, Vec<u8>, &str); 3] = [
+            (
+                "forged",
+                serde_json::to_vec(&forged).unwrap(),
+                "is not a link of",
+            ),
+            (
+                "not json",
+                b"{\"format\": 1, \"txn\": ".to_vec(),
+                "not valid JSON",
+            ),
+            (
+                "unknown format",
+                serde_json::to_vec(&newer).unwrap(),
+                "unknown format version 99",
+            ),
+        ];
+        for (what, bytes, needle) in cases {
+            rt.block_on(store.put_foreign(&key, &bytes));
+            let before = rt.block_on(store.snapshot());
+            for command in [
+                args(&["rollback", "--remote-store", &store.spec(), "--force", &id]),
+                args(&["resume", "--remote-store", &store.spec(), "--force", &id]),
+                args(&["resume", "--remote-store", &store.spec(), "--force"]),
+            ] {
+                let out = alitx(&command);
+                assert_exit(&out, 1);
+                assert!(
+                    stderr(&out).contains(needle),
+                    "{kind} {what}: {}",
+                    stderr(&out)
+                );
+                assert_eq!(
+                    rt.block_on(store.snapshot()),
+                    before,
+                    "{kind} {what}: the store changed"
+                );
+            }
+            let listed = json(&alitx(&args(&[
+                "journals",
+                "--remote-store",
+                &store.spec(),
+                "--json",
+            ])));
+            assert_eq!(listed[0]["state"], "invalid", "{kind} {what}");
+            assert!(before.contains_key(&victim));
+        }
+        let out = alitx(&args(&[
+            "rollback",
+            "--remote-store",
+            &store.spec(),
+            &format!("{ARCH}/nope-v1-1"),
+        ]));
+        assert_exit(&out, 1);
+        assert!(stderr(&out).contains("no journal"), "{}", stderr(&out));
+    }
+}
