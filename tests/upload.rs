@@ -63,7 +63,7 @@ fn layout_is_byte_exact_for_a_real_alibuild_work_dir() {
         match &store {
             TestStore::S3 { client, bucket } => rt.block_on(async {
                 // Dist links are public-read; package links and tarballs are not.
-                for (key, _) in &expected {
+                for key in expected.keys() {
                     let acl = client
                         .get_object_acl()
                         .bucket(bucket)
@@ -81,7 +81,7 @@ fn layout_is_byte_exact_for_a_real_alibuild_work_dir() {
             }),
             TestStore::Local { .. } => {
                 // Real relative symlinks, exactly as aliBuild lays them out.
-                for (key, _) in &expected {
+                for key in expected.keys() {
                     let ours = std::fs::symlink_metadata(store.root().join(key)).unwrap();
                     let theirs = std::fs::symlink_metadata(wd.path().join(key)).unwrap();
                     assert_eq!(
