@@ -197,7 +197,7 @@ impl WorkDir {
         wd
     }
 
-    /// The real aliBuild work dir from `shared/data/sw-example.tar.gz`.
+    /// The real aliBuild 1.17.48 work dir in `examples/sw-example.tar.gz`.
     pub fn sample() -> WorkDir {
         let dir = tempfile::tempdir().unwrap();
         let archive =
