@@ -271,6 +271,15 @@ async fn resume_one(
             report: Some(report),
             error: None,
         },
+        // The transaction was undone: the designed outcome when the work
+        // dir no longer matches, or another writer holds a key.
+        Err(e) if matches!(e.kind, ErrorKind::Verification | ErrorKind::Conflict) => Outcome {
+            id,
+            action: "rolled-back".into(),
+            message: e.message,
+            report: None,
+            error: None,
+        },
         Err(e) => Outcome::failed(id, e),
     }
 }

@@ -233,7 +233,8 @@ pub fn mismatch(journal: &Journal, local: &LocalRevision) -> Option<String> {
 }
 
 /// Drive a journaled transaction to its commit; undo it on a conflict or a
-/// tarball that fails verification; leave it for `resume` on other errors.
+/// tarball that fails verification (the error then keeps its kind only if
+/// the undo succeeded); leave it for `resume` on other errors.
 async fn run(
     store: Arc<dyn Store>,
     handle: &Arc<JournalHandle>,
@@ -250,8 +251,8 @@ async fn run(
             warn!("undoing {}: {err}", journal.id());
             match rollback(&*store, &journal, &options.journal_prefix).await {
                 Ok(_) => Err(err.context_after("nothing of this upload was left in the store")),
-                Err(undo) => Err(err.context_after(format!(
-                    "undoing it failed too ({undo}); run `alitx rollback {}`",
+                Err(undo) => Err(Error::store(format!(
+                    "{err}; undoing it failed too ({undo}); run `alitx rollback {}`",
                     journal.id()
                 ))),
             }
@@ -466,11 +467,17 @@ async fn send_tarball(
             let (sent_bytes, reused) = (&sent_bytes, &reused);
             async move {
                 if let Some(have) = existing {
+                    // Staged parts are atomic: one that differs means the
+                    // file changed since it was sent.
                     let md5 = md5_hex(part.data.clone()).await;
-                    if have.md5 == md5 && have.size == part.data.len() as u64 {
-                        reused.fetch_add(1, Ordering::Relaxed);
-                        return Ok(have);
+                    if have.md5 != md5 || have.size != part.data.len() as u64 {
+                        return Err(Error::verification(format!(
+                            "part {} differs from the one staged earlier: the tarball changed since the journal was written",
+                            part.number
+                        )));
                     }
+                    reused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(have);
                 }
                 let size = part.data.len() as u64;
                 let uploaded = store

@@ -10,7 +10,10 @@ const LIMIT_MIB: i64 = 200;
 fn peak_child_rss_mib() -> i64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid out-pointer.
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
     usage.ru_maxrss / 1024
 }
 
@@ -36,14 +39,23 @@ fn a_one_gib_tarball_uploads_with_bounded_memory() {
         assert!(peak < LIMIT_MIB, "{kind}: peak RSS {peak} MiB");
         rt.block_on(async {
             let backend = store.open().await;
-            let info = backend.head(&wd.pkgs[0].revision().store_key()).await.unwrap().unwrap();
+            let info = backend
+                .head(&wd.pkgs[0].revision().store_key())
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(info.size, size);
         });
         let expected_sha = alitx::tarball::sha256_of(&wd.tarball_path(0)).unwrap();
         assert_eq!(report["tarball_sha256"], expected_sha.as_str());
         // Free the gateway's in-memory OSD for the next test.
         rt.block_on(async {
-            store.open().await.delete(&wd.pkgs[0].revision().store_key()).await.unwrap();
+            store
+                .open()
+                .await
+                .delete(&wd.pkgs[0].revision().store_key())
+                .await
+                .unwrap();
         });
     }
 }

@@ -355,16 +355,31 @@ fn foreign_objects_survive_rollback_and_resume() {
 fn a_tarball_changed_since_the_journal_is_rolled_back_not_published() {
     let rt = runtime();
     for kind in backends() {
-        for point in ["bulk-part-2", "after-bulk"] {
+        for (point, keep_mtime) in [
+            ("bulk-part-3", false),
+            ("bulk-part-3", true),
+            ("after-bulk", false),
+        ] {
             let store = rt.block_on(TestStore::new(kind));
             let wd = WorkDir::chain(2, 12 << 20);
             assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
             killed_upload(&wd, 1, &store, point);
-            // A rebuild wrote a different tarball of the same size.
-            let mut bytes = std::fs::read(wd.tarball_path(1)).unwrap();
-            let at = bytes.len() - 100;
-            bytes[at] ^= 0xff;
-            std::fs::write(wd.tarball_path(1), &bytes).unwrap();
+            // A rebuild wrote a different tarball of the same size; with
+            // `keep-mtime`, even its modification time was preserved, so
+            // only the bytes of an already staged part tell.
+            let path = wd.tarball_path(1);
+            let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[1 << 20] ^= 0xff;
+            std::fs::write(&path, &bytes).unwrap();
+            if keep_mtime {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(mtime)
+                    .unwrap();
+            }
             let out = alitx(&args(&[
                 "resume",
                 "--remote-store",
@@ -374,8 +389,9 @@ fn a_tarball_changed_since_the_journal_is_rolled_back_not_published() {
                 "--json",
             ]));
             assert_exit(&out, 0);
-            assert_eq!(json(&out)[0]["action"], "rolled-back", "{kind} {point}");
-            assert_clean(&rt, &store, &wd, 0..1, &format!("{kind} {point}"));
+            let what = format!("{kind} {point} keep-mtime={keep_mtime}");
+            assert_eq!(json(&out)[0]["action"], "rolled-back", "{what}");
+            assert_clean(&rt, &store, &wd, 0..1, &what);
         }
     }
 }
