@@ -310,6 +310,7 @@ async fn upload(args: UploadArgs) -> Result<i32> {
     let options = Options {
         part_size: (args.part_size << 20) as usize,
         concurrency: args.concurrency as usize,
+        progress: !args.output.json && std::io::stderr().is_terminal(),
         ..args.store.options()?
     };
     let store = args.store.open().await?;
@@ -356,9 +357,4 @@ fn print_json<T: Serialize + ?Sized>(value: &T) {
         "{}",
         serde_json::to_string_pretty(value).expect("output serialises")
     );
-}
-
-/// Whether progress bars make sense.
-pub fn interactive() -> bool {
-    std::io::stderr().is_terminal()
 }

@@ -36,6 +36,8 @@ pub struct Options {
     /// Link writes in flight at once.
     pub link_concurrency: usize,
     pub lease: Duration,
+    /// Draw a progress bar of the tarball's bytes on stderr.
+    pub progress: bool,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             concurrency: 8,
             link_concurrency: 32,
             lease: Duration::from_secs(120),
+            progress: false,
         }
     }
 }
@@ -460,12 +463,14 @@ async fn send_tarball(
     });
     let sent_bytes = AtomicU64::new(0);
     let reused = AtomicU64::new(0);
+    let bar = progress_bar(options.progress, local);
     let uploads = tokio_stream_from(rx)
         .map(|part| {
             let store = store.clone();
             let existing = existing.get(&part.number).cloned();
-            let (sent_bytes, reused) = (&sent_bytes, &reused);
+            let (sent_bytes, reused, bar) = (&sent_bytes, &reused, &bar);
             async move {
+                let size = part.data.len() as u64;
                 if let Some(have) = existing {
                     // Staged parts are atomic: one that differs means the
                     // file changed since it was sent.
@@ -477,19 +482,21 @@ async fn send_tarball(
                         )));
                     }
                     reused.fetch_add(1, Ordering::Relaxed);
+                    bar.inc(size);
                     return Ok(have);
                 }
-                let size = part.data.len() as u64;
                 let uploaded = store
                     .upload_part(key, upload_id, part.number, part.data)
                     .await?;
                 sent_bytes.fetch_add(size, Ordering::Relaxed);
+                bar.inc(size);
                 Ok::<_, Error>(uploaded)
             }
         })
         .buffer_unordered(options.concurrency.max(1))
         .try_collect::<Vec<_>>()
         .await;
+    bar.finish_and_clear();
     let scanned = reader
         .await
         .map_err(|e| Error::new(ErrorKind::Io, format!("reader task: {e}")))?;
@@ -504,6 +511,21 @@ async fn send_tarball(
         bytes_sent: sent_bytes.into_inner(),
         reused: reused.into_inner() as u32,
     })
+}
+
+fn progress_bar(show: bool, local: &LocalRevision) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(local.tarball.size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(local.revision.tarball_name());
+    bar
 }
 
 fn tokio_stream_from<T: Send + 'static>(
