@@ -38,6 +38,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Publish one package revision from an aliBuild work dir.
+    ///
+    /// Writes the intent journal, uploads the tarball's parts while writing
+    /// the package link and the dist links, then makes the tarball appear:
+    /// readers never see a partial revision. Re-running a killed upload
+    /// finishes it.
     #[command(after_help = AFTER_HELP, disable_version_flag = true)]
     Upload(UploadArgs),
     /// List the journals of open, abandoned or unretired transactions.
@@ -120,12 +125,16 @@ struct UploadArgs {
     /// aliBuild work dir (the one holding TARS/).
     #[arg(long, value_name = "DIR")]
     work_dir: PathBuf,
+    /// aliBuild architecture, e.g. slc9_x86-64.
     #[arg(long, value_name = "ARCH")]
     architecture: String,
+    /// Package name, e.g. O2.
     #[arg(long, value_name = "PKG")]
     package: String,
+    /// Package version, e.g. v1.2.3.
     #[arg(long, value_name = "VER")]
     version: String,
+    /// aliBuild revision, e.g. 1.
     #[arg(long, value_name = "REV")]
     revision: String,
     /// The package's 40-character build hash.
@@ -332,7 +341,7 @@ fn report_outcomes(outcomes: &[Outcome], json: bool, nothing: &str) -> i32 {
     }
     let mut code = exit::OK;
     for outcome in outcomes {
-        if !json {
+        if !json && outcome.error.is_none() {
             println!("{}: {}: {}", outcome.id, outcome.action, outcome.message);
         }
         if let Some(err) = &outcome.error {

@@ -125,10 +125,22 @@ pub async fn upload(
             }
             State::Pending if !existing.owner_gone() => Err(live_lease_error(&existing)),
             State::Pending => {
-                info!("taking over abandoned journal {journal_key} and rolling it forward");
-                let mut report = take_over(store, existing, Some(&local), options).await?;
-                report.duration_seconds = started.elapsed().as_secs_f64();
-                Ok(report)
+                info!("taking over abandoned journal {journal_key}");
+                match take_over(store.clone(), existing, Some(&local), options).await {
+                    // It described other bytes: undone, now publish ours.
+                    Ok(report) if report.status == Status::RolledBack => {
+                        Box::pin(upload(store, local, options)).await
+                    }
+                    Err(e) if e.kind == ErrorKind::Verification => {
+                        warn!("{e}; starting a new transaction");
+                        Box::pin(upload(store, local, options)).await
+                    }
+                    Ok(mut report) => {
+                        report.duration_seconds = started.elapsed().as_secs_f64();
+                        Ok(report)
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
     }
@@ -650,7 +662,9 @@ async fn check_free(store: &dyn Store, revision: &Revision) -> Result<()> {
 pub struct JournalHandle {
     store: Arc<dyn Store>,
     key: String,
-    journal: Mutex<Journal>,
+    /// `None` once retired: later updates (a late lease renewal) must not
+    /// bring the journal back.
+    journal: Mutex<Option<Journal>>,
     lease: Duration,
 }
 
@@ -661,18 +675,25 @@ impl JournalHandle {
         Arc::new(JournalHandle {
             store,
             key,
-            journal: Mutex::new(journal),
+            journal: Mutex::new(Some(journal)),
             lease,
         })
     }
 
     async fn snapshot(&self) -> Journal {
-        self.journal.lock().await.clone()
+        self.journal
+            .lock()
+            .await
+            .clone()
+            .expect("journal used after retirement")
     }
 
     async fn update(&self, change: impl FnOnce(&mut Journal)) -> Result<()> {
-        let mut journal = self.journal.lock().await;
-        change(&mut journal);
+        let mut guard = self.journal.lock().await;
+        let Some(journal) = guard.as_mut() else {
+            return Ok(());
+        };
+        change(journal);
         journal.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
         let mut metadata = crate::storage::Metadata::new();
         if let Some(sha) = &journal.tarball.sha256 {
@@ -684,7 +705,10 @@ impl JournalHandle {
     }
 
     async fn retire(&self) -> Result<()> {
-        self.store.delete(&self.key).await
+        let mut guard = self.journal.lock().await;
+        self.store.delete(&self.key).await?;
+        guard.take();
+        Ok(())
     }
 
     /// Renew the lease every third of its length until aborted.

@@ -531,3 +531,35 @@ fn untrusted_journals_are_refused_and_foreign_keys_survive() {
         assert!(stderr(&out).contains("no journal"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn rerunning_after_a_rebuild_with_another_hash_undoes_the_old_and_publishes_the_new() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let mut wd = WorkDir::chain(2, 12 << 20);
+        assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
+        killed_upload(&wd, 1, &store, "after-links");
+        let old = wd.pkgs[1].revision();
+
+        // The next nightly rebuilt pkg1 with another hash, same revision number.
+        std::fs::remove_dir_all(
+            wd.path()
+                .join(format!("TARS/{ARCH}/store/{}", &old.hash[..2])),
+        )
+        .unwrap();
+        for dist in alitx::layout::DIST_DIRS {
+            std::fs::remove_dir_all(wd.path().join(old.dist_prefix(dist))).unwrap();
+        }
+        wd.pkgs[1].hash = hash_of("pkg1-rebuilt");
+        wd.write_package(1, 1 << 20);
+
+        let mut rerun = upload_args(&wd, 1, &store);
+        rerun.push("--json".into());
+        let out = alitx(&rerun);
+        assert_exit(&out, 0);
+        assert_eq!(json(&out)["status"], "committed");
+        assert_clean(&rt, &store, &wd, 0..2, kind);
+        assert!(!rt.block_on(store.keys()).contains(&old.store_key()));
+    }
+}
