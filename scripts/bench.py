@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Benchmark alitx against the uploaders users would otherwise use, on the
+same S3 server in the same run: aliBuild's own boto3 upload step
+(Boto3RemoteSync.upload_symlinks_and_tarball from the PyPI `alibuild`
+package) and a raw copy of the tarball with s5cmd (no links, no journal).
+
+Run through scripts/bench.sh, which installs the tools, starts Ceph RGW and
+builds alitx. Workloads:
+  W1  one package: 1 GiB incompressible tarball, 300 links in each dist dir
+  W2  100 packages: 1 MiB tarball and 3 x 50 links each, one after another
+Each uploader gets a fresh bucket; after a warm-up round, runs are
+interleaved with the order rotated; the table shows
+medians over RUNS runs, their ratios, and peak RSS. Finally, alitx is killed
+at 50 % of W1's tarball and `alitx resume` is measured for bytes sent.
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+ARCH = "slc9_x86-64"
+ENDPOINT = os.environ["AWS_ENDPOINT_URL"]
+ALITX = os.environ["ALITX"]
+RUNS = int(os.environ.get("RUNS", "3"))
+W1_BYTES = int(os.environ.get("W1_BYTES", str(1 << 30)))
+W2_PACKAGES = int(os.environ.get("W2_PACKAGES", "100"))
+
+import boto3  # noqa: E402
+from botocore.config import Config  # noqa: E402
+
+s3 = boto3.client("s3", endpoint_url=ENDPOINT,
+                  config=Config(request_checksum_calculation="when_required",
+                                response_checksum_validation="when_required",
+                                max_pool_connections=64))
+
+
+def hash_of(name):
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+class Random:
+    """Incompressible bytes, fast."""
+    def __init__(self, size):
+        self.left = size
+
+    def read(self, n=-1):
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return random.randbytes(n)
+
+
+def make_package(sw, name, payload, links_per_dir):
+    """Write an aliBuild-like package into work dir `sw`; return its spec."""
+    spec = {"package": name, "version": "v1", "revision": "1", "hash": hash_of(name)}
+    h = spec["hash"]
+    tarball = f"{name}-v1-1.{ARCH}.tar.gz"
+    store = os.path.join(sw, "TARS", ARCH, "store", h[:2], h)
+    os.makedirs(store, exist_ok=True)
+    with tarfile.open(os.path.join(store, tarball), "w:gz", compresslevel=0) as tar:
+        for d in ("./", f"./{ARCH}/", f"./{ARCH}/{name}/", f"./{ARCH}/{name}/v1-1/"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        info = tarfile.TarInfo(f"./{ARCH}/{name}/v1-1/data.bin")
+        info.size = payload
+        tar.addfile(info, Random(payload))
+    pkg_dir = os.path.join(sw, "TARS", ARCH, name)
+    os.makedirs(pkg_dir, exist_ok=True)
+    os.symlink(f"../../{ARCH}/store/{h[:2]}/{h}/{tarball}", os.path.join(pkg_dir, tarball))
+    for dist in ("dist", "dist-direct", "dist-runtime"):
+        d = os.path.join(sw, "TARS", ARCH, dist, name, f"{name}-v1-1")
+        os.makedirs(d, exist_ok=True)
+        os.symlink(f"../../../../../TARS/{ARCH}/store/{h[:2]}/{h}/{tarball}", os.path.join(d, tarball))
+        for k in range(links_per_dir - 1):
+            dh = hash_of(f"dep{k}")
+            dep = f"dep{k}-v1-1.{ARCH}.tar.gz"
+            os.symlink(f"../../../../../TARS/{ARCH}/store/{dh[:2]}/{dh}/{dep}", os.path.join(d, dep))
+    return spec
+
+
+def fresh_bucket():
+    name = "bench-" + os.urandom(6).hex()
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def empty_bucket(name):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
+        for i in range(0, len(keys), 1000):
+            s3.delete_objects(Bucket=name, Delete={"Objects": keys[i:i + 1000]})
+    for up in s3.list_multipart_uploads(Bucket=name).get("Uploads", ()):
+        s3.abort_multipart_upload(Bucket=name, Key=up["Key"], UploadId=up["UploadId"])
+    s3.delete_bucket(Bucket=name)
+
+
+def run(cmd, env=None):
+    """Run a command; return (seconds, peak RSS in MiB, stdout)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - start
+    if os.waitstatus_to_exitcode(status) != 0 and not (env or {}).get("ALITX_FAILPOINT"):
+        sys.exit(f"{cmd[0]} failed: {err.decode()}")
+    return seconds, usage.ru_maxrss / 1024, out
+
+
+BOTO3_DRIVER = """
+import json, sys
+from alibuild_helpers.sync import Boto3RemoteSync
+class Sync(Boto3RemoteSync):
+    def _s3_init(self):
+        self.endpoint_url = sys.argv[1]
+        super()._s3_init()
+bucket, sw, specs = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+sync = Sync("b3://" + bucket, "b3://" + bucket, "%s", sw)
+for spec in specs:
+    sync.upload_symlinks_and_tarball(spec)
+""" % ARCH
+
+
+def alitx_upload(sw, bucket, specs):
+    total, peak = 0.0, 0.0
+    for spec in specs:
+        secs, rss, _ = run([ALITX, "upload", "--work-dir", sw, "--architecture", ARCH,
+                            "--package", spec["package"], "--version", spec["version"],
+                            "--revision", spec["revision"], "--hash", spec["hash"],
+                            "--remote-store", f"b3://{bucket}"])
+        total, peak = total + secs, max(peak, rss)
+    return total, peak
+
+
+def boto3_upload(sw, bucket, specs):
+    secs, rss, _ = run([sys.executable, "-c", BOTO3_DRIVER, ENDPOINT, bucket, sw, json.dumps(specs)])
+    return secs, rss
+
+
+def raw_copy(sw, bucket, specs):
+    total, peak = 0.0, 0.0
+    for spec in specs:
+        h = spec["hash"]
+        key = f"TARS/{ARCH}/store/{h[:2]}/{h}/{spec['package']}-v1-1.{ARCH}.tar.gz"
+        secs, rss, _ = run(["s5cmd", "--endpoint-url", ENDPOINT, "cp", os.path.join(sw, key), f"s3://{bucket}/{key}"])
+        total, peak = total + secs, max(peak, rss)
+    return total, peak
+
+
+def measure(name, sw, specs, uploaders):
+    """Interleave the uploaders run by run, rotating who goes first, after
+    one untimed warm-up round (a fresh gateway is slow at first)."""
+    results = {u: ([], []) for u in uploaders}
+    for fn in uploaders.values():
+        bucket = fresh_bucket()
+        fn(sw, bucket, specs)
+        empty_bucket(bucket)
+    order = list(uploaders.items())
+    for r in range(RUNS):
+        for uploader, fn in order[r % len(order):] + order[:r % len(order)]:
+            bucket = fresh_bucket()
+            secs, rss = fn(sw, bucket, specs)
+            empty_bucket(bucket)
+            results[uploader][0].append(secs)
+            results[uploader][1].append(rss)
+            print(f"  {name} run {r + 1}: {uploader:6} {secs:7.2f} s  peak RSS {rss:6.1f} MiB", flush=True)
+    return {u: (statistics.median(t), max(m)) for u, (t, m) in results.items()}
+
+
+def resume_after_kill(sw, spec):
+    """Kill alitx at 50 % of the tarball, resume, return (sent, size)."""
+    h = spec["hash"]
+    path = os.path.join(sw, f"TARS/{ARCH}/store/{h[:2]}/{h}/{spec['package']}-v1-1.{ARCH}.tar.gz")
+    size = os.path.getsize(path)
+    part = 8 << 20
+    half = (size // part) // 2 + 1
+    bucket = fresh_bucket()
+    store = f"b3://{bucket}"
+    run([ALITX, "upload", "--work-dir", sw, "--architecture", ARCH, "--package", spec["package"],
+         "--version", "v1", "--revision", "1", "--hash", h, "--remote-store", store],
+        env={"ALITX_FAILPOINT": f"bulk-part-{half}"})
+    _, _, out = run([ALITX, "resume", "--remote-store", store, "--work-dir", sw, "--json"])
+    sent = json.loads(out)[0]["report"]["bytes_sent"]
+    empty_bucket(bucket)
+    return sent, size
+
+
+def table(name, medians, per=1):
+    a = medians["alitx"][0] / per
+    print(f"\n{name}: median wall time over {RUNS} runs{' per package' if per > 1 else ''}")
+    print(f"  {'uploader':8} {'median s':>9} {'alitx/x':>8} {'peak RSS MiB':>13}")
+    for u, (t, rss) in medians.items():
+        print(f"  {u:8} {t / per:9.3f} {a / (t / per):8.2f} {rss:13.1f}")
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="alitx-bench-")
+    try:
+        print(f"generating W1 ({W1_BYTES} B tarball, 3 x 300 links) and W2 ({W2_PACKAGES} x 1 MiB, 3 x 50 links)")
+        w1 = os.path.join(work, "w1")
+        w1_spec = make_package(w1, "big", W1_BYTES, 300)
+        w2 = os.path.join(work, "w2")
+        w2_specs = [make_package(w2, f"small{i}", 1 << 20, 50) for i in range(W2_PACKAGES)]
+        w1_med = measure("W1", w1, [w1_spec], {"alitx": alitx_upload, "boto3": boto3_upload, "raw": raw_copy})
+        w2_med = measure("W2", w2, w2_specs, {"alitx": alitx_upload, "boto3": boto3_upload})
+        sent, size = resume_after_kill(w1, w1_spec)
+        table("W1 (1 package, 1 GiB, 3 x 300 links)", w1_med)
+        table(f"W2 ({W2_PACKAGES} packages, 1 MiB, 3 x 50 links)", w2_med, per=W2_PACKAGES)
+        print(f"\nresume after a kill at 50 % of W1: sent {sent} of {size} B ({100 * sent / size:.1f} %)")
+    finally:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
