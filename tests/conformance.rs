@@ -111,19 +111,7 @@ async fn links_are_what_readers_expect(t: &TestStore, store: Arc<dyn Store>) {
     match t {
         TestStore::S3 { client, bucket } => {
             for (link, public) in [(&package, false), (&dist, true)] {
-                let acl = client
-                    .get_object_acl()
-                    .bucket(bucket)
-                    .key(&link.key)
-                    .send()
-                    .await
-                    .unwrap();
-                let all_users_read = acl.grants().iter().any(|g| {
-                    g.grantee()
-                        .and_then(|who| who.uri())
-                        .is_some_and(|u| u.ends_with("/global/AllUsers"))
-                        && g.permission().map(|p| p.as_str()) == Some("READ")
-                });
+                let all_users_read = is_public_read(client, bucket, &link.key).await;
                 assert_eq!(all_users_read, public, "ACL of {}", link.key);
             }
         }

@@ -64,18 +64,7 @@ fn layout_is_byte_exact_for_a_real_alibuild_work_dir() {
             TestStore::S3 { client, bucket } => rt.block_on(async {
                 // Dist links are public-read; package links and tarballs are not.
                 for key in expected.keys() {
-                    let acl = client
-                        .get_object_acl()
-                        .bucket(bucket)
-                        .key(key)
-                        .send()
-                        .await
-                        .unwrap();
-                    let public = acl.grants().iter().any(|g| {
-                        g.grantee()
-                            .and_then(|who| who.uri())
-                            .is_some_and(|uri| uri.ends_with("/global/AllUsers"))
-                    });
+                    let public = is_public_read(client, bucket, key).await;
                     assert_eq!(public, key.contains("/dist"), "ACL of {key}");
                 }
             }),

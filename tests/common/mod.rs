@@ -428,6 +428,23 @@ impl std::io::Read for Noise {
     }
 }
 
+/// Whether an S3 object grants READ to everyone (the `public-read` ACL).
+pub async fn is_public_read(client: &Client, bucket: &str, key: &str) -> bool {
+    let acl = client
+        .get_object_acl()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    acl.grants().iter().any(|g| {
+        g.grantee()
+            .and_then(|who| who.uri())
+            .is_some_and(|uri| uri.ends_with("/global/AllUsers"))
+            && g.permission().map(|p| p.as_str()) == Some("READ")
+    })
+}
+
 /// Run the alitx binary.
 pub fn alitx(args: &[String]) -> Output {
     alitx_env(args, &[])
