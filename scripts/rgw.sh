@@ -112,6 +112,10 @@ osd max object size = 134217728
 rgw frontends = beast endpoint=127.0.0.1:$port
 rgw data = $dir/rgw
 rgw dns name = localhost
+# Reclaim deleted objects' space at once, not after the default two hours:
+# the OSD lives in memory, and benchmarks delete what they wrote.
+rgw gc obj min wait = 0
+rgw gc processor period = 5
 CONF
 
 wait_for() { # tries, command...

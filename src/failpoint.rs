@@ -1,7 +1,8 @@
 //! Test-only crash injection. When the environment variable
-//! `ALITX_FAILPOINT` names a point the upload passes (e.g. `after-claim`,
-//! `bulk-part-3`), the process kills itself with SIGKILL there, exactly as
-//! a killed Jenkins job would die. Never set it in production.
+//! `ALITX_FAILPOINT` names a point the upload passes (e.g. `after-claim`;
+//! `bulk-part-3` as part 3 is read; `part-sent-3` once it is stored), the
+//! process kills itself with SIGKILL there, exactly as a killed Jenkins job
+//! would die. Never set it in production.
 
 use std::sync::OnceLock;
 

@@ -500,6 +500,7 @@ async fn send_tarball(
                 let uploaded = store
                     .upload_part(key, upload_id, part.number, part.data)
                     .await?;
+                failpoint(&format!("part-sent-{}", uploaded.number));
                 sent_bytes.fetch_add(size, Ordering::Relaxed);
                 bar.inc(size);
                 Ok::<_, Error>(uploaded)

@@ -228,7 +228,9 @@ fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
         });
         let total = std::fs::metadata(wd.tarball_path(0)).unwrap().len();
         assert!(
-            held >= 8 * part,
+            // The reader was at part 17: at most 8 parts in flight and 1
+            // queued were lost.
+            held >= 7 * part,
             "{kind}: only {held} bytes were staged before the kill"
         );
 
@@ -243,7 +245,7 @@ fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
             sent <= missing + part,
             "{kind}: resume sent {sent} B for {missing} B missing"
         );
-        assert!(outcomes[0]["report"]["parts_reused"].as_u64().unwrap() >= 8);
+        assert!(outcomes[0]["report"]["parts_reused"].as_u64().unwrap() >= 7);
         assert_clean(&rt, &store, &wd, 0..1, kind);
     }
 }
@@ -361,9 +363,10 @@ fn foreign_objects_survive_rollback_and_resume() {
 fn a_tarball_changed_since_the_journal_is_rolled_back_not_published() {
     let rt = runtime();
     for kind in backends() {
+        // `part-sent-1`: part 1, where the byte changes, is surely staged.
         for (point, keep_mtime) in [
             ("bulk-part-3", false),
-            ("bulk-part-3", true),
+            ("part-sent-1", true),
             ("after-bulk", false),
         ] {
             let store = rt.block_on(TestStore::new(kind));
