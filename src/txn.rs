@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use serde::Serialize;
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint::failpoint;
@@ -112,10 +112,18 @@ pub async fn upload(
 ) -> Result<Report> {
     let started = Instant::now();
     store.preflight().await?;
+    debug!("store reachable: {}", store.describe());
     let revision = &local.revision;
     let journal_key = Journal::key_of(&options.journal_prefix, revision);
 
-    if let Some(existing) = read_journal(&*store, &options.journal_prefix, &journal_key).await? {
+    // Independent reads, in parallel: they decide whether to write at all.
+    let (store_key, link_key) = (revision.store_key(), revision.package_link().key);
+    let (existing, tarball, package_link) = tokio::try_join!(
+        read_journal(&*store, &options.journal_prefix, &journal_key),
+        store.head(&store_key),
+        store.head(&link_key),
+    )?;
+    if let Some(existing) = existing {
         return match existing.state {
             State::Committed => {
                 // The last writer died after publishing, before retiring.
@@ -145,7 +153,7 @@ pub async fn upload(
         };
     }
 
-    if published_completely(&*store, revision, &local.links).await? {
+    if tarball.is_some() && links_complete(&*store, revision, &local.links).await? {
         let mut report = Report::new(
             Status::AlreadyPublished,
             Journal::id_of(revision),
@@ -156,7 +164,9 @@ pub async fn upload(
         report.duration_seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    check_free(&*store, revision).await?;
+    if package_link.is_some() {
+        return Err(taken_error(revision));
+    }
 
     // Intent: the journal is the first write; a concurrent writer of the
     // same revision collides here.
@@ -184,6 +194,7 @@ pub async fn upload(
             });
         }
     }
+    debug!("intent: journal {journal_key} written");
     failpoint("after-intent");
     let handle = JournalHandle::new(store.clone(), journal_key, journal);
     let mut report = run(store, &handle, &local, options).await?;
@@ -317,6 +328,11 @@ async fn roll_forward(
         report.bytes_sent = sent.bytes_sent;
         report.parts_total = sent.parts.len() as u32;
         report.parts_reused = sent.reused;
+        debug!(
+            "tarball staged: {} parts, {} B sent",
+            sent.parts.len(),
+            sent.bytes_sent
+        );
         failpoint("after-bulk");
 
         if FileIdentity::of(&local.tarball_path)? != local.tarball
@@ -354,6 +370,7 @@ async fn roll_forward(
     }
 
     handle.update(|j| j.state = State::Committed).await?;
+    debug!("journal marked committed");
     failpoint("after-commit-mark");
     handle.retire().await?;
     Ok(report)
@@ -375,6 +392,7 @@ async fn staged_upload(
         }
     }
     let upload_id = store.create_upload(key, metadata).await?;
+    debug!("staged upload {upload_id} created");
     let recorded = upload_id.clone();
     handle
         .update(move |j| j.tarball.upload_id = Some(recorded))
@@ -398,6 +416,7 @@ async fn write_links(
     if put_link(store, journal, package_link, &metadata, false).await? {
         written.push(package_link.key.clone());
     }
+    debug!("claimed {}", package_link.key);
     failpoint("after-claim");
     let dist: Vec<Option<String>> = futures::stream::iter(links)
         .map(|link| {
@@ -411,6 +430,7 @@ async fn write_links(
         .try_collect()
         .await?;
     written.extend(dist.into_iter().flatten());
+    debug!("{} dist links in place", journal.links.len() - 1);
     failpoint("after-links");
     Ok(written)
 }
@@ -613,15 +633,9 @@ fn live_lease_error(journal: &Journal) -> Error {
     )
 }
 
-/// Whether the store already holds the tarball and every link exactly.
-async fn published_completely(
-    store: &dyn Store,
-    revision: &Revision,
-    links: &[Link],
-) -> Result<bool> {
-    if store.head(&revision.store_key()).await?.is_none() {
-        return Ok(false);
-    }
+/// With the tarball present: whether every link is there exactly, or a
+/// conflict naming the partial revision.
+async fn links_complete(store: &dyn Store, revision: &Revision, links: &[Link]) -> Result<bool> {
     let missing = futures::stream::iter(links)
         .map(|link| async move {
             Ok::<_, Error>(store.get(&link.key).await?.as_deref() != Some(link.body.as_bytes()))
@@ -641,12 +655,11 @@ async fn published_completely(
     )))
 }
 
-/// Refuse early, writing nothing, if a foreign package link holds our key.
-async fn check_free(store: &dyn Store, revision: &Revision) -> Result<()> {
+/// The package link exists but the tarball does not: refused before writing
+/// anything.
+fn taken_error(revision: &Revision) -> Error {
     let link = revision.package_link();
-    match store.head(&link.key).await? {
-        None => Ok(()),
-        Some(_) => Err(Error::conflict(format!(
+    Error::conflict(format!(
             "{} already exists but {} does not: revision {} of {} is taken by another build or is a leftover of a killed upload; \
              `alitx check --package {}` tells which",
             link.key,
@@ -654,8 +667,7 @@ async fn check_free(store: &dyn Store, revision: &Revision) -> Result<()> {
             revision.revision,
             revision.package,
             revision.package
-        ))),
-    }
+        ))
 }
 
 /// The journal of the running transaction: every update is a whole-object
