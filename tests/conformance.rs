@@ -1,277 +1,615 @@
 //! The storage conformance suite: every backend of the `Store` trait (the
 //! local directory and S3 on Ceph RGW) must pass every check here, so that
 //! the transaction engine can rely on the same semantics everywhere.
+//!
+//! Each check is an `async fn(&TestStore, Arc<dyn Store>)`: it drives the
+//! store only through the trait, except where a backend has something
+//! readers see outside it (S3 ACLs, local symlinks), which it checks through
+//! the raw `TestStore`. `conformance!` makes one `#[test]` per check, and
+//! `on_every_backend` runs it on a fresh store of every backend.
 
 mod common;
 
 use std::sync::Arc;
 
-use alitx::layout::Revision;
-use alitx::storage::{Created, Metadata, Store};
+use alitx::layout::{Link, Revision};
+use alitx::storage::{Created, Metadata, ObjectInfo, Store, UploadedPart};
 use bytes::Bytes;
-use common::*;
-use md5::{Digest, Md5};
+use common::{backends, hash_of, is_public_read, runtime, TestStore, ARCH};
+use futures::future::LocalBoxFuture;
+use futures::StreamExt;
+use md5::Md5;
+use sha2::{Digest, Sha256};
 
-/// One `#[test]` per check, each run against every backend on a fresh store.
+type Check = for<'a> fn(&'a TestStore, Arc<dyn Store>) -> LocalBoxFuture<'a, ()>;
+
+/// One `#[test]` per check, each run on every backend.
 macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {$(
-        #[test]
-        fn $check() {
-            let rt = runtime();
-            for kind in backends() {
-                rt.block_on(async {
-                    let store = TestStore::new(kind).await;
-                    super::$check(&store, store.open().await).await;
+    ($($check:ident),* $(,)?) => {
+        mod every_backend {$(
+            #[test]
+            fn $check() {
+                super::on_every_backend(stringify!($check), |t, store| {
+                    Box::pin(super::$check(t, store))
                 });
             }
+        )*}
+    };
+}
+
+conformance!(
+    put_if_absent_creates_only_once,
+    put_replaces_body_and_metadata,
+    head_reports_size_and_metadata_exactly,
+    missing_keys_read_as_none,
+    concurrent_put_if_absent_has_one_winner,
+    package_link_is_private_without_redirect,
+    dist_link_is_public_with_redirect,
+    delete_removes_and_tolerates_missing_keys,
+    list_returns_exactly_the_keys_under_a_prefix,
+    list_returns_more_than_one_page,
+    staged_upload_is_invisible_until_completed,
+    reuploaded_part_replaces_the_old_one,
+    aborted_upload_is_gone,
+    preflight_accepts_a_usable_store,
+    preflight_says_what_to_fix,
+);
+
+/// Run `check` on a fresh store of every backend; a failure names both.
+fn on_every_backend(check: &str, run: Check) {
+    let rt = runtime();
+    for kind in backends() {
+        rt.block_on(async {
+            let raw = TestStore::new(kind).await;
+            let store = raw.open().await;
+            let _context = OnPanic(format!("{check} failed on {}", store.describe()));
+            run(&raw, store).await;
+        });
+    }
+}
+
+/// Says which check and backend failed, when a panic unwinds through it.
+struct OnPanic(String);
+
+impl Drop for OnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("conformance: {}", self.0);
         }
-    )*};
+    }
 }
 
-mod each_backend {
-    use super::common::*;
-    conformance!(
-        put_if_absent_never_replaces,
-        links_are_what_readers_expect,
-        delete_and_list,
-        staged_uploads_are_invisible_until_completed,
-        aborted_uploads_are_gone,
-        preflight_reports_what_to_fix,
-    );
+// ---------------------------------------------------------------- helpers
+
+fn meta(pairs: &[(&str, &str)]) -> Metadata {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
-fn meta(txn: &str) -> Metadata {
-    [("alitx-txn".to_string(), txn.to_string())].into()
+/// The metadata alitx puts on everything it writes.
+fn txn(id: &str) -> Metadata {
+    meta(&[("alitx-txn", id)])
+}
+
+fn bytes(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    hex::encode(Md5::digest(data))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
 }
 
 fn revision() -> Revision {
-    Revision::new(ARCH, "pkg", "v1", "1", &hash_of("pkg")).unwrap()
+    Revision::new(ARCH, "zlibx", "v1.0", "1", &hash_of("zlibx")).unwrap()
 }
 
-async fn put_if_absent_never_replaces(t: &TestStore, store: Arc<dyn Store>) {
-    let kind = t.kind();
-    assert_eq!(store.get("a/b").await.unwrap(), None);
-    assert_eq!(store.head("a/b").await.unwrap(), None);
-    let first = store
-        .put_if_absent("a/b", Bytes::from_static(b"first"), &meta("t1"))
-        .await
-        .unwrap();
-    assert_eq!(first, Created::Yes, "{kind}");
-    let again = store
-        .put_if_absent("a/b", Bytes::from_static(b"second"), &meta("t2"))
-        .await
-        .unwrap();
-    assert_eq!(again, Created::AlreadyExists, "{kind}");
-    assert_eq!(store.get("a/b").await.unwrap().unwrap(), "first", "{kind}");
-    let info = store.head("a/b").await.unwrap().unwrap();
-    assert_eq!((info.size, info.metadata), (5, meta("t1")), "{kind}");
-    store
-        .put("a/b", Bytes::from_static(b"replaced"), &meta("t3"))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get("a/b").await.unwrap().unwrap(),
-        "replaced",
-        "{kind}"
-    );
-    assert_eq!(
-        store.head("a/b").await.unwrap().unwrap().metadata,
-        meta("t3"),
-        "{kind}"
-    );
+/// `n` bytes that differ for every `seed`, so each part has its own MD5.
+fn filled(n: usize, seed: u8) -> Bytes {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
-async fn links_are_what_readers_expect(t: &TestStore, store: Arc<dyn Store>) {
-    let kind = t.kind();
-    let rev = revision();
-    let package = rev.package_link();
-    let dist = rev.dist_link("dist", &rev.store_key()).unwrap();
-    for link in [&package, &dist] {
-        assert_eq!(
-            store.put_link_if_absent(link, &meta("t1")).await.unwrap(),
-            Created::Yes
-        );
-        assert_eq!(
-            store.put_link_if_absent(link, &meta("t2")).await.unwrap(),
-            Created::AlreadyExists
-        );
-        assert_eq!(
-            store.get(&link.key).await.unwrap().unwrap(),
-            link.body.as_bytes(),
-            "{kind}"
-        );
-        let info = store.head(&link.key).await.unwrap().unwrap();
-        assert_eq!(info.metadata, meta("t1"), "{kind}");
-        assert_eq!(info.website_redirect, link.redirect, "{kind}");
-    }
-    assert_eq!(
-        dist.redirect.as_deref(),
-        Some(&*format!("/{}", rev.store_key()))
-    );
-    match t {
-        TestStore::S3 { client, bucket } => {
-            for (link, public) in [(&package, false), (&dist, true)] {
-                let all_users_read = is_public_read(client, bucket, &link.key).await;
-                assert_eq!(all_users_read, public, "ACL of {}", link.key);
-            }
-        }
-        TestStore::Local { .. } => {
-            for link in [&package, &dist] {
-                let target = std::fs::read_link(t.root().join(&link.key)).unwrap();
-                assert_eq!(target.to_str(), Some(link.symlink_target.as_str()));
-            }
-        }
-    }
-}
+const MIB: usize = 1 << 20;
 
-async fn delete_and_list(t: &TestStore, store: Arc<dyn Store>) {
-    let kind = t.kind();
-    let keys = [
-        "TARS/a/store/ab/ab12/x",
-        "TARS/a/store/ab/ab34/y",
-        "TARS/a/store/ac/ac56/z",
-        "TARS/b/w",
-    ];
-    for key in keys {
-        store
-            .put_if_absent(key, Bytes::from_static(b"."), &Metadata::new())
-            .await
-            .unwrap();
-    }
-    store
-        .put(
-            ".alitx/journals/a/j.json",
-            Bytes::from_static(b"{}"),
-            &Metadata::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store.list("TARS/a/store/ab/").await.unwrap(),
-        &keys[..2],
-        "{kind}"
-    );
-    assert_eq!(
-        store.list("TARS/a/store/ab/ab1").await.unwrap(),
-        &keys[..1],
-        "{kind}"
-    );
-    assert_eq!(store.list("TARS/").await.unwrap(), &keys[..], "{kind}");
-    let all = store.list("").await.unwrap();
-    assert_eq!(
-        all.len(),
-        5,
-        "{kind}: internal state leaked into the key space: {all:?}"
-    );
-    store.delete(keys[0]).await.unwrap();
-    store.delete(keys[0]).await.unwrap();
-    store.delete("never/was").await.unwrap();
-    assert_eq!(store.get(keys[0]).await.unwrap(), None);
-    assert_eq!(
-        store.list("TARS/a/store/ab/").await.unwrap(),
-        &keys[1..2],
-        "{kind}"
-    );
-}
-
-fn parts() -> Vec<Bytes> {
-    let five = 5 << 20;
+/// Two parts of the 5 MiB S3 minimum and a small last part.
+fn three_parts() -> Vec<Bytes> {
     vec![
-        Bytes::from(vec![1u8; five]),
-        Bytes::from(vec![2u8; five]),
-        Bytes::from_static(b"tail"),
+        filled(5 * MIB, 1),
+        filled(5 * MIB, 2),
+        bytes("the last part"),
     ]
 }
 
-async fn staged_uploads_are_invisible_until_completed(t: &TestStore, store: Arc<dyn Store>) {
-    let kind = t.kind();
-    let key = revision().store_key();
-    let id = store.create_upload(&key, &meta("t1")).await.unwrap();
-    let mut uploaded = Vec::new();
-    for (i, data) in parts().into_iter().enumerate() {
-        uploaded.push(
-            store
-                .upload_part(&key, &id, i as u32 + 1, data)
-                .await
-                .unwrap(),
-        );
+/// `actual` is exactly `expected`, compared by length and SHA-256 so that a
+/// failure does not print megabytes.
+#[track_caller]
+fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
+    assert_eq!(
+        (actual.len(), sha256_hex(actual)),
+        (expected.len(), sha256_hex(expected)),
+        "{what}"
+    );
+}
+
+async fn assert_body(store: &dyn Store, key: &str, expected: &[u8]) {
+    let body = store.get(key).await.unwrap();
+    let body = body.unwrap_or_else(|| panic!("{key} is missing"));
+    assert_same_bytes(&body, expected, key);
+}
+
+async fn assert_absent(store: &dyn Store, key: &str) {
+    assert_eq!(store.get(key).await.unwrap(), None, "get {key}");
+    assert_eq!(store.head(key).await.unwrap(), None, "head {key}");
+}
+
+/// What `head` must say about an object written with `body` and `metadata`.
+fn info(body: &[u8], metadata: Metadata) -> ObjectInfo {
+    ObjectInfo {
+        size: body.len() as u64,
+        metadata,
+        website_redirect: None,
     }
-    // Replacing a part: the store keeps the newest bytes.
-    let replacement = Bytes::from(vec![3u8; 5 << 20]);
-    uploaded[1] = store
-        .upload_part(&key, &id, 2, replacement.clone())
+}
+
+/// Upload `parts` as parts 1, 2, ... of `upload_id`, checking what each
+/// call reports.
+async fn upload_parts(
+    store: &dyn Store,
+    key: &str,
+    upload_id: &str,
+    parts: &[Bytes],
+) -> Vec<UploadedPart> {
+    let mut uploaded = Vec::new();
+    for (i, data) in parts.iter().enumerate() {
+        let number = i as u32 + 1;
+        let part = store
+            .upload_part(key, upload_id, number, data.clone())
+            .await
+            .unwrap();
+        assert_eq!(part, expected_part(number, data));
+        uploaded.push(part);
+    }
+    uploaded
+}
+
+fn expected_part(number: u32, data: &[u8]) -> UploadedPart {
+    UploadedPart {
+        number,
+        size: data.len() as u64,
+        md5: md5_hex(data),
+    }
+}
+
+const NO_KEYS: &[&str] = &[];
+const NO_UPLOADS: &[(String, String)] = &[];
+
+async fn keys_under(store: &dyn Store, prefix: String) -> Vec<String> {
+    store.list(&prefix).await.unwrap()
+}
+
+/// The (key, upload id) of every staged upload under `prefix`, sorted.
+async fn pending(store: &dyn Store, prefix: &str) -> Vec<(String, String)> {
+    let mut uploads: Vec<_> = store
+        .list_uploads(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.key, u.upload_id))
+        .collect();
+    uploads.sort();
+    uploads
+}
+
+// ---------------------------------------------------------- plain objects
+
+async fn put_if_absent_creates_only_once(_: &TestStore, store: Arc<dyn Store>) {
+    let key = "TARS/a/store/ab/abcd/first.tar.gz";
+    let created = store.put_if_absent(key, bytes("first"), &txn("t1")).await;
+    assert_eq!(created.unwrap(), Created::Yes);
+    let again = store
+        .put_if_absent(key, bytes("second body"), &txn("t2"))
+        .await;
+    assert_eq!(again.unwrap(), Created::AlreadyExists);
+    assert_body(&*store, key, b"first").await;
+    let head = store.head(key).await.unwrap();
+    assert_eq!(head, Some(info(b"first", txn("t1"))));
+}
+
+async fn put_replaces_body_and_metadata(_: &TestStore, store: Arc<dyn Store>) {
+    let key = ".alitx/journals/a/journal.json";
+    store.put(key, bytes("{}"), &txn("t1")).await.unwrap();
+    assert_body(&*store, key, b"{}").await;
+    let first = meta(&[("alitx-txn", "t1"), ("alitx-state", "staged")]);
+    store.put(key, bytes("v1"), &first).await.unwrap();
+    let second = meta(&[("alitx-lease", "123")]);
+    store.put(key, bytes("version two"), &second).await.unwrap();
+    assert_body(&*store, key, b"version two").await;
+    let head = store.head(key).await.unwrap();
+    assert_eq!(
+        head,
+        Some(info(b"version two", second)),
+        "old keys are gone"
+    );
+    // An empty body is an object too.
+    store
+        .put(key, Bytes::new(), &Metadata::new())
         .await
         .unwrap();
-    let listed = store.list_parts(&key, &id).await.unwrap();
-    assert_eq!(listed, uploaded, "{kind}");
-    let expected = [parts()[0].clone(), replacement, parts()[2].clone()];
-    for (part, data) in listed.iter().zip(&expected) {
-        assert_eq!(part.md5, hex::encode(Md5::digest(data)), "{kind}");
-        assert_eq!(part.size, data.len() as u64);
-    }
-    let pending = store.list_uploads("TARS/").await.unwrap();
+    assert_eq!(store.get(key).await.unwrap(), Some(Bytes::new()));
     assert_eq!(
-        (pending.len(), &pending[0].key, &pending[0].upload_id),
-        (1, &key, &id),
-        "{kind}"
+        store.head(key).await.unwrap(),
+        Some(info(b"", Metadata::new()))
     );
+}
+
+async fn head_reports_size_and_metadata_exactly(_: &TestStore, store: Arc<dyn Store>) {
+    let body = filled(100_000, 7);
+    let metadata = meta(&[
+        ("alitx-txn", "0123456789abcdef"),
+        ("alitx-sha256", &sha256_hex(&body)),
+        ("alitx-kind", "store-tarball"),
+    ]);
+    store
+        .put_if_absent("with/metadata", body.clone(), &metadata)
+        .await
+        .unwrap();
+    let head = store.head("with/metadata").await.unwrap();
+    assert_eq!(head, Some(info(&body, metadata)));
+    store
+        .put_if_absent("without/metadata", bytes("x"), &Metadata::new())
+        .await
+        .unwrap();
+    let head = store.head("without/metadata").await.unwrap();
+    assert_eq!(head, Some(info(b"x", Metadata::new())));
+}
+
+async fn missing_keys_read_as_none(_: &TestStore, store: Arc<dyn Store>) {
+    assert_absent(&*store, "never/written").await;
+    store
+        .put_if_absent("TARS/a/b", bytes("b"), &Metadata::new())
+        .await
+        .unwrap();
+    // Neither a prefix of a key, nor a key below one, is an object.
+    assert_absent(&*store, "TARS/a").await;
+    assert_absent(&*store, "TARS/a/b/c").await;
+    assert_absent(&*store, "TARS/a/bc").await;
+    store.delete("TARS/a/b/c").await.unwrap();
+    store.delete("TARS/a").await.unwrap();
+    assert_body(&*store, "TARS/a/b", b"b").await;
+}
+
+async fn concurrent_put_if_absent_has_one_winner(_: &TestStore, store: Arc<dyn Store>) {
+    let key = "TARS/a/contended";
+    let writers = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let body = bytes(&format!("writer {i}"));
+            let created = store.put_if_absent(key, body, &txn(&format!("t{i}"))).await;
+            (i, created.unwrap())
+        })
+    });
+    let results = futures::future::join_all(writers).await;
+    let winners: Vec<usize> = results
+        .into_iter()
+        .map(|r| r.unwrap())
+        .filter(|(_, created)| *created == Created::Yes)
+        .map(|(i, _)| i)
+        .collect();
+    let &[winner] = winners.as_slice() else {
+        panic!("expected exactly one writer to create {key}, got {winners:?}");
+    };
+    let body = format!("writer {winner}");
+    assert_body(&*store, key, body.as_bytes()).await;
+    let head = store.head(key).await.unwrap();
+    assert_eq!(
+        head,
+        Some(info(body.as_bytes(), txn(&format!("t{winner}"))))
+    );
+}
+
+// ------------------------------------------------------------------ links
+
+async fn package_link_is_private_without_redirect(t: &TestStore, store: Arc<dyn Store>) {
+    let link = revision().package_link();
+    assert_eq!(link.redirect, None);
+    check_link(t, &*store, &link).await;
+}
+
+async fn dist_link_is_public_with_redirect(t: &TestStore, store: Arc<dyn Store>) {
+    let rev = revision();
+    let link = rev.dist_link("dist-runtime", &rev.store_key()).unwrap();
+    assert_eq!(link.redirect, Some(format!("/{}", rev.store_key())));
+    check_link(t, &*store, &link).await;
+}
+
+/// A link is created once, reads back as its body with its metadata and
+/// redirect, and is public exactly when it redirects.
+async fn check_link(t: &TestStore, store: &dyn Store, link: &Link) {
+    let tarball = bytes("the tarball");
+    let target = revision().store_key();
+    store
+        .put_if_absent(&target, tarball.clone(), &txn("t0"))
+        .await
+        .unwrap();
+    let created = store.put_link_if_absent(link, &txn("t1")).await.unwrap();
+    assert_eq!(created, Created::Yes);
+    let again = store.put_link_if_absent(link, &txn("t2")).await.unwrap();
+    assert_eq!(again, Created::AlreadyExists);
+    let plain = store
+        .put_if_absent(&link.key, bytes("not a link"), &txn("t3"))
+        .await;
+    assert_eq!(plain.unwrap(), Created::AlreadyExists);
+
+    assert_body(store, &link.key, link.body.as_bytes()).await;
+    let head = store.head(&link.key).await.unwrap();
+    let expected = ObjectInfo {
+        size: link.body.len() as u64,
+        metadata: txn("t1"),
+        website_redirect: link.redirect.clone(),
+    };
+    assert_eq!(head, Some(expected));
+
+    match t {
+        TestStore::S3 { client, bucket } => {
+            let public = is_public_read(client, bucket, &link.key).await;
+            assert_eq!(public, link.redirect.is_some(), "AllUsers READ grant");
+        }
+        TestStore::Local { .. } => {
+            let path = t.root().join(&link.key);
+            let target = std::fs::read_link(&path).unwrap();
+            assert_eq!(target.to_str(), Some(link.symlink_target.as_str()));
+            // aliBuild follows the symlink to the tarball.
+            assert_same_bytes(&std::fs::read(&path).unwrap(), &tarball, "via symlink");
+        }
+    }
+}
+
+// ---------------------------------------------------------- delete, list
+
+async fn delete_removes_and_tolerates_missing_keys(_: &TestStore, store: Arc<dyn Store>) {
+    let rev = revision();
+    let (tarball, link) = (rev.store_key(), rev.package_link());
+    store
+        .put_if_absent(&tarball, bytes("tarball"), &txn("t1"))
+        .await
+        .unwrap();
+    store.put_link_if_absent(&link, &txn("t1")).await.unwrap();
+    store
+        .put_if_absent("TARS/other", bytes("o"), &Metadata::new())
+        .await
+        .unwrap();
+
+    store.delete(&link.key).await.unwrap();
+    assert_absent(&*store, &link.key).await;
+    assert_body(&*store, &tarball, b"tarball").await;
+    store.delete(&tarball).await.unwrap();
+    assert_absent(&*store, &tarball).await;
+    assert_eq!(store.list("").await.unwrap(), ["TARS/other"]);
+
+    store.delete(&tarball).await.unwrap();
+    store.delete("never/written").await.unwrap();
+    // The key is free again.
+    let created = store
+        .put_if_absent(&tarball, bytes("new"), &txn("t2"))
+        .await;
+    assert_eq!(created.unwrap(), Created::Yes);
+    assert_eq!(
+        store.head(&tarball).await.unwrap(),
+        Some(info(b"new", txn("t2")))
+    );
+}
+
+async fn list_returns_exactly_the_keys_under_a_prefix(t: &TestStore, store: Arc<dyn Store>) {
+    let link = revision().package_link();
+    let keys = [
+        "TARS/a/store/ac/ac56/z.tar.gz",
+        "TARS/a/store/ab12/ab12ff/x.tar.gz",
+        "TARS/a-b/x",
+        "TARS/ab/other",
+        ".alitx/journals/j.json",
+        "TARS/a/store/ab34/ab34ff/y.tar.gz",
+    ];
+    for key in keys {
+        store
+            .put_if_absent(key, bytes(key), &Metadata::new())
+            .await
+            .unwrap();
+    }
+    store.put_link_if_absent(&link, &txn("t1")).await.unwrap();
+    // A staged upload is no key either.
+    let id = store
+        .create_upload("TARS/a/staged", &txn("t1"))
+        .await
+        .unwrap();
+    store
+        .upload_part("TARS/a/staged", &id, 1, bytes("part"))
+        .await
+        .unwrap();
+
+    let list = |prefix: &str| keys_under(&*store, prefix.to_string());
+    let mut all: Vec<&str> = keys.to_vec();
+    all.push(&link.key);
+    all.sort();
+    assert_eq!(list("").await, all);
+    assert_eq!(
+        list("TARS/a/store/ab").await,
+        [
+            "TARS/a/store/ab12/ab12ff/x.tar.gz",
+            "TARS/a/store/ab34/ab34ff/y.tar.gz"
+        ]
+    );
+    assert_eq!(
+        list("TARS/a/store/ab1").await,
+        ["TARS/a/store/ab12/ab12ff/x.tar.gz"]
+    );
+    assert_eq!(
+        list("TARS/a/store/").await,
+        [
+            "TARS/a/store/ab12/ab12ff/x.tar.gz",
+            "TARS/a/store/ab34/ab34ff/y.tar.gz",
+            "TARS/a/store/ac/ac56/z.tar.gz",
+        ]
+    );
+    assert_eq!(list("TARS/ab").await, ["TARS/ab/other"]);
+    assert_eq!(list("TARS/a-").await, ["TARS/a-b/x"]);
+    assert_eq!(list("TARS/ab/other").await, ["TARS/ab/other"]);
+    assert_eq!(list("TARS/ab/other/").await, NO_KEYS);
+    assert_eq!(list("TARS/zz").await, NO_KEYS);
+    let partial_name = &link.key[..link.key.len() - 3];
+    assert_eq!(list(partial_name).await, [link.key.as_str()]);
+    // Backend state never shows, even under a prefix it matches.
+    assert_eq!(list(".alitx").await, [".alitx/journals/j.json"]);
+    if let TestStore::Local { .. } = t {
+        assert!(t.root().join(".alitx-store").is_dir(), "local state exists");
+    }
+}
+
+/// More keys than S3 returns in one ListObjectsV2 page (1000).
+async fn list_returns_more_than_one_page(_: &TestStore, store: Arc<dyn Store>) {
+    let keys: Vec<String> = (0..1001).map(|i| format!("TARS/many/{i:04}")).collect();
+    futures::stream::iter(&keys)
+        .for_each_concurrent(32, |key| {
+            let store = store.clone();
+            async move {
+                let put = store
+                    .put_if_absent(key, Bytes::new(), &Metadata::new())
+                    .await;
+                assert_eq!(put.unwrap(), Created::Yes);
+            }
+        })
+        .await;
+    assert_eq!(store.list("TARS/").await.unwrap(), keys);
+    assert_eq!(store.list("TARS/many/100").await.unwrap(), keys[1000..]);
+}
+
+// ------------------------------------------------------- staged uploads
+
+async fn staged_upload_is_invisible_until_completed(_: &TestStore, store: Arc<dyn Store>) {
+    let store = &*store;
+    let key = revision().store_key();
+    let parts = three_parts();
+    let whole = parts.concat();
+    let metadata = meta(&[("alitx-txn", "t1"), ("alitx-sha256", &sha256_hex(&whole))]);
+    let id = store.create_upload(&key, &metadata).await.unwrap();
+    let uploaded = upload_parts(store, &key, &id, &parts).await;
+
+    let expected: Vec<_> = (1..)
+        .zip(&parts)
+        .map(|(n, d)| expected_part(n, d))
+        .collect();
+    assert_eq!(uploaded, expected);
+    assert_eq!(store.list_parts(&key, &id).await.unwrap(), expected);
+    let this = vec![(key.clone(), id.clone())];
+    assert_eq!(pending(store, "").await, this);
+    let partial_name = &key[..key.len() - 10];
+    assert_eq!(pending(store, partial_name).await, this);
+    assert_eq!(pending(store, "TARS/other/").await, NO_UPLOADS);
+    let initiated = store.list_uploads("").await.unwrap()[0].initiated;
+    let now = alitx::now_secs();
+    assert!(
+        initiated.is_some_and(|secs| (now - 300..=now + 300).contains(&secs)),
+        "initiated {initiated:?}, now {now}"
+    );
+    assert_absent(store, &key).await;
+    assert_eq!(store.list("").await.unwrap(), NO_KEYS);
+
+    store.complete_upload(&key, &id, &expected).await.unwrap();
+    assert_body(store, &key, &whole).await;
     assert_eq!(
         store.head(&key).await.unwrap(),
-        None,
-        "{kind}: visible before completion"
+        Some(info(&whole, metadata))
     );
-    assert!(
-        store.list("").await.unwrap().is_empty(),
-        "{kind}: listed before completion"
-    );
-
-    store.complete_upload(&key, &id, &listed).await.unwrap();
-    let body = store.get(&key).await.unwrap().unwrap();
-    assert_eq!(body, expected.concat(), "{kind}");
-    assert_eq!(
-        store.head(&key).await.unwrap().unwrap().metadata,
-        meta("t1"),
-        "{kind}"
-    );
-    assert!(store.list_uploads("").await.unwrap().is_empty(), "{kind}");
-}
-
-async fn aborted_uploads_are_gone(t: &TestStore, store: Arc<dyn Store>) {
-    let kind = t.kind();
-    let key = revision().store_key();
-    let id = store.create_upload(&key, &meta("t1")).await.unwrap();
-    store
-        .upload_part(&key, &id, 1, Bytes::from_static(b"x"))
-        .await
-        .unwrap();
-    store.abort_upload(&key, &id).await.unwrap();
-    store.abort_upload(&key, &id).await.unwrap();
-    assert!(store.list_uploads("").await.unwrap().is_empty(), "{kind}");
+    assert_eq!(store.list("").await.unwrap(), [key.as_str()]);
+    assert_eq!(pending(store, "").await, NO_UPLOADS);
     assert!(
         store.list_parts(&key, &id).await.is_err(),
-        "{kind}: parts of an aborted upload"
+        "parts after completion"
     );
-    assert_eq!(store.head(&key).await.unwrap(), None);
 }
 
-async fn preflight_reports_what_to_fix(t: &TestStore, store: Arc<dyn Store>) {
+async fn reuploaded_part_replaces_the_old_one(_: &TestStore, store: Arc<dyn Store>) {
+    let store = &*store;
+    let key = revision().store_key();
+    let id = store.create_upload(&key, &txn("t1")).await.unwrap();
+    let (old, new, last) = (filled(5 * MIB, 1), filled(5 * MIB, 9), bytes("last"));
+    let stale = upload_parts(store, &key, &id, &[old, last.clone()]).await;
+    let replaced = store.upload_part(&key, &id, 1, new.clone()).await.unwrap();
+    assert_eq!(replaced, expected_part(1, &new));
+    let current = vec![replaced, expected_part(2, &last)];
+    assert_eq!(store.list_parts(&key, &id).await.unwrap(), current);
+
+    // Completing from the stale part list must fail, and change nothing.
+    let stale_completion = store.complete_upload(&key, &id, &stale).await;
+    assert!(stale_completion.is_err(), "completed with a replaced part");
+    assert_absent(store, &key).await;
+    assert_eq!(pending(store, "").await, [(key.clone(), id.clone())]);
+
+    store.complete_upload(&key, &id, &current).await.unwrap();
+    assert_body(store, &key, &[new, last].concat()).await;
+}
+
+async fn aborted_upload_is_gone(_: &TestStore, store: Arc<dyn Store>) {
+    let store = &*store;
+    let key = revision().store_key();
+    let id = store.create_upload(&key, &txn("t1")).await.unwrap();
+    let other = store.create_upload(&key, &txn("t2")).await.unwrap();
+    let parts = upload_parts(store, &key, &id, &[bytes("x")]).await;
+
+    store.abort_upload(&key, &id).await.unwrap();
+    assert_eq!(pending(store, "").await, [(key.clone(), other.clone())]);
+    store.abort_upload(&key, &id).await.unwrap();
+    let unknown = alitx::random_hex(16);
+    store.abort_upload(&key, &unknown).await.unwrap();
+    assert!(
+        store.list_parts(&key, &id).await.is_err(),
+        "parts of an aborted upload"
+    );
+    let part = store.upload_part(&key, &id, 2, bytes("y")).await;
+    assert!(part.is_err(), "a part for an aborted upload");
+    let completion = store.complete_upload(&key, &id, &parts).await;
+    assert!(completion.is_err(), "completed an aborted upload");
+    assert_absent(store, &key).await;
+
+    store.abort_upload(&key, &other).await.unwrap();
+    assert_eq!(pending(store, "").await, NO_UPLOADS);
+}
+
+// -------------------------------------------------------------- preflight
+
+async fn preflight_accepts_a_usable_store(_: &TestStore, store: Arc<dyn Store>) {
     store.preflight().await.unwrap();
-    if let TestStore::S3 { .. } = t {
-        let missing = alitx::storage::open("b3://alitx-no-such-bucket", None)
-            .await
-            .unwrap();
-        let err = missing.preflight().await.unwrap_err().to_string();
-        assert!(
-            err.contains("bucket alitx-no-such-bucket does not exist"),
-            "{err}"
-        );
-        let down = alitx::storage::open("b3://any-bucket", Some("http://127.0.0.1:1"))
-            .await
-            .unwrap();
-        let err = down.preflight().await.unwrap_err().to_string();
-        assert!(
-            err.contains("cannot reach the S3 endpoint http://127.0.0.1:1"),
-            "{err}"
-        );
+    store.preflight().await.unwrap();
+}
+
+async fn preflight_says_what_to_fix(t: &TestStore, _: Arc<dyn Store>) {
+    let fails = |spec: String, endpoint: Option<&'static str>| async move {
+        let store = alitx::storage::open(&spec, endpoint).await.unwrap();
+        store.preflight().await.unwrap_err().to_string()
+    };
+    match t {
+        TestStore::S3 { .. } => {
+            let err = fails("b3://alitx-no-such-bucket-xyz".into(), None).await;
+            assert!(
+                err.contains("bucket alitx-no-such-bucket-xyz does not exist"),
+                "{err}"
+            );
+            let err = fails(t.spec(), Some("http://127.0.0.1:1")).await;
+            assert!(err.contains("cannot reach"), "{err}");
+            assert!(err.contains("http://127.0.0.1:1"), "{err}");
+        }
+        TestStore::Local { .. } => {
+            let file = t.root().join("a-file");
+            std::fs::write(&file, "").unwrap();
+            let spec = file.display().to_string();
+            let err = fails(spec.clone(), None).await;
+            assert!(err.contains(&format!("{spec} is not a directory")), "{err}");
+        }
     }
 }

@@ -249,7 +249,7 @@ impl Store for LocalStore {
         let meta = match fs::symlink_metadata(&path) {
             Ok(meta) if !meta.is_dir() => meta,
             Ok(_) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(Error::io(path.display(), e)),
         };
         let sidecar = self.read_sidecar(key, meta.ino()).unwrap_or_default();
@@ -273,7 +273,7 @@ impl Store for LocalStore {
                 .map(|b| Some(Bytes::from(b)))
                 .map_err(|e| Error::io(path.display(), e)),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if is_missing(&e) => Ok(None),
             Err(e) => Err(Error::io(path.display(), e)),
         }
     }
@@ -302,7 +302,7 @@ impl Store for LocalStore {
         let ino = match fs::symlink_metadata(&path) {
             Ok(meta) if !meta.is_dir() => meta.ino(),
             Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if is_missing(&e) => return Ok(()),
             Err(e) => return Err(Error::io(path.display(), e)),
         };
         match fs::remove_file(&path) {
@@ -472,6 +472,16 @@ fn link_body(path: &Path) -> Result<String> {
         body = rest.to_string();
     }
     Ok(body)
+}
+
+/// Whether a lookup failed because nothing is at the path: also when a
+/// parent is a file (`TARS/a/b/c` with an object at `TARS/a/b`), which on
+/// S3 is just another missing key.
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }
 
 fn lstat(path: &Path) -> Result<fs::Metadata> {
