@@ -148,6 +148,9 @@ struct UploadArgs {
     /// Parts uploaded in parallel.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
     concurrency: u64,
+    /// Links written in parallel.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
+    link_concurrency: u64,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -319,6 +322,7 @@ async fn upload(args: UploadArgs) -> Result<i32> {
     let options = Options {
         part_size: (args.part_size << 20) as usize,
         concurrency: args.concurrency as usize,
+        link_concurrency: args.link_concurrency as usize,
         progress: !args.output.json && std::io::stderr().is_terminal(),
         ..args.store.options()?
     };
