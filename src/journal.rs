@@ -48,6 +48,9 @@ pub struct Journal {
     pub owner: Owner,
     /// Unix seconds after which the owner is presumed dead.
     pub lease_expires_at: i64,
+    /// How often the owner renewed its lease: growing while it works.
+    #[serde(default)]
+    pub renewals: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,11 +91,25 @@ impl Owner {
             tool: format!("alitx {}", env!("CARGO_PKG_VERSION")),
         }
     }
+}
 
-    /// Whether the owner is certainly dead: it ran on this host and its pid
-    /// is gone (restic's rule for stale locks).
-    pub fn is_dead_here(&self) -> bool {
-        self.host == hostname() && !pid_alive(self.pid)
+/// Whether a journal's owner still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    /// Another host's owner stopped renewing its lease.
+    Expired,
+    /// The owner ran on this host and its process is gone.
+    OwnerDead,
+}
+
+impl Liveness {
+    pub fn name(self) -> &'static str {
+        match self {
+            Liveness::Live => "live",
+            Liveness::Expired => "expired",
+            Liveness::OwnerDead => "owner-dead",
+        }
     }
 }
 
@@ -127,6 +144,7 @@ impl Journal {
                 .collect(),
             owner: Owner::this_process(),
             lease_expires_at: crate::now_secs() + lease.as_secs() as i64,
+            renewals: 0,
         }
     }
 
@@ -221,9 +239,25 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Whether the journal's owner is gone: lease expired, or dead on this host.
+    /// On the owner's host its process decides (restic's rule for stale
+    /// locks): a running owner keeps its journal even if a renewal is late,
+    /// a dead one loses it at once. For other hosts only the lease tells.
+    pub fn liveness(&self) -> Liveness {
+        if self.owner.host == hostname() {
+            if process_running(self.owner.pid, self.owner.started_at) {
+                Liveness::Live
+            } else {
+                Liveness::OwnerDead
+            }
+        } else if crate::now_secs() >= self.lease_expires_at {
+            Liveness::Expired
+        } else {
+            Liveness::Live
+        }
+    }
+
     pub fn owner_gone(&self) -> bool {
-        crate::now_secs() >= self.lease_expires_at || self.owner.is_dead_here()
+        self.liveness() != Liveness::Live
     }
 
     /// Metadata every object of this transaction carries.
@@ -263,13 +297,37 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-fn pid_alive(pid: u32) -> bool {
+/// Whether `pid` runs and is the process that recorded itself as owner at
+/// `recorded_at`: a process started after that is a reused pid.
+fn process_running(pid: u32, recorded_at: i64) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
     // SAFETY: signal 0 only checks that the process exists.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && process_start(pid).is_none_or(|started| started <= recorded_at + 2)
+}
+
+/// A process's start time in Unix seconds, from /proc (Linux).
+fn process_start(pid: libc::pid_t) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (start time in clock ticks since boot), counted after the
+    // command name, which may itself contain spaces and parentheses.
+    let ticks: i64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: i64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| boot + ticks / hz as i64)
 }
 
 #[cfg(test)]
@@ -309,6 +367,30 @@ mod tests {
         assert_eq!(key_from_arg(DEFAULT_PREFIX, "a/p-v-1").unwrap(), key);
         assert_eq!(key_from_arg(DEFAULT_PREFIX, &key).unwrap(), key);
         assert!(key_from_arg(DEFAULT_PREFIX, "../../etc").is_err());
+    }
+
+    #[test]
+    fn liveness_follows_the_process_here_and_the_lease_elsewhere() {
+        let mut j = journal();
+        assert_eq!(j.liveness(), Liveness::Live, "this very process");
+        j.lease_expires_at = 0;
+        assert_eq!(
+            j.liveness(),
+            Liveness::Live,
+            "a late renewal does not kill a running owner"
+        );
+        j.owner.started_at = 0;
+        assert_eq!(
+            j.liveness(),
+            Liveness::OwnerDead,
+            "our pid, but recorded before we started: reused"
+        );
+        j.owner.pid = u32::MAX;
+        assert_eq!(j.liveness(), Liveness::OwnerDead);
+        j.owner.host = "build-node-17".into();
+        assert_eq!(j.liveness(), Liveness::Expired);
+        j.lease_expires_at = crate::now_secs() + 60;
+        assert_eq!(j.liveness(), Liveness::Live);
     }
 
     #[test]

@@ -38,13 +38,7 @@ pub struct JournalEntry {
 impl JournalEntry {
     fn from_journal(key: String, journal: Journal) -> Self {
         let now = crate::now_secs();
-        let lease = if journal.owner.is_dead_here() {
-            "owner-dead"
-        } else if now >= journal.lease_expires_at {
-            "expired"
-        } else {
-            "live"
-        };
+        let lease = journal.liveness().name();
         let state = match journal.state {
             State::Pending => "pending",
             State::Committed => "committed",
@@ -97,23 +91,34 @@ pub async fn list_journals(store: &dyn Store, prefix: &str) -> Result<Vec<Journa
         if !key.ends_with(".json") {
             continue;
         }
-        entries.push(load(store, prefix, &key).await?);
+        // A journal retired since the listing belongs to a finished upload.
+        if let Some(entry) = load(store, prefix, &key).await? {
+            entries.push(entry);
+        }
     }
     Ok(entries)
 }
 
-async fn load(store: &dyn Store, prefix: &str, key: &str) -> Result<JournalEntry> {
+/// The journal at `key`, or `None` if there is none.
+async fn load(store: &dyn Store, prefix: &str, key: &str) -> Result<Option<JournalEntry>> {
     Ok(match txn::read_journal(store, prefix, key).await {
-        Ok(Some(journal)) => JournalEntry::from_journal(key.to_string(), journal),
-        Ok(None) => {
-            return Err(Error::input(format!(
-                "no journal {} in {}; `alitx journals` lists them",
-                key[prefix.len()..].trim_end_matches(".json"),
-                store.describe()
-            )))
+        Ok(Some(journal)) => Some(JournalEntry::from_journal(key.to_string(), journal)),
+        Ok(None) => None,
+        Err(e) if e.kind == ErrorKind::Journal => {
+            Some(JournalEntry::invalid(prefix, key.to_string(), e))
         }
-        Err(e) if e.kind == ErrorKind::Journal => JournalEntry::invalid(prefix, key.to_string(), e),
         Err(e) => return Err(e),
+    })
+}
+
+/// The journal a user named, which must exist.
+async fn load_named(store: &dyn Store, prefix: &str, key: &str) -> Result<JournalEntry> {
+    load(store, prefix, key).await?.ok_or_else(|| {
+        Error::input(format!(
+            "no journal {} in {}; `alitx journals` lists them",
+            key[prefix.len()..].trim_end_matches(".json"),
+            store.describe()
+        ))
     })
 }
 
@@ -167,7 +172,7 @@ async fn select(
     let mut chosen = Vec::new();
     for id in selection.ids {
         let entry = match journal::key_from_arg(prefix, id) {
-            Ok(key) => load(store, prefix, &key)
+            Ok(key) => load_named(store, prefix, &key)
                 .await
                 .map_err(|e| Outcome::failed(id.clone(), e)),
             Err(e) => Err(Outcome::failed(id.clone(), e)),

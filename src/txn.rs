@@ -730,7 +730,7 @@ impl JournalHandle {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(lease / 3).await;
-                if let Err(e) = handle.update(|_| {}).await {
+                if let Err(e) = handle.update(|j| j.renewals += 1).await {
                     warn!("renewing the lease on {}: {e}", handle.key);
                 }
             }

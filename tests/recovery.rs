@@ -565,3 +565,50 @@ fn rerunning_after_a_rebuild_with_another_hash_undoes_the_old_and_publishes_the_
         assert!(!rt.block_on(store.keys()).contains(&old.store_key()));
     }
 }
+
+#[test]
+fn a_running_upload_renews_its_lease_and_resume_leaves_it_alone() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(1, 256 << 20);
+        let mut upload = wd.upload_args(0, &store);
+        // A 1 s lease, renewed every third of a second.
+        upload.extend(args(&[
+            "--lease-seconds",
+            "1",
+            "--concurrency",
+            "1",
+            "--part-size",
+            "5",
+        ]));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_alitx"))
+            .args(&upload)
+            .spawn()
+            .unwrap();
+        let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &wd.pkgs[0].revision());
+        let backend = rt.block_on(store.open());
+        let mut renewals = 0;
+        while child.try_wait().unwrap().is_none() {
+            if let Some(bytes) = rt.block_on(backend.get(&key)).unwrap() {
+                let journal: Journal = serde_json::from_slice(&bytes).unwrap();
+                if child.try_wait().unwrap().is_none() {
+                    // Renewed every third of its length: never staler than
+                    // a second (timestamps are whole seconds).
+                    assert!(
+                        journal.lease_expires_at >= alitx::now_secs() - 1,
+                        "{kind}: lease lapsed while uploading"
+                    );
+                }
+                renewals = renewals.max(journal.renewals);
+                // A resume meanwhile must not touch the running upload.
+                let resume = alitx(&args(&["resume", "--remote-store", &store.spec()]));
+                assert_exit(&resume, 0);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(child.wait().unwrap().success());
+        assert!(renewals >= 1, "{kind}: the lease was never renewed");
+        assert_clean(&rt, &store, &wd, 0..1, kind);
+    }
+}
