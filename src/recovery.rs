@@ -209,6 +209,38 @@ fn guard(entry: &JournalEntry, journal: &Journal, selection: &Selection<'_>) -> 
     })
 }
 
+/// The loop `resume` and `rollback` share: select the journals, refuse the
+/// ones that cannot be trusted or whose owner still runs, and `act` on the
+/// others.
+async fn each_journal(
+    store: &dyn Store,
+    options: &Options,
+    selection: &Selection<'_>,
+    mut act: impl AsyncFnMut(Journal) -> Outcome,
+) -> Result<Vec<Outcome>> {
+    store.preflight().await?;
+    let mut outcomes = Vec::new();
+    for entry in select(store, &options.journal_prefix, selection).await? {
+        let outcome = match entry {
+            Err(refused) => refused,
+            Ok(entry) => match entry.journal.clone() {
+                None => Outcome::failed(
+                    entry.id.clone(),
+                    Error::journal(entry.error.clone().unwrap_or_default()).context_after(
+                        "it was left alone; inspect it, and delete it by hand if it is not alitx's",
+                    ),
+                ),
+                Some(journal) => match guard(&entry, &journal, selection) {
+                    Some(refused) => refused,
+                    None => act(journal).await,
+                },
+            },
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
 /// `alitx resume`: roll each abandoned journal forward when the work dir
 /// still holds its exact files, back otherwise.
 pub async fn resume(
@@ -217,29 +249,10 @@ pub async fn resume(
     work_dir: Option<&Path>,
     selection: &Selection<'_>,
 ) -> Result<Vec<Outcome>> {
-    store.preflight().await?;
-    let mut outcomes = Vec::new();
-    for entry in select(&*store, &options.journal_prefix, selection).await? {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(outcome) => {
-                outcomes.push(outcome);
-                continue;
-            }
-        };
-        let Some(journal) = entry.journal.clone() else {
-            let error = Error::journal(entry.error.clone().unwrap_or_default())
-                .context_after("inspect it and delete it by hand if it is not alitx's");
-            outcomes.push(Outcome::failed(entry.id.clone(), error));
-            continue;
-        };
-        if let Some(outcome) = guard(&entry, &journal, selection) {
-            outcomes.push(outcome);
-            continue;
-        }
-        outcomes.push(resume_one(store.clone(), journal, options, work_dir).await);
-    }
-    Ok(outcomes)
+    each_journal(&*store, options, selection, async |journal| {
+        resume_one(store.clone(), journal, options, work_dir).await
+    })
+    .await
 }
 
 async fn resume_one(
@@ -295,40 +308,20 @@ pub async fn rollback(
     options: &Options,
     selection: &Selection<'_>,
 ) -> Result<Vec<Outcome>> {
-    store.preflight().await?;
-    let mut outcomes = Vec::new();
-    for entry in select(&*store, &options.journal_prefix, selection).await? {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(outcome) => {
-                outcomes.push(outcome);
-                continue;
-            }
-        };
-        let Some(journal) = entry.journal.clone() else {
-            let error = Error::journal(entry.error.clone().unwrap_or_default()).context_after(
-                "it was not rolled back; inspect it and delete it by hand if it is not alitx's",
-            );
-            outcomes.push(Outcome::failed(entry.id.clone(), error));
-            continue;
-        };
-        if let Some(outcome) = guard(&entry, &journal, selection) {
-            outcomes.push(outcome);
-            continue;
-        }
-        let outcome = match txn::take_over(store.clone(), journal, None, options).await {
+    each_journal(&*store, options, selection, async |journal| {
+        let id = journal.id();
+        match txn::take_over(store.clone(), journal, None, options).await {
             Ok(report) => Outcome {
-                id: entry.id.clone(),
+                id,
                 action: "rolled-back".into(),
                 message: summary(&report),
                 report: Some(report),
                 error: None,
             },
-            Err(e) => Outcome::failed(entry.id.clone(), e),
-        };
-        outcomes.push(outcome);
-    }
-    Ok(outcomes)
+            Err(e) => Outcome::failed(id, e),
+        }
+    })
+    .await
 }
 
 /// One line saying what a transaction did.
