@@ -182,12 +182,14 @@ def resume_after_kill(sw, spec):
     path = os.path.join(sw, f"TARS/{ARCH}/store/{h[:2]}/{h}/{spec['package']}-v1-1.{ARCH}.tar.gz")
     size = os.path.getsize(path)
     part = 8 << 20
-    half = (size // part) // 2 + 1
+    # Killed once the part holding the 50 % mark is stored (parts complete
+    # out of order, so a few earlier ones may still be in flight and lost).
+    half = (size // 2) // part + 1
     bucket = fresh_bucket()
     store = f"b3://{bucket}"
     run([ALITX, "upload", "--work-dir", sw, "--architecture", ARCH, "--package", spec["package"],
          "--version", "v1", "--revision", "1", "--hash", h, "--remote-store", store],
-        env={"ALITX_FAILPOINT": f"bulk-part-{half}"})
+        env={"ALITX_FAILPOINT": f"part-sent-{half}"})
     _, _, out = run([ALITX, "resume", "--remote-store", store, "--work-dir", sw, "--json"])
     sent = json.loads(out)[0]["report"]["bytes_sent"]
     empty_bucket(bucket)
