@@ -7,39 +7,66 @@
 #        scripts/rgw.sh stop  [DIR]          stop it
 #        scripts/rgw.sh env   [DIR]          print `export` lines for the S3 client
 # DIR defaults to .rgw in the repository, PORT to $RGW_PORT or 7480. The
-# monitor listens on PORT+20000. MEMSTORE_BYTES sets the OSD's capacity
-# (default 8 GiB): data lives in memory only.
+# monitor listens on PORT+20000 ($MON_PORT). Keys: $RGW_ACCESS_KEY and
+# $RGW_SECRET_KEY (testaccesskey/testsecretkey). MEMSTORE_BYTES sets the
+# OSD's capacity (default 8 GiB): data lives in memory only.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-start}
-dir=${2:-$repo/.rgw}
+dir=$(realpath -m "${2:-$repo/.rgw}")
 port=${3:-${RGW_PORT:-7480}}
 access=${RGW_ACCESS_KEY:-testaccesskey}
 secret=${RGW_SECRET_KEY:-testsecretkey}
 trap 'echo "rgw.sh: failed at line $LINENO (exit $?); logs in $dir/log" >&2' ERR
 
-daemons_stop() {
-  local pids=()
+# Pids from DIR's pid files whose process is still one of DIR's daemons (a
+# stale pid file may name a pid the system has since given to another process).
+our_pids() {
+  local f pid
   for f in "$dir"/run/*.pid; do
-    [ -f "$f" ] && pids+=("$(cat "$f")")
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-c $dir/ceph.conf " && echo "$pid"
   done
-  [ ${#pids[@]} -eq 0 ] && return 0
-  kill "${pids[@]}" 2>/dev/null || true
-  for _ in $(seq 50); do
-    kill -0 "${pids[@]}" 2>/dev/null || return 0
-    sleep 0.2
-  done
-  kill -9 "${pids[@]}" 2>/dev/null || true
+  return 0
+}
+
+daemons_stop() {
+  local pids
+  pids=$(our_pids)
+  if [ -n "$pids" ]; then
+    # shellcheck disable=SC2086
+    kill $pids 2>/dev/null || true
+    for _ in $(seq 100); do
+      # shellcheck disable=SC2086
+      kill -0 $pids 2>/dev/null || break # true while any of them lives
+      sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    kill -9 $pids 2>/dev/null || true
+  fi
+  rm -f "$dir"/run/*.pid "$dir/port"
 }
 
 install_packages() {
-  command -v radosgw >/dev/null && command -v ceph-mon >/dev/null && command -v ceph-osd >/dev/null \
-    && command -v curl >/dev/null && return 0
+  local missing=0 c
+  for c in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool curl; do
+    command -v "$c" >/dev/null || missing=1
+  done
+  [ $missing = 0 ] && return 0
   echo "rgw.sh: installing Ceph from Debian's packages" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq ceph-mon ceph-osd radosgw ceph-common curl >/dev/null
 }
+
+# A signed ListBuckets with our keys succeeds: an RGW we can use answers.
+s3_answers() {
+  curl -fs -o /dev/null --max-time 5 --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access:$secret" \
+    -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
+    "http://127.0.0.1:$port/"
+}
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 case "$cmd" in
   stop) daemons_stop; exit 0 ;;
@@ -53,28 +80,49 @@ export AWS_REGION=us-east-1
 ENV
     exit 0 ;;
   start)
+    install_packages
+    if s3_answers; then
+      echo "$port" >"$dir/port" 2>/dev/null || true
+      echo "RGW up at http://127.0.0.1:$port (already running)"
+      exit 0
+    fi
     # A fresh cluster occasionally fails to form when another one is
     # starting on the machine at the same moment: try again from scratch.
+    t0=$SECONDS
     for attempt in 1 2 3; do
-      "$0" start-once "$dir" "$port" && exit 0
+      if "$0" start-once "$dir" "$port"; then
+        echo "RGW up at http://127.0.0.1:$port (started in $((SECONDS - t0)) s)"
+        exit 0
+      fi
+      [ -f "$dir/port-busy" ] && exit 1 # retrying cannot help
+      [ $attempt = 3 ] && break
       echo "rgw.sh: attempt $attempt failed; retrying" >&2
       sleep 2
     done
+    daemons_stop
+    echo "rgw.sh: could not start RGW on port $port; logs in $dir/log" >&2
     exit 1 ;;
   start-once) ;;
   *) echo "usage: $0 start|stop|env [DIR] [PORT]" >&2; exit 2 ;;
 esac
 
-install_packages
-# Reuse a gateway this script started in DIR if it still answers.
-if [ -f "$dir/port" ] && [ "$(cat "$dir/port")" = "$port" ] && curl -fs -o /dev/null "http://127.0.0.1:$port/"; then
-  echo "RGW up at http://127.0.0.1:$port (already running)"
-  exit 0
-fi
+fail() { echo "rgw.sh: $1; logs in $dir/log" >&2; exit 1; }
+wait_for() { # tries (0.2 s apart), command...
+  local tries=$1; shift
+  for _ in $(seq "$tries"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  return 1
+}
+
 daemons_stop
 rm -rf "$dir"
 mkdir -p "$dir"/{mon,osd0,run,log,rgw}
 mon_port=${MON_PORT:-$((port + 20000))}
+for p in "$port" "$mon_port"; do
+  if listening "$p"; then
+    touch "$dir/port-busy"
+    fail "port $p on 127.0.0.1 is taken by another program (not an RGW with our keys); choose another PORT"
+  fi
+done
 conf=$dir/ceph.conf
 fsid=$(cat /proc/sys/kernel/random/uuid)
 cat >"$conf" <<CONF
@@ -102,41 +150,49 @@ ms bind msgr2 = false
 public addr = 127.0.0.1
 [mon.a]
 mon data = $dir/mon
+# Commit each map change at once, not batched for 1 s: RGW's first start
+# makes ~15 pool changes one after another (13 s -> a few).
+paxos propose interval = 0.05
 [osd.0]
 osd data = $dir/osd0
 osd objectstore = memstore
 memstore device bytes = ${MEMSTORE_BYTES:-8589934592}
-# RADOS objects, not S3 objects: RGW stripes S3 objects into 4 MiB pieces.
+# Limits on RADOS objects, not S3 objects: RGW stripes S3 objects and each
+# multipart part into 4 MiB RADOS objects, written 4 MiB at a time.
 osd max object size = 134217728
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:$port
 rgw data = $dir/rgw
 rgw dns name = localhost
+# S3 limits, as on AWS (these are Ceph's defaults, spelled out): a single
+# PUT (and so one part) up to 5 GiB, parts of at least 5 MiB except the
+# last, 10000 parts, so multipart objects of several GiB are fine (memstore
+# capacity permitting: the OSD refuses writes once 95% full).
+rgw max put size = 5368709120
+rgw multipart min part size = 5242880
+rgw multipart part upload limit = 10000
 # Reclaim deleted objects' space at once, not after the default two hours:
 # the OSD lives in memory, and benchmarks delete what they wrote.
 rgw gc obj min wait = 0
 rgw gc processor period = 5
 CONF
 
-wait_for() { # tries, command...
-  local tries=$1; shift
-  for _ in $(seq "$tries"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  return 1
-}
-fail() { echo "rgw.sh: $1; logs in $dir/log" >&2; exit 1; }
-
 ceph-authtool --create-keyring "$dir/mon.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
 monmaptool --create --addv a "[v1:127.0.0.1:$mon_port]" --fsid "$fsid" "$dir/monmap" >/dev/null
 ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/mon.keyring" 2>>"$dir/log/setup.log"
 ceph-mon -c "$conf" -i a
 wait_for 100 ceph -c "$conf" mon stat || fail "the monitor did not start"
+# The OSD registers itself with the monitor on first boot.
 ceph-osd -c "$conf" -i 0 --mkfs --osd-uuid "$(cat /proc/sys/kernel/random/uuid)" 2>>"$dir/log/setup.log"
-ceph-osd -c "$conf" -i 0 2>>"$dir/log/setup.log"
+# Pacific's OSD sometimes sends its first command before it holds the
+# monitor's map (the monitor answers "wrong fsid") and exits: start it again.
+osd_start() { ceph-osd -c "$conf" -i 0 2>>"$dir/log/setup.log"; }
+wait_for 10 osd_start || fail "the OSD did not start"
 osd_up() { ceph -c "$conf" osd stat 2>/dev/null | grep -q "1 up"; }
 wait_for 150 osd_up || fail "the OSD did not come up"
 radosgw -c "$conf" -n client.rgw.a
 wait_for 150 curl -fs -o /dev/null "http://127.0.0.1:$port/" || fail "the gateway did not answer on port $port"
 radosgw-admin -c "$conf" user create --uid=test --display-name=test \
   --access-key="$access" --secret="$secret" >/dev/null 2>>"$dir/log/setup.log"
+wait_for 50 s3_answers || fail "the gateway does not accept our keys"
 echo "$port" >"$dir/port"
-echo "RGW up at http://127.0.0.1:$port"
