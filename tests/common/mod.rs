@@ -37,11 +37,17 @@ pub fn backends() -> Vec<&'static str> {
     }
 }
 
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// The one runtime every test of a binary shares. The SDK's HTTP
+/// connection pool is process-wide: a connection opened on a runtime that a
+/// finished test has dropped hangs the next request that picks it up.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    })
 }
 
 pub fn endpoint() -> String {
@@ -57,7 +63,13 @@ pub async fn s3_client() -> Client {
         .endpoint_url(endpoint())
         .load()
         .await;
+    // A request the server never answers fails the test instead of hanging it.
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .operation_attempt_timeout(std::time::Duration::from_secs(120))
+        .build();
     let conf = aws_sdk_s3::config::Builder::from(&config)
+        .timeout_config(timeouts)
         .force_path_style(true)
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
