@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint::failpoint;
 use crate::journal::{Journal, State, TXN_METADATA};
 use crate::layout::{Link, Revision};
-use crate::storage::{Created, Store, UploadedPart};
+use crate::storage::{Created, ObjectInfo, Store, UploadedPart};
 use crate::tarball::{self, Part};
 use crate::workdir::{FileIdentity, LocalRevision};
 
@@ -111,18 +111,31 @@ pub async fn upload(
     options: &Options,
 ) -> Result<Report> {
     let started = Instant::now();
-    store.preflight().await?;
-    debug!("store reachable: {}", store.describe());
     let revision = &local.revision;
     let journal_key = Journal::key_of(&options.journal_prefix, revision);
 
     // Independent reads, in parallel: they decide whether to write at all.
+    // A tarball that fits in one part is read and verified meanwhile, so
+    // that a bad one is refused before anything is written.
     let (store_key, link_key) = (revision.store_key(), revision.package_link().key);
-    let (existing, tarball, package_link) = tokio::try_join!(
-        read_journal(&*store, &options.journal_prefix, &journal_key),
-        store.head(&store_key),
-        store.head(&link_key),
-    )?;
+    let reads = async {
+        tokio::try_join!(
+            read_journal(&*store, &options.journal_prefix, &journal_key),
+            store.head(&store_key),
+            store.head(&link_key),
+        )
+    };
+    let whole = async {
+        match fits_one_part(&local, options) {
+            true => read_whole(&local, options.part_size).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let (reachable, reads, whole) = tokio::join!(store.preflight(), reads, whole);
+    // The preflight's error says best what is wrong with the store.
+    reachable?;
+    debug!("store reachable: {}", store.describe());
+    let (existing, tarball, package_link) = reads?;
     if let Some(existing) = existing {
         return match existing.state {
             State::Committed => {
@@ -167,6 +180,7 @@ pub async fn upload(
     if package_link.is_some() {
         return Err(taken_error(revision));
     }
+    let whole = whole?;
 
     // Intent: the journal is the first write; a concurrent writer of the
     // same revision collides here.
@@ -197,7 +211,7 @@ pub async fn upload(
     debug!("intent: journal {journal_key} written");
     failpoint("after-intent");
     let handle = JournalHandle::new(store.clone(), journal_key, journal);
-    let mut report = run(store, &handle, &local, options).await?;
+    let mut report = run(store, &handle, &local, whole, options).await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -234,7 +248,7 @@ pub async fn take_over(
         part_size: journal.tarball.part_size as usize,
         ..options.clone()
     };
-    run(store, &handle, local, &options).await
+    run(store, &handle, local, None, &options).await
 }
 
 /// Why the local files cannot complete `journal`, if they cannot.
@@ -265,10 +279,11 @@ async fn run(
     store: Arc<dyn Store>,
     handle: &Arc<JournalHandle>,
     local: &LocalRevision,
+    whole: Option<WholeTarball>,
     options: &Options,
 ) -> Result<Report> {
     let renewer = handle.keep_alive(options.lease);
-    let result = roll_forward(store.clone(), handle, local, options).await;
+    let result = roll_forward(store.clone(), handle, local, whole, options).await;
     renewer.abort();
     match result {
         Ok(report) => Ok(report),
@@ -296,12 +311,12 @@ async fn roll_forward(
     store: Arc<dyn Store>,
     handle: &JournalHandle,
     local: &LocalRevision,
+    whole: Option<WholeTarball>,
     options: &Options,
 ) -> Result<Report> {
     let journal = handle.snapshot().await;
     let revision = &journal.revision;
     let key = journal.tarball.key.clone();
-    let metadata = journal.object_metadata();
     let mut report = Report::new(Status::Committed, journal.id(), revision, &*store);
     report.txn = Some(journal.txn.clone());
     report.tarball_bytes = local.tarball.size;
@@ -309,7 +324,7 @@ async fn roll_forward(
     let published = store.head(&key).await?;
     let already_ours = published
         .as_ref()
-        .is_some_and(|info| info.metadata.get(TXN_METADATA) == Some(&journal.txn));
+        .is_some_and(|info| is_ours(info, &journal));
     if let Some(info) = &published {
         if !already_ours {
             return Err(Error::conflict(format!(
@@ -319,54 +334,27 @@ async fn roll_forward(
         }
     }
 
-    if !already_ours {
-        let (upload_id, existing) = staged_upload(&*store, handle, &key, &metadata).await?;
-        let links = write_links(&*store, &journal, options.link_concurrency);
-        let bulk = send_tarball(store.clone(), &key, &upload_id, local, options, existing);
-        let (written, sent) = tokio::try_join!(links, bulk)?;
-        report.keys_written = written;
-        report.bytes_sent = sent.bytes_sent;
-        report.parts_total = sent.parts.len() as u32;
-        report.parts_reused = sent.reused;
-        debug!(
-            "tarball staged: {} parts, {} B sent",
-            sent.parts.len(),
-            sent.bytes_sent
-        );
-        failpoint("after-bulk");
-
-        if FileIdentity::of(&local.tarball_path)? != local.tarball
-            || sent.scanned.size != local.tarball.size
-        {
-            return Err(Error::verification(format!(
-                "{} changed while it was being uploaded; rebuild or re-run",
-                local.tarball_path.display()
-            )));
-        }
-        if let Some(recorded) = &journal.tarball.sha256 {
-            if *recorded != sent.scanned.sha256 {
-                return Err(Error::verification(format!(
-                    "{} no longer has the SHA-256 recorded in the journal",
-                    local.tarball_path.display()
-                )));
+    if already_ours {
+        report.tarball_sha256 = journal.tarball.sha256.clone();
+    } else {
+        // A tarball that fits in one part, with no staged upload to resume,
+        // is published by one conditional PUT instead of a multipart upload.
+        let sent = match whole {
+            Some(whole) => put_whole(&*store, &journal, local, whole, options).await?,
+            None if journal.tarball.upload_id.is_none() && fits_one_part(local, options) => {
+                let whole = read_whole(local, options.part_size).await?;
+                put_whole(&*store, &journal, local, whole, options).await?
             }
-        }
-        let sha256 = sent.scanned.sha256.clone();
-        handle.update(|j| j.tarball.sha256 = Some(sha256)).await?;
-        report.tarball_sha256 = Some(sent.scanned.sha256);
-
-        // Publish: the tarball appears at once, after every link.
-        if store.head(&key).await?.is_some() {
-            return Err(Error::conflict(format!(
-                "{key} appeared in the store from another uploader just before publishing"
-            )));
-        }
-        store.complete_upload(&key, &upload_id, &sent.parts).await?;
+            None => put_staged(store, handle, &journal, local, options).await?,
+        };
+        report.keys_written = sent.links_written;
         report.keys_written.push(key.clone());
+        report.bytes_sent = sent.bytes_sent;
+        report.parts_total = sent.parts_total;
+        report.parts_reused = sent.parts_reused;
+        report.tarball_sha256 = Some(sent.sha256);
         info!("published {key}");
         failpoint("after-publish");
-    } else {
-        report.tarball_sha256 = journal.tarball.sha256.clone();
     }
 
     handle.update(|j| j.state = State::Committed).await?;
@@ -374,6 +362,164 @@ async fn roll_forward(
     failpoint("after-commit-mark");
     handle.retire().await?;
     Ok(report)
+}
+
+/// What publishing the tarball and writing the links did.
+struct Published {
+    links_written: Vec<String>,
+    sha256: String,
+    bytes_sent: u64,
+    parts_total: u32,
+    parts_reused: u32,
+}
+
+/// Whether `info` describes an object this transaction wrote.
+fn is_ours(info: &ObjectInfo, journal: &Journal) -> bool {
+    info.metadata.get(TXN_METADATA) == Some(&journal.txn)
+}
+
+fn fits_one_part(local: &LocalRevision, options: &Options) -> bool {
+    local.tarball.size <= options.part_size as u64
+}
+
+/// A tarball read and verified whole, before any of it is sent.
+pub struct WholeTarball {
+    scanned: tarball::Scanned,
+    data: Bytes,
+}
+
+async fn read_whole(local: &LocalRevision, part_size: usize) -> Result<WholeTarball> {
+    let path = local.tarball_path.clone();
+    let revision = local.revision.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut data = None;
+        let scanned = tarball::scan(&path, part_size, &revision, |part| {
+            // A second part: the file grew since it was measured.
+            match data.replace(part.data) {
+                None => Ok(()),
+                Some(_) => Err(changed_while_read(&path)),
+            }
+        })?;
+        Ok(WholeTarball {
+            scanned,
+            data: data.unwrap_or_default(),
+        })
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Io, format!("reader task: {e}")))?
+}
+
+/// Write the links, then publish the verified tarball with one
+/// put-if-absent: it appears at once, after every link, and never over an
+/// object another uploader put there.
+async fn put_whole(
+    store: &dyn Store,
+    journal: &Journal,
+    local: &LocalRevision,
+    whole: WholeTarball,
+    options: &Options,
+) -> Result<Published> {
+    let links_written = write_links(store, journal, options.link_concurrency).await?;
+    check_unchanged(journal, local, &whole.scanned)?;
+    let key = &journal.tarball.key;
+    let bytes_sent = whole.data.len() as u64;
+    let created = store
+        .put_if_absent(key, whole.data, &journal.object_metadata())
+        .await?;
+    // Taken already: ours only if a retried request had stored it.
+    if created == Created::AlreadyExists
+        && !store
+            .head(key)
+            .await?
+            .is_some_and(|info| is_ours(&info, journal))
+    {
+        return Err(Error::conflict(format!(
+            "{key} appeared in the store from another uploader just before publishing"
+        )));
+    }
+    Ok(Published {
+        links_written,
+        sha256: whole.scanned.sha256,
+        bytes_sent,
+        parts_total: 1,
+        parts_reused: 0,
+    })
+}
+
+/// Stage the tarball's parts (resuming a recorded upload) while the links
+/// are written, record the verified SHA-256, then complete the upload: the
+/// tarball appears at once, after every link.
+async fn put_staged(
+    store: Arc<dyn Store>,
+    handle: &JournalHandle,
+    journal: &Journal,
+    local: &LocalRevision,
+    options: &Options,
+) -> Result<Published> {
+    let key = &journal.tarball.key;
+    // The upload id is recorded before anything else is written, so that
+    // no crash can orphan a staged upload.
+    let (upload_id, existing) =
+        staged_upload(&*store, handle, key, &journal.object_metadata()).await?;
+    let links = write_links(&*store, journal, options.link_concurrency);
+    let bulk = send_tarball(store.clone(), key, &upload_id, local, options, existing);
+    let (links_written, sent) = tokio::try_join!(links, bulk)?;
+    debug!(
+        "tarball staged: {} parts, {} B sent",
+        sent.parts.len(),
+        sent.bytes_sent
+    );
+    failpoint("after-bulk");
+    check_unchanged(journal, local, &sent.scanned)?;
+    let sha256 = sent.scanned.sha256.clone();
+    handle.update(|j| j.tarball.sha256 = Some(sha256)).await?;
+
+    // Ceph ignores If-None-Match on completion: look just before.
+    if store.head(key).await?.is_some() {
+        return Err(Error::conflict(format!(
+            "{key} appeared in the store from another uploader just before publishing"
+        )));
+    }
+    store.complete_upload(key, &upload_id, &sent.parts).await?;
+    Ok(Published {
+        links_written,
+        sha256: sent.scanned.sha256,
+        bytes_sent: sent.bytes_sent,
+        parts_total: sent.parts.len() as u32,
+        parts_reused: sent.reused,
+    })
+}
+
+/// The bytes just read are the ones the journal describes: the file did
+/// not change during the read, nor since an earlier read recorded its hash.
+fn check_unchanged(
+    journal: &Journal,
+    local: &LocalRevision,
+    scanned: &tarball::Scanned,
+) -> Result<()> {
+    if FileIdentity::of(&local.tarball_path)? != local.tarball || scanned.size != local.tarball.size
+    {
+        return Err(changed_while_read(&local.tarball_path));
+    }
+    if journal
+        .tarball
+        .sha256
+        .as_ref()
+        .is_some_and(|recorded| *recorded != scanned.sha256)
+    {
+        return Err(Error::verification(format!(
+            "{} no longer has the SHA-256 recorded in the journal",
+            local.tarball_path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn changed_while_read(path: &std::path::Path) -> Error {
+    Error::verification(format!(
+        "{} changed while it was being uploaded; rebuild or re-run",
+        path.display()
+    ))
 }
 
 /// The staged upload of the tarball and the parts it already holds: the
@@ -447,10 +593,7 @@ async fn put_link(
         return Ok(true);
     }
     let info = store.head(&link.key).await?;
-    let ours = info
-        .as_ref()
-        .is_some_and(|i| i.metadata.get(TXN_METADATA) == Some(&journal.txn));
-    if ours {
+    if info.as_ref().is_some_and(|info| is_ours(info, journal)) {
         return Ok(false);
     }
     if identical_ok && store.get(&link.key).await?.as_deref() == Some(link.body.as_bytes()) {
@@ -588,11 +731,11 @@ pub async fn rollback(
     keys.extend(journal.links().skip(1).map(|l| l.key.clone()));
     keys.extend(journal.links().take(1).map(|l| l.key.clone()));
     for key in keys {
-        let ours = store
+        if store
             .head(&key)
             .await?
-            .is_some_and(|info| info.metadata.get(TXN_METADATA) == Some(&journal.txn));
-        if ours {
+            .is_some_and(|info| is_ours(&info, journal))
+        {
             store.delete(&key).await?;
             report.keys_deleted.push(key);
         }

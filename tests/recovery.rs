@@ -10,7 +10,8 @@ use std::process::Command;
 use alitx::journal::Journal;
 use common::*;
 
-/// Every point where the crash matrix kills the uploader.
+/// Every point where the crash matrix kills the upload of a tarball of
+/// several parts.
 const CRASH_POINTS: [&str; 9] = [
     "after-intent",
     "after-create-upload",
@@ -19,6 +20,16 @@ const CRASH_POINTS: [&str; 9] = [
     "after-claim",
     "after-links",
     "after-bulk",
+    "after-publish",
+    "after-commit-mark",
+];
+
+/// Every point where it kills the upload of a tarball that fits in one
+/// part, published by a single conditional PUT.
+const SINGLE_PUT_CRASH_POINTS: [&str; 5] = [
+    "after-intent",
+    "after-claim",
+    "after-links",
     "after-publish",
     "after-commit-mark",
 ];
@@ -107,14 +118,25 @@ fn assert_clean(
 
 #[test]
 fn crash_matrix_every_point_heals_by_resume_rollback_or_rerun() {
+    crash_matrix(12 << 20, &CRASH_POINTS);
+}
+
+#[test]
+fn crash_matrix_of_a_single_put_tarball_heals_the_same_way() {
+    crash_matrix(0, &SINGLE_PUT_CRASH_POINTS);
+}
+
+/// Kill the upload of package 1 (with `payload` extra tarball bytes) at
+/// each point, heal it each way, and check the store is exact.
+fn crash_matrix(payload: u64, points: &[&str]) {
     let rt = runtime();
     let mut cases = 0;
     for kind in backends() {
-        for point in CRASH_POINTS {
+        for &point in points {
             for heal in ["resume", "rollback", "rerun"] {
                 let what = format!("{kind} {point} {heal}");
                 let store = rt.block_on(TestStore::new(kind));
-                let wd = WorkDir::chain(2, 12 << 20);
+                let wd = WorkDir::chain(2, payload);
                 assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
                 killed_upload(&wd, 1, &store, point);
                 assert_no_partial_tarball(&rt, &store, &wd, 1, &what);
@@ -174,7 +196,7 @@ fn crash_matrix_every_point_heals_by_resume_rollback_or_rerun() {
         }
     }
     eprintln!("crash matrix: {cases} cases");
-    assert_eq!(cases, CRASH_POINTS.len() * 3 * backends().len());
+    assert_eq!(cases, points.len() * 3 * backends().len());
 }
 
 #[test]

@@ -114,6 +114,24 @@ fn json_report_names_the_journal_keys_and_bytes() {
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tarball))
         );
         assert!(report["duration_seconds"].as_f64().unwrap() > 0.0);
+        assert_eq!(report["parts_total"], 1);
+        if let TestStore::S3 { bucket, client } = &store {
+            // One conditional PUT, not a multipart upload: the ETag is the
+            // body's MD5, without the "-<parts>" suffix.
+            let head = rt
+                .block_on(
+                    client
+                        .head_object()
+                        .bucket(bucket)
+                        .key(rev.store_key())
+                        .send(),
+                )
+                .unwrap();
+            assert_eq!(
+                head.e_tag().unwrap().trim_matches('"'),
+                hex::encode(<md5::Md5 as md5::Digest>::digest(&tarball))
+            );
+        }
         let mut written: Vec<String> = report["keys_written"]
             .as_array()
             .unwrap()
