@@ -358,6 +358,51 @@ fn killed_upload_heals_when_the_job_runs_again() {
     assert_eq!(rt.block_on(store.pending_uploads()), 0);
 }
 
+/// An empty local-directory store as stock aliBuild can use it: its rsync
+/// backend fetches each package's link directory before building it, and
+/// stops if the store lacks one, so they exist, as in any store in use.
+fn local_store_in_use(rt: &tokio::runtime::Runtime) -> TestStore {
+    let store = rt.block_on(TestStore::new("local"));
+    for (name, _, _) in PACKAGES {
+        fs::create_dir_all(store.root().join(format!("TARS/{ARCH}/{name}"))).unwrap();
+    }
+    store
+}
+
+/// alitx refusing an upload (another build's dist link at one of its keys)
+/// stops the build with alitx's message; nothing of that revision is
+/// written and no journal is left.
+#[test]
+fn a_refused_upload_fails_the_build_with_alitx_message() {
+    let Some((python, recipes)) = setup("local") else {
+        return;
+    };
+    let rt = runtime();
+    let store = local_store_in_use(&rt);
+    let foreign = format!("TARS/{ARCH}/dist/zlibx/zlibx-v1.0-1/zlibx-v1.0-1.{ARCH}.tar.gz");
+    rt.block_on(store.put_foreign(&foreign, b"another build's link"));
+
+    let wd = tempfile::tempdir().unwrap();
+    let rw = format!("{}::rw", store.spec());
+    let out = recipes.build(&python, true, wd.path(), &rw, &[]);
+    assert_exit(&out, 1);
+    let log = output(&out);
+    assert!(
+        log.contains("alitx upload of zlibx v1.0-1 failed (exit 3): ") && log.contains(&foreign),
+        "{log}"
+    );
+    assert_eq!(recipes.built(), ["zlibx"], "the build stopped at zlibx");
+    let keys = rt.block_on(store.keys());
+    let zlibx: Vec<&String> = keys.iter().filter(|k| k.contains("zlibx")).collect();
+    assert_eq!(zlibx, [&foreign], "{keys:?}");
+    assert!(
+        keys.iter()
+            .any(|k| k.contains("/store/") && k.contains("defaults-release")),
+        "defaults-release is published"
+    );
+    assert!(!keys.iter().any(|k| k.starts_with(".alitx/")), "{keys:?}");
+}
+
 /// A local-directory store written through the helper (alitx upload) is
 /// read by stock aliBuild's rsync backend, which reuses every package.
 ///
@@ -373,13 +418,7 @@ fn stock_alibuild_reuses_a_local_directory_store_written_by_alitx() {
         return;
     };
     let rt = runtime();
-    let store = rt.block_on(TestStore::new("local"));
-    // aliBuild's rsync backend fetches each package's link directory before
-    // building it, and stops if the store lacks one: seed them, as a store
-    // in use has them.
-    for (name, _, _) in PACKAGES {
-        fs::create_dir_all(store.root().join(format!("TARS/{ARCH}/{name}"))).unwrap();
-    }
+    let store = local_store_in_use(&rt);
     let wd = tempfile::tempdir().unwrap();
     let out = recipes.build(
         &python,
