@@ -134,15 +134,8 @@ impl Recipes {
     }
 
     /// `build topx` in `work_dir` with `store`, through the helper or stock
-    /// aliBuild; extra environment in `env`.
-    fn build(
-        &self,
-        python: &Path,
-        helper: bool,
-        work_dir: &Path,
-        store: &str,
-        env: &[(&str, &str)],
-    ) -> Output {
+    /// aliBuild, ready to run.
+    fn build(&self, python: &Path, helper: bool, work_dir: &Path, store: &str) -> Command {
         let mut cmd = Command::new(python);
         if helper {
             cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/alibuild-alitx"));
@@ -157,10 +150,13 @@ impl Recipes {
             .env("ALITX", env!("CARGO_BIN_EXE_alitx"))
             // aliBuild orders dependency lists by set iteration: pin it so
             // two builds write byte-identical tarballs.
-            .env("PYTHONHASHSEED", "0")
-            .envs(env.iter().copied());
-        cmd.output().unwrap()
+            .env("PYTHONHASHSEED", "0");
+        cmd
     }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
 }
 
 /// The four packages as aliBuild left them in `work_dir` (revision and
@@ -218,7 +214,9 @@ fn assert_stock_reuses(
 ) {
     let before = recipes.built();
     let reader = tempfile::tempdir().unwrap();
-    let out = recipes.build(python, false, reader.path(), read_spec, env);
+    let out = run(recipes
+        .build(python, false, reader.path(), read_spec)
+        .envs(env.iter().copied()));
     assert_exit(&out, 0);
     assert_eq!(recipes.built(), before, "{}", output(&out));
     let rt = runtime();
@@ -236,9 +234,10 @@ fn assert_stock_reuses(
     assert_eq!(fs::read_to_string(installed).unwrap(), "topx\n");
 }
 
-/// Through the helper to bucket A and stock aliBuild to bucket B of the
-/// same RGW: the same keys and bodies, dist links with the same redirect
-/// and ACL; then stock aliBuild reads A back without building.
+/// Through the helper (with `--debug`) to bucket A and stock aliBuild to
+/// bucket B of the same RGW: the same keys and bodies, dist links with the
+/// same redirect and ACL, no secret in the output; then stock aliBuild reads
+/// A back without building.
 #[test]
 fn helper_writes_what_stock_alibuild_writes_and_reads() {
     let Some((python, recipes)) = setup("s3") else {
@@ -249,16 +248,20 @@ fn helper_writes_what_stock_alibuild_writes_and_reads() {
     let stock = rt.block_on(TestStore::new("s3"));
 
     let ours_wd = tempfile::tempdir().unwrap();
-    let out = recipes.build(&python, true, ours_wd.path(), &ours.spec(), &[]);
+    let out = run(recipes
+        .build(&python, true, ours_wd.path(), &ours.spec())
+        .arg("--debug"));
     assert_exit(&out, 0);
+    let log = output(&out);
+    assert!(log.contains("alibuild-alitx: committed"), "{log}");
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
     assert!(
-        output(&out).contains("alibuild-alitx: committed"),
-        "{}",
-        output(&out)
+        !log.contains(&secret),
+        "the secret key appears in --debug output"
     );
     let stock_wd = tempfile::tempdir().unwrap();
     assert_exit(
-        &recipes.build(&python, false, stock_wd.path(), &stock.spec(), &[]),
+        &run(&mut recipes.build(&python, false, stock_wd.path(), &stock.spec())),
         0,
     );
     assert_eq!(
@@ -317,13 +320,9 @@ fn killed_upload_heals_when_the_job_runs_again() {
     let store = rt.block_on(TestStore::new("s3"));
     let wd = tempfile::tempdir().unwrap();
 
-    let killed = recipes.build(
-        &python,
-        true,
-        wd.path(),
-        &store.spec(),
-        &[("ALITX_FAILPOINT", "after-links")],
-    );
+    let killed = run(recipes
+        .build(&python, true, wd.path(), &store.spec())
+        .env("ALITX_FAILPOINT", "after-links"));
     assert_exit(&killed, 1);
     assert!(
         output(&killed).contains("alitx upload of defaults-release v1-1 was killed by SIGKILL"),
@@ -338,7 +337,7 @@ fn killed_upload_heals_when_the_job_runs_again() {
         "a pending journal and links without a tarball: {left:?}"
     );
 
-    let again = recipes.build(&python, true, wd.path(), &store.spec(), &[]);
+    let again = run(&mut recipes.build(&python, true, wd.path(), &store.spec()));
     assert_exit(&again, 0);
     let log = output(&again);
     assert!(
@@ -384,7 +383,7 @@ fn a_refused_upload_fails_the_build_with_alitx_message() {
 
     let wd = tempfile::tempdir().unwrap();
     let rw = format!("{}::rw", store.spec());
-    let out = recipes.build(&python, true, wd.path(), &rw, &[]);
+    let out = run(&mut recipes.build(&python, true, wd.path(), &rw));
     assert_exit(&out, 1);
     let log = output(&out);
     assert!(
@@ -420,13 +419,8 @@ fn stock_alibuild_reuses_a_local_directory_store_written_by_alitx() {
     let rt = runtime();
     let store = local_store_in_use(&rt);
     let wd = tempfile::tempdir().unwrap();
-    let out = recipes.build(
-        &python,
-        true,
-        wd.path(),
-        &format!("{}::rw", store.spec()),
-        &[],
-    );
+    let rw = format!("{}::rw", store.spec());
+    let out = run(&mut recipes.build(&python, true, wd.path(), &rw));
     assert_exit(&out, 0);
     assert!(
         output(&out).contains("alibuild-alitx: committed"),
@@ -457,4 +451,48 @@ fn stock_alibuild_reuses_a_local_directory_store_written_by_alitx() {
         &read_spec,
         &[("RSYNC_RSH", &rsh)],
     );
+}
+
+/// `--help` is aliBuild's; a missing aliBuild or alitx is a clear error that
+/// says what to do, before anything is built or written.
+#[test]
+fn helper_help_and_what_it_needs() {
+    let Some((python, recipes)) = setup("local") else {
+        return;
+    };
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/alibuild-alitx");
+    let help = run(Command::new(&python).arg(&helper).args(["build", "--help"]));
+    assert_exit(&help, 0);
+    let usage = String::from_utf8_lossy(&help.stdout);
+    assert!(usage.contains("usage: aliBuild build") && usage.contains("--remote-store"));
+
+    // -S: no site-packages, so aliBuild does not import; no aliBuild on PATH.
+    let no_alibuild = run(Command::new(&python)
+        .arg("-S")
+        .arg(&helper)
+        .args(["build", "topx"])
+        .env("PATH", recipes.dir.path()));
+    assert_exit(&no_alibuild, 1);
+    assert!(
+        stderr(&no_alibuild).contains("cannot import aliBuild")
+            && stderr(&no_alibuild).contains("-m pip install 'alibuild>=1.17.48,<1.18'"),
+        "{}",
+        stderr(&no_alibuild)
+    );
+
+    let rt = runtime();
+    let store = local_store_in_use(&rt);
+    let wd = tempfile::tempdir().unwrap();
+    let rw = format!("{}::rw", store.spec());
+    let no_alitx = run(recipes
+        .build(&python, true, wd.path(), &rw)
+        .env("ALITX", "/nonexistent/alitx"));
+    assert_exit(&no_alitx, 1);
+    assert!(
+        stderr(&no_alitx).contains("ALITX=/nonexistent/alitx is not an executable file"),
+        "{}",
+        stderr(&no_alitx)
+    );
+    assert!(recipes.built().is_empty());
+    assert!(rt.block_on(store.keys()).is_empty());
 }
