@@ -1,0 +1,498 @@
+//! The real aliBuild (PyPI `alibuild`) building a tiny recipe set through
+//! `scripts/alibuild-alitx`: the store it writes on Ceph RGW equals what
+//! stock aliBuild writes, a killed upload heals by re-running the job, and
+//! stock aliBuild reuses what alitx published (from RGW and from a
+//! local-directory store) instead of building.
+//!
+//! aliBuild runs under `ALITX_ALIBUILD_PYTHON` (scripts/test.sh makes a
+//! virtualenv with it), else the repository's `.venv/bin/python`. Without
+//! it these tests fail, unless `ALITX_SKIP_ALIBUILD=1` says to skip them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+/// The recipes (name, version, requirement), built in this order.
+const PACKAGES: [(&str, &str, Option<&str>); 4] = [
+    ("defaults-release", "v1", None),
+    ("zlibx", "v1.0", None),
+    ("midx", "v2.0", Some("zlibx")),
+    ("topx", "v3.0", Some("midx")),
+];
+
+/// Stock aliBuild with one change: its boto3 client talks to
+/// `AWS_ENDPOINT_URL` instead of https://s3.cern.ch. Run as `python -c`.
+const STOCK_ALIBUILD: &str = r#"
+import os, runpy, sys, sysconfig
+from alibuild_helpers import sync
+stock_s3_init = sync.Boto3RemoteSync._s3_init
+def s3_init(self):
+    self.endpoint_url = os.environ["AWS_ENDPOINT_URL"]
+    stock_s3_init(self)
+sync.Boto3RemoteSync._s3_init = s3_init
+sys.argv[0] = os.path.join(sysconfig.get_path("scripts"), "aliBuild")
+runpy.run_path(sys.argv[0], run_name="__main__")
+"#;
+
+/// The Python that imports aliBuild, or `None` when explicitly skipped.
+fn alibuild_python() -> Option<PathBuf> {
+    if std::env::var("ALITX_SKIP_ALIBUILD").as_deref() == Ok("1") {
+        return None;
+    }
+    let python = std::env::var_os("ALITX_ALIBUILD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let imports = Command::new(&python)
+        .args(["-c", "import alibuild_helpers"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        imports,
+        "{} cannot import aliBuild: run the tests through scripts/test.sh (it installs aliBuild \
+         into .venv), or set ALITX_ALIBUILD_PYTHON to a Python with `pip install alibuild`, \
+         or ALITX_SKIP_ALIBUILD=1 to skip the aliBuild tests",
+        python.display()
+    );
+    Some(python)
+}
+
+/// aliBuild's Python and fresh recipes for a test on `backend`, or `None`
+/// when aliBuild or the backend is explicitly skipped.
+fn setup(backend: &str) -> Option<(PathBuf, Recipes)> {
+    let python = alibuild_python()?;
+    backends()
+        .contains(&backend)
+        .then(|| (python, Recipes::new()))
+}
+
+/// A recipe repository (aliBuild wants a git checkout) and the log its
+/// build scripts append to: a package whose name appears there was built
+/// from its recipe, not unpacked from a store tarball.
+struct Recipes {
+    dir: tempfile::TempDir,
+}
+
+impl Recipes {
+    fn new() -> Recipes {
+        let recipes = Recipes {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let alidist = recipes.alidist();
+        fs::create_dir(&alidist).unwrap();
+        let built = recipes.dir.path().join("built.log");
+        for (name, version, requires) in PACKAGES {
+            let mut recipe = format!("package: {name}\nversion: {version}\n");
+            if let Some(dep) = requires {
+                recipe += &format!("requires:\n  - {dep}\n");
+            }
+            if name == "defaults-release" {
+                recipe += "env:\n  CFLAGS: \"-O2\"\n---\n";
+            } else {
+                recipe += &format!(
+                    "---\nmkdir -p \"$INSTALLROOT/share\"\necho {name} > \"$INSTALLROOT/share/{name}\"\n\
+                     echo \"$PKGNAME\" >> \"{}\"\n",
+                    built.display()
+                );
+            }
+            fs::write(alidist.join(format!("{name}.sh")), recipe).unwrap();
+        }
+        for git in [
+            &["init", "-q"][..],
+            &["add", "-A"],
+            &["commit", "-q", "-m", "recipes"],
+        ] {
+            let status = Command::new("git")
+                .args(git)
+                .current_dir(&alidist)
+                .env("GIT_AUTHOR_NAME", "test")
+                .env("GIT_AUTHOR_EMAIL", "test@example.org")
+                .env("GIT_COMMITTER_NAME", "test")
+                .env("GIT_COMMITTER_EMAIL", "test@example.org")
+                .status()
+                .unwrap();
+            assert!(status.success(), "git {git:?}");
+        }
+        recipes
+    }
+
+    fn alidist(&self) -> PathBuf {
+        self.dir.path().join("alidist")
+    }
+
+    /// Packages built from their recipe so far.
+    fn built(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join("built.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `build topx` in `work_dir` with `store`, through the helper or stock
+    /// aliBuild, ready to run.
+    fn build(&self, python: &Path, helper: bool, work_dir: &Path, store: &str) -> Command {
+        let mut cmd = Command::new(python);
+        if helper {
+            cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/alibuild-alitx"));
+        } else {
+            cmd.args(["-c", STOCK_ALIBUILD]);
+        }
+        cmd.args(["build", "topx", "--defaults", "release", "-a", ARCH, "-c"])
+            .arg(self.alidist())
+            .arg("-w")
+            .arg(work_dir)
+            .args(["--remote-store", store])
+            .env("ALITX", env!("CARGO_BIN_EXE_alitx"))
+            // aliBuild orders dependency lists by set iteration: pin it so
+            // two builds write byte-identical tarballs.
+            .env("PYTHONHASHSEED", "0");
+        cmd
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+/// The four packages as aliBuild left them in `work_dir` (revision and
+/// hash read from its package links), for the store's expected contents.
+fn built_work_dir(work_dir: tempfile::TempDir) -> WorkDir {
+    let pkgs = PACKAGES
+        .iter()
+        .map(|(name, version, _)| {
+            let links = work_dir.path().join(format!("TARS/{ARCH}/{name}"));
+            let mut names: Vec<String> = fs::read_dir(&links)
+                .unwrap_or_else(|e| panic!("{}: {e}", links.display()))
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names.len(), 1, "one revision of {name}: {names:?}");
+            let name_rev = names.pop().unwrap();
+            let revision = name_rev
+                .strip_prefix(&format!("{name}-{version}-"))
+                .and_then(|r| r.strip_suffix(&format!(".{ARCH}.tar.gz")))
+                .unwrap()
+                .to_string();
+            let target = fs::read_link(links.join(&name_rev)).unwrap();
+            let hash = target.parent().unwrap().file_name().unwrap();
+            Pkg {
+                name: name.to_string(),
+                version: version.to_string(),
+                revision,
+                hash: hash.to_string_lossy().into_owned(),
+                deps: vec![],
+            }
+        })
+        .collect();
+    WorkDir {
+        dir: work_dir,
+        pkgs,
+    }
+}
+
+fn output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A fresh work dir built by stock aliBuild reading `store` reuses every
+/// package from it: no recipe runs, the tarballs are the store's bytes, and
+/// the installed tree is there.
+fn assert_stock_reuses(
+    python: &Path,
+    recipes: &Recipes,
+    store: &TestStore,
+    read_spec: &str,
+    env: &[(&str, &str)],
+) {
+    let before = recipes.built();
+    let reader = tempfile::tempdir().unwrap();
+    let out = run(recipes
+        .build(python, false, reader.path(), read_spec)
+        .envs(env.iter().copied()));
+    assert_exit(&out, 0);
+    assert_eq!(recipes.built(), before, "{}", output(&out));
+    let rt = runtime();
+    let published = rt.block_on(store.snapshot());
+    let reader = built_work_dir(reader);
+    for i in 0..PACKAGES.len() {
+        let key = reader.pkgs[i].revision().store_key();
+        assert_eq!(
+            fs::read(reader.tarball_path(i)).unwrap(),
+            published[&key],
+            "{key}"
+        );
+    }
+    let installed = reader.path().join(format!("{ARCH}/topx/v3.0-1/share/topx"));
+    assert_eq!(fs::read_to_string(installed).unwrap(), "topx\n");
+}
+
+/// Through the helper (with `--debug`) to bucket A and stock aliBuild to
+/// bucket B of the same RGW: the same keys and bodies, dist links with the
+/// same redirect and ACL, no secret in the output; then stock aliBuild reads
+/// A back without building.
+#[test]
+fn helper_writes_what_stock_alibuild_writes_and_reads() {
+    let Some((python, recipes)) = setup("s3") else {
+        return;
+    };
+    let rt = runtime();
+    let ours = rt.block_on(TestStore::new("s3"));
+    let stock = rt.block_on(TestStore::new("s3"));
+
+    let ours_wd = tempfile::tempdir().unwrap();
+    let out = run(recipes
+        .build(&python, true, ours_wd.path(), &ours.spec())
+        .arg("--debug"));
+    assert_exit(&out, 0);
+    let log = output(&out);
+    assert!(log.contains("alibuild-alitx: committed"), "{log}");
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    assert!(
+        !log.contains(&secret),
+        "the secret key appears in --debug output"
+    );
+    let stock_wd = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(&mut recipes.build(&python, false, stock_wd.path(), &stock.spec())),
+        0,
+    );
+    assert_eq!(
+        recipes.built(),
+        ["zlibx", "midx", "topx", "zlibx", "midx", "topx"]
+    );
+
+    let ours_wd = built_work_dir(ours_wd);
+    let expected = ours_wd.expected(0..PACKAGES.len());
+    let snapshot = rt.block_on(ours.snapshot());
+    assert_eq!(snapshot, expected, "every key and body; no journal left");
+    assert_eq!(snapshot, rt.block_on(stock.snapshot()));
+    assert_eq!(rt.block_on(ours.pending_uploads()), 0);
+
+    let (TestStore::S3 { client, bucket: a }, TestStore::S3 { bucket: b, .. }) = (&ours, &stock)
+    else {
+        unreachable!()
+    };
+    rt.block_on(async {
+        let (ours_backend, stock_backend) = (ours.open().await, stock.open().await);
+        for key in expected.keys() {
+            let mine = ours_backend.head(key).await.unwrap().unwrap();
+            let theirs = stock_backend.head(key).await.unwrap().unwrap();
+            let mut metadata = mine.metadata.clone();
+            metadata.retain(|k, _| !k.starts_with("alitx-"));
+            assert_eq!(metadata, theirs.metadata, "{key}");
+            assert_eq!(
+                mine.website_redirect,
+                theirs.website_redirect.map(|r| format!("/{r}")),
+                "{key}: alitx's redirect is stock's with a leading /"
+            );
+            assert_eq!(
+                is_public_read(client, a, key).await,
+                is_public_read(client, b, key).await,
+                "ACL of {key}"
+            );
+        }
+        // dist: 1 + 2 + 3 + 4, dist-direct: 1 + 2 + 3 + 3, dist-runtime: 1 + 1 + 2 + 3.
+        let dist_links = expected.keys().filter(|k| k.contains("/dist")).count();
+        assert_eq!(dist_links, 26);
+    });
+
+    let read_only = ours.spec().replace("::rw", "");
+    assert_stock_reuses(&python, &recipes, &ours, &read_only, &[]);
+}
+
+/// alitx killed while uploading: the aliBuild run fails with alitx's
+/// message; the same command again heals the store, with no "conflict on
+/// S3", and the store is exact.
+#[test]
+fn killed_upload_heals_when_the_job_runs_again() {
+    let Some((python, recipes)) = setup("s3") else {
+        return;
+    };
+    let rt = runtime();
+    let store = rt.block_on(TestStore::new("s3"));
+    let wd = tempfile::tempdir().unwrap();
+
+    let killed = run(recipes
+        .build(&python, true, wd.path(), &store.spec())
+        .env("ALITX_FAILPOINT", "after-links"));
+    assert_exit(&killed, 1);
+    assert!(
+        output(&killed).contains("alitx upload of defaults-release v1-1 was killed by SIGKILL"),
+        "{}",
+        output(&killed)
+    );
+    let left = rt.block_on(store.keys());
+    assert!(
+        left.iter().any(|k| k.starts_with(".alitx/journals/"))
+            && left.iter().any(|k| k.contains("/dist/defaults-release/"))
+            && !left.iter().any(|k| k.contains("/store/")),
+        "a pending journal and links without a tarball: {left:?}"
+    );
+
+    let again = run(&mut recipes.build(&python, true, wd.path(), &store.spec()));
+    assert_exit(&again, 0);
+    let log = output(&again);
+    assert!(
+        log.contains("resume slc9_x86-64/defaults-release-v1-1: rolled-forward"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("conflict") && !log.contains("already exists on S3"),
+        "{log}"
+    );
+
+    let wd = built_work_dir(wd);
+    assert_eq!(
+        rt.block_on(store.snapshot()),
+        wd.expected(0..PACKAGES.len())
+    );
+    assert_eq!(rt.block_on(store.pending_uploads()), 0);
+}
+
+/// An empty local-directory store as stock aliBuild can use it: its rsync
+/// backend fetches each package's link directory before building it, and
+/// stops if the store lacks one, so they exist, as in any store in use.
+fn local_store_in_use(rt: &tokio::runtime::Runtime) -> TestStore {
+    let store = rt.block_on(TestStore::new("local"));
+    for (name, _, _) in PACKAGES {
+        fs::create_dir_all(store.root().join(format!("TARS/{ARCH}/{name}"))).unwrap();
+    }
+    store
+}
+
+/// alitx refusing an upload (another build's dist link at one of its keys)
+/// stops the build with alitx's message; nothing of that revision is
+/// written and no journal is left.
+#[test]
+fn a_refused_upload_fails_the_build_with_alitx_message() {
+    let Some((python, recipes)) = setup("local") else {
+        return;
+    };
+    let rt = runtime();
+    let store = local_store_in_use(&rt);
+    let foreign = format!("TARS/{ARCH}/dist/zlibx/zlibx-v1.0-1/zlibx-v1.0-1.{ARCH}.tar.gz");
+    rt.block_on(store.put_foreign(&foreign, b"another build's link"));
+
+    let wd = tempfile::tempdir().unwrap();
+    let rw = format!("{}::rw", store.spec());
+    let out = run(&mut recipes.build(&python, true, wd.path(), &rw));
+    assert_exit(&out, 1);
+    let log = output(&out);
+    assert!(
+        log.contains("alitx upload of zlibx v1.0-1 failed (exit 3): ") && log.contains(&foreign),
+        "{log}"
+    );
+    assert_eq!(recipes.built(), ["zlibx"], "the build stopped at zlibx");
+    let keys = rt.block_on(store.keys());
+    let zlibx: Vec<&String> = keys.iter().filter(|k| k.contains("zlibx")).collect();
+    assert_eq!(zlibx, [&foreign], "{keys:?}");
+    assert!(
+        keys.iter()
+            .any(|k| k.contains("/store/") && k.contains("defaults-release")),
+        "defaults-release is published"
+    );
+    assert!(!keys.iter().any(|k| k.starts_with(".alitx/")), "{keys:?}");
+}
+
+/// A local-directory store written through the helper (alitx upload) is
+/// read by stock aliBuild's rsync backend, which reuses every package.
+///
+/// Stock aliBuild finds a tarball with `rsync --list-only
+/// "STORE/<store path>/<pkg>-<ver>-*.<arch>.tar.gz"`: only a remote rsync
+/// expands that `*`, so for a plain `/path` store it never finds one and
+/// rebuilds. The reader therefore names the same directory the way rsync
+/// reaches another host, `localhost:/path`, through a remote shell that runs
+/// the command here.
+#[test]
+fn stock_alibuild_reuses_a_local_directory_store_written_by_alitx() {
+    let Some((python, recipes)) = setup("local") else {
+        return;
+    };
+    let rt = runtime();
+    let store = local_store_in_use(&rt);
+    let wd = tempfile::tempdir().unwrap();
+    let rw = format!("{}::rw", store.spec());
+    let out = run(&mut recipes.build(&python, true, wd.path(), &rw));
+    assert_exit(&out, 0);
+    assert!(
+        output(&out).contains("alibuild-alitx: committed"),
+        "{}",
+        output(&out)
+    );
+
+    let wd = built_work_dir(wd);
+    let published: BTreeMap<String, Vec<u8>> = rt.block_on(store.snapshot());
+    assert_eq!(published, wd.expected(0..PACKAGES.len()));
+    for key in published.keys().filter(|k| !k.contains("/store/")) {
+        let path = store.root().join(key);
+        assert!(
+            path.is_symlink(),
+            "{key} is a symlink, as aliBuild lays it out"
+        );
+    }
+
+    let rsh = recipes.dir.path().join("local-rsh");
+    fs::write(&rsh, "#!/bin/sh\nshift\nexec sh -c \"$*\"\n").unwrap();
+    fs::set_permissions(&rsh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let read_spec = format!("localhost:{}", store.spec());
+    let rsh = rsh.display().to_string();
+    assert_stock_reuses(
+        &python,
+        &recipes,
+        &store,
+        &read_spec,
+        &[("RSYNC_RSH", &rsh)],
+    );
+}
+
+/// `--help` is aliBuild's; a missing aliBuild or alitx is a clear error that
+/// says what to do, before anything is built or written.
+#[test]
+fn helper_help_and_what_it_needs() {
+    let Some((python, recipes)) = setup("local") else {
+        return;
+    };
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/alibuild-alitx");
+    let help = run(Command::new(&python).arg(&helper).args(["build", "--help"]));
+    assert_exit(&help, 0);
+    let usage = String::from_utf8_lossy(&help.stdout);
+    assert!(usage.contains("usage: aliBuild build") && usage.contains("--remote-store"));
+
+    // -S: no site-packages, so aliBuild does not import; no aliBuild on PATH.
+    let no_alibuild = run(Command::new(&python)
+        .arg("-S")
+        .arg(&helper)
+        .args(["build", "topx"])
+        .env("PATH", recipes.dir.path()));
+    assert_exit(&no_alibuild, 1);
+    assert!(
+        stderr(&no_alibuild).contains("cannot import aliBuild")
+            && stderr(&no_alibuild).contains("-m pip install 'alibuild>=1.17.48,<1.18'"),
+        "{}",
+        stderr(&no_alibuild)
+    );
+
+    let rt = runtime();
+    let store = local_store_in_use(&rt);
+    let wd = tempfile::tempdir().unwrap();
+    let rw = format!("{}::rw", store.spec());
+    let no_alitx = run(recipes
+        .build(&python, true, wd.path(), &rw)
+        .env("ALITX", "/nonexistent/alitx"));
+    assert_exit(&no_alitx, 1);
+    assert!(
+        stderr(&no_alitx).contains("ALITX=/nonexistent/alitx is not an executable file"),
+        "{}",
+        stderr(&no_alitx)
+    );
+    assert!(recipes.built().is_empty());
+    assert!(rt.block_on(store.keys()).is_empty());
+}
