@@ -117,7 +117,8 @@ pub struct Summary {
 /// What `check` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
-    /// Nothing partial, abandoned, invalid or stale.
+    /// Nothing partial, abandoned or invalid, and no stale upload that no
+    /// pending journal references.
     pub clean: bool,
     pub store: String,
     pub architectures: Vec<String>,
@@ -188,7 +189,7 @@ pub async fn scan(store: &dyn Store, options: &ScanOptions) -> Result<CheckRepor
         clean: summary.partial == 0
             && summary.abandoned == 0
             && invalid_journals == 0
-            && stale_uploads.is_empty(),
+            && stale_uploads.iter().all(|u| u.journal.is_some()),
         store: store.describe(),
         architectures,
         revisions,

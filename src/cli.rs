@@ -497,9 +497,7 @@ fn print_check(report: &check::CheckReport) {
         );
     }
     let s = &report.summary;
-    if report.architectures.is_empty() {
-        println!("{} has no TARS/<arch>/: nothing to check", report.store);
-    }
+    say_if_empty(report);
     println!(
         "{} revisions: {} complete, {} partial ({} recent), {} in flight, {} abandoned; {} journals ({} invalid), {} stale uploads; {} keys listed in {:.1}s",
         s.revisions,
@@ -519,8 +517,15 @@ fn print_check(report: &check::CheckReport) {
     }
 }
 
+fn say_if_empty(report: &check::CheckReport) {
+    if report.architectures.is_empty() {
+        println!("{} has no TARS/<arch>/: nothing to check", report.store);
+    }
+}
+
 /// Every key deleted (or that would be), what was left alone and why.
 fn print_repair(report: &repair::RepairReport) {
+    say_if_empty(&report.check);
     let verb = if report.dry_run {
         "would delete"
     } else {
