@@ -22,7 +22,8 @@ use crate::workdir;
 const AFTER_HELP: &str = "\
 Exit codes: 0 success (also: already published), 1 error, 3 conflict (another
 object or build holds one of the revision's keys), 4 a live upload owns the
-journal, 5 `check` found something to repair.
+journal, 5 `check` found something to repair (`repair`: left something for
+a later run or a person, and said why).
 
 S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 ~/.aws/credentials); the endpoint from --endpoint-url, else AWS_ENDPOINT_URL,
@@ -151,7 +152,7 @@ struct ScanArgs {
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     stale_uploads_after: Duration,
     /// Listings and reads in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=512))]
     concurrency: u64,
 }
 

@@ -407,6 +407,26 @@ async fn delete_removes_and_tolerates_missing_keys(_: &TestStore, store: Arc<dyn
     );
 }
 
+/// Put `keys` (each with its own name as body) and `link`, and stage an
+/// upload at `TARS/a/staged`: a staged upload is no key for any listing.
+async fn seed_listing(store: &dyn Store, keys: &[&str], link: &Link) {
+    for key in keys {
+        store
+            .put_if_absent(key, bytes(key), &Metadata::new())
+            .await
+            .unwrap();
+    }
+    store.put_link_if_absent(link, &txn("t1")).await.unwrap();
+    let id = store
+        .create_upload("TARS/a/staged", &txn("t1"))
+        .await
+        .unwrap();
+    store
+        .upload_part("TARS/a/staged", &id, 1, bytes("part"))
+        .await
+        .unwrap();
+}
+
 async fn list_returns_exactly_the_keys_under_a_prefix(t: &TestStore, store: Arc<dyn Store>) {
     let link = revision().package_link();
     let keys = [
@@ -417,22 +437,7 @@ async fn list_returns_exactly_the_keys_under_a_prefix(t: &TestStore, store: Arc<
         ".alitx/journals/j.json",
         "TARS/a/store/ab34/ab34ff/y.tar.gz",
     ];
-    for key in keys {
-        store
-            .put_if_absent(key, bytes(key), &Metadata::new())
-            .await
-            .unwrap();
-    }
-    store.put_link_if_absent(&link, &txn("t1")).await.unwrap();
-    // A staged upload is no key either.
-    let id = store
-        .create_upload("TARS/a/staged", &txn("t1"))
-        .await
-        .unwrap();
-    store
-        .upload_part("TARS/a/staged", &id, 1, bytes("part"))
-        .await
-        .unwrap();
+    seed_listing(&*store, &keys, &link).await;
 
     let list = |prefix: &str| keys_under(&*store, prefix.to_string());
     let mut all: Vec<&str> = keys.to_vec();
@@ -529,21 +534,7 @@ async fn list_dir_lists_one_level_with_sizes_and_times(_: &TestStore, store: Arc
         "TARS/ab",
         "top",
     ];
-    for key in keys {
-        store
-            .put_if_absent(key, bytes(key), &Metadata::new())
-            .await
-            .unwrap();
-    }
-    store.put_link_if_absent(&link, &txn("t1")).await.unwrap();
-    let id = store
-        .create_upload("TARS/a/staged", &txn("t1"))
-        .await
-        .unwrap();
-    store
-        .upload_part("TARS/a/staged", &id, 1, bytes("part"))
-        .await
-        .unwrap();
+    seed_listing(&*store, &keys, &link).await;
     let now = alitx::now_secs();
 
     let root = store.list_dir("", false).await.unwrap();
