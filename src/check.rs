@@ -6,14 +6,16 @@
 //! The walk lists one level at a time (`TARS/` → architectures → package,
 //! dist and store directories), then each package's dist directory and each
 //! store `<h2>/` prefix in full, many listings in parallel. Link bodies are
-//! untrusted: a package link is read and must name a store tarball of its own
-//! revision; a dist link is matched to a store tarball by its file name.
+//! untrusted: a package link must name a store tarball of its own revision
+//! (known from the MD5 the listing reports when it matches such a body, else
+//! read); a dist link is matched to a store tarball by its file name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -308,6 +310,22 @@ async fn walk_architecture(
             }
         }
     }
+    // A link whose listed MD5 is that of a body naming a store tarball of
+    // its name needs no read; any other is read and judged by its body.
+    let (known, unknown): (Vec<_>, Vec<_>) = package_links
+        .into_iter()
+        .map(|(key, object)| {
+            let body = body_by_md5(&found.tarballs, &key, &object);
+            (key, object, body)
+        })
+        .partition(|(_, _, body)| body.is_some());
+    for (key, object, body) in known {
+        found.links.entry(key).or_default().package_link = Some((object, body.unwrap_or_default()));
+    }
+    let package_links: Vec<_> = unknown
+        .into_iter()
+        .map(|(key, object, _)| (key, object))
+        .collect();
     requests += package_links.len();
     let bodies: Vec<(RevisionKey, ObjectMeta, Bytes)> = futures::stream::iter(package_links)
         .map(|(key, object)| async move {
@@ -322,6 +340,22 @@ async fn walk_architecture(
         found.links.entry(key).or_default().package_link = Some((object, body));
     }
     Ok(requests)
+}
+
+/// The body of a package link whose listed MD5 matches a link to one of the
+/// store tarballs of its name.
+fn body_by_md5(
+    tarballs: &BTreeMap<(String, String), Vec<Tarball>>,
+    (arch, _, name): &RevisionKey,
+    link: &ObjectMeta,
+) -> Option<Bytes> {
+    let md5 = link.md5.as_deref()?;
+    tarballs
+        .get(&(arch.clone(), name.clone()))?
+        .iter()
+        .map(|t| &t.object.key["TARS/".len()..])
+        .find(|body| hex::encode(Md5::digest(body.as_bytes())) == md5)
+        .map(|body| Bytes::copy_from_slice(body.as_bytes()))
 }
 
 /// `(arch, package, tarball name)` of `<pkg>-<ver>-<rev>.<arch>.tar.gz` in

@@ -588,6 +588,15 @@ async fn list_dir_lists_one_level_with_sizes_and_times(_: &TestStore, store: Arc
     assert_eq!(links.objects.len(), 1);
     assert_eq!(links.objects[0].key, link.key);
     assert_eq!(links.objects[0].size, link.body.len() as u64);
+    // ... and the MD5 of that body, so that a reader can check it unread.
+    assert_eq!(links.objects[0].md5, Some(md5_hex(link.body.as_bytes())));
+    for object in &deep.objects {
+        let body = object.key.as_bytes();
+        assert!(
+            object.md5.as_ref().is_none_or(|md5| *md5 == md5_hex(body)),
+            "{object:?}"
+        );
+    }
 
     let none = store.list_dir("TARS/nothing/", false).await.unwrap();
     assert_eq!(none, Default::default());

@@ -508,13 +508,20 @@ fn link_body(path: &Path) -> Result<String> {
     Ok(body)
 }
 
-/// A listed object's size and modification time.
+/// A listed object's size and modification time, and for a link the MD5 of
+/// its body (a plain file would have to be read for it).
 fn object_meta(key: String, path: &Path) -> Result<ObjectMeta> {
     let meta = lstat(path)?;
+    let body = meta
+        .file_type()
+        .is_symlink()
+        .then(|| link_body(path))
+        .transpose()?;
     Ok(ObjectMeta {
         key,
-        size: size_of(&meta, path)?,
+        size: body.as_ref().map_or(meta.len(), |b| b.len() as u64),
         last_modified: Some(meta.mtime()),
+        md5: body.map(|b| hex::encode(Md5::digest(b.as_bytes()))),
     })
 }
 

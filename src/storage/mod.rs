@@ -57,6 +57,9 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Seconds since the epoch, when the backend knows it.
     pub last_modified: Option<i64>,
+    /// Hex MD5 of the body, when the listing tells it without reading the
+    /// object: on S3 the ETag of a single-part object; locally, for links.
+    pub md5: Option<String>,
 }
 
 /// What a delimited listing finds directly under a prefix: the objects at

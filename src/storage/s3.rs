@@ -365,6 +365,11 @@ impl Store for S3Store {
                         key: o.key()?.to_string(),
                         size: o.size().unwrap_or(0).max(0) as u64,
                         last_modified: o.last_modified().map(|t| t.secs()),
+                        // A multipart ETag ("<hex>-<parts>") is no MD5 of the body.
+                        md5: o
+                            .e_tag()
+                            .map(|e| e.trim_matches('"').to_string())
+                            .filter(|e| e.len() == 32 && !e.contains('-')),
                     })
                 }));
         }
