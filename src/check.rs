@@ -724,3 +724,51 @@ fn truncate(s: &str) -> String {
         None => s.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARCH: &str = "slc9_x86-64";
+    const HASH: &str = "5b82364561d097dcbef08ccc08bb1f4cf4de725c";
+
+    #[test]
+    fn package_link_bodies_must_name_their_own_store_tarball() {
+        let name = format!("zlib-v1-1.{ARCH}.tar.gz");
+        let own = format!("{ARCH}/store/5b/{HASH}/{name}");
+        let key = format!("TARS/{own}");
+        assert_eq!(link_target(ARCH, &name, own.as_bytes()), Some(key.clone()));
+        assert_eq!(
+            link_target(ARCH, &name, format!("../../{own}\n").as_bytes()),
+            Some(key)
+        );
+        for bad in [
+            "../../../etc/passwd".to_string(),
+            format!("{ARCH}/store/5b/{HASH}/other-v1-1.{ARCH}.tar.gz"),
+            format!("{ARCH}/store/5b/{HASH}/../../../../{name}"),
+            format!("slc8_x86-64/store/5b/{HASH}/{name}"),
+            String::new(),
+        ] {
+            assert_eq!(link_target(ARCH, &name, bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(link_target(ARCH, &name, &[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn versions_and_packages_from_tarball_names() {
+        let name = format!("ROOT-v6-32-06-alice1-3.{ARCH}.tar.gz");
+        assert_eq!(
+            split_version("ROOT", &name, ARCH),
+            (Some("v6-32-06-alice1".into()), Some("3".into()))
+        );
+        assert_eq!(split_version("O2", &name, ARCH), (None, None));
+        let known = BTreeSet::from([
+            (ARCH.to_string(), "defaults".to_string()),
+            (ARCH.to_string(), "defaults-release".to_string()),
+        ]);
+        let lone = format!("defaults-release-v1-1.{ARCH}.tar.gz");
+        assert_eq!(guess_package(&known, ARCH, &lone), "defaults-release");
+        let unknown = format!("zlib-v1-1.{ARCH}.tar.gz");
+        assert_eq!(guess_package(&known, ARCH, &unknown), "zlib");
+    }
+}
