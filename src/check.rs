@@ -478,6 +478,31 @@ fn classify(
             ));
         }
     }
+    // A pending journal whose transaction wrote nothing yet still counts.
+    for j in journals.iter().filter_map(|e| e.journal.as_ref()) {
+        let r = &j.revision;
+        let listed = reports.iter().any(|report| {
+            (&report.architecture, &report.package, &report.tarball)
+                == (&r.architecture, &r.package, &r.tarball_name())
+        });
+        if j.state == JournalState::Pending && !listed {
+            reports.push(RevisionReport {
+                architecture: r.architecture.clone(),
+                package: r.package.clone(),
+                version: Some(r.version.clone()),
+                revision: Some(r.revision.clone()),
+                tarball: r.tarball_name(),
+                hash: Some(r.hash.clone()),
+                state: State::Partial,
+                recent: false,
+                repairable: false,
+                age_seconds: None,
+                reasons: Vec::new(),
+                journal: None,
+                keys: Vec::new(),
+            });
+        }
+    }
     for report in &mut reports {
         let age = report.age_seconds;
         report.age_seconds = age.map(|newest| now - newest);

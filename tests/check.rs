@@ -92,14 +92,16 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
     for kind in backends() {
         let store = rt.block_on(TestStore::new(kind));
         // pkg0, pkg1 published by alitx; pkg2 killed and still owned by a
-        // live upload elsewhere; pkg3 killed, its owner dead.
-        let wd = WorkDir::chain(4, 0);
+        // live upload elsewhere; pkg3 killed, its owner dead; pkg4 killed
+        // before it wrote anything but its journal.
+        let wd = WorkDir::chain(5, 0);
         for i in 0..2 {
             assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
         }
         alitx_killed_at(&wd.upload_args(2, &store), "after-links");
         rt.block_on(fake_live_owner(&store, &wd.pkgs[2].revision()));
         alitx_killed_at(&wd.upload_args(3, &store), "after-links");
+        alitx_killed_at(&wd.upload_args(4, &store), "after-intent");
 
         let pkg0 = wd.pkgs[0].revision();
         let seeds = [
@@ -188,6 +190,11 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
             "abandoned",
             "{kind}"
         );
+        assert_eq!(
+            state(&wd.pkgs[4].revision().tarball_name()),
+            "abandoned",
+            "{kind}: a journal whose upload wrote nothing else"
+        );
         let reasons = |name: &str| -> String {
             revisions[&stock(name).tarball_name()]["reasons"].to_string()
         };
@@ -213,7 +220,7 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
         assert!(!reasons("alldist").contains("dist link missing"), "{kind}");
         assert_eq!(
             revisions.len(),
-            4 + 6 + 1,
+            5 + 6 + 1,
             "{kind}: {}",
             report["revisions"]
         );
@@ -233,7 +240,11 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
         let id = |i: usize| Journal::id_of(&wd.pkgs[i].revision());
         assert_eq!(
             journals,
-            BTreeSet::from([format!("{} live", id(2)), format!("{} owner-dead", id(3))]),
+            BTreeSet::from([
+                format!("{} live", id(2)),
+                format!("{} owner-dead", id(3)),
+                format!("{} owner-dead", id(4))
+            ]),
             "{kind}"
         );
         // Only --package's revisions.
@@ -281,7 +292,9 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
             "{kind}: the killed upload wrote links"
         );
         expected.extend(abandoned.iter().cloned());
-        expected.insert(Journal::key_of(DEFAULT_PREFIX, &wd.pkgs[3].revision()));
+        for i in [3, 4] {
+            expected.insert(Journal::key_of(DEFAULT_PREFIX, &wd.pkgs[i].revision()));
+        }
         let would: BTreeSet<String> = strings(&planned["would_delete"]).into_iter().collect();
         assert_eq!(would, expected, "{kind}");
         assert_eq!(
