@@ -403,7 +403,10 @@ fn place_dist_link(
     if dep.contains('/') || layout::tarball_full_version(arch, dep).is_none() {
         return false;
     }
-    found.links.entry(key).or_default().dist[dist].push(object);
+    found.links.entry(key).or_default().dist[dist].push(ObjectMeta {
+        md5: None,
+        ..object
+    });
     true
 }
 
