@@ -3,8 +3,13 @@
 //!
 //! ```sh
 //! eval "$(scripts/rgw.sh env)"
-//! cargo run --release --example gen_store -- b3://alitx-scale-20k 20000
+//! aws --endpoint-url "$AWS_ENDPOINT_URL" s3 mb s3://alitx-scale-5k
+//! cargo run --release --example gen_store -- b3://alitx-scale-5k 5000
 //! ```
+//!
+//! The test gateway's in-memory OSD holds about 18 KB per object: 5,000
+//! revisions (250,000 keys) take ~4.5 GB of RAM, 20,000 would not fit a
+//! 24 GiB machine.
 //!
 //! Arguments: STORE REVISIONS [PARTIAL_EVERY (default 500)] [CONCURRENCY
 //! (default 128)]. Each revision gets 50 keys laid out as stock aliBuild
