@@ -9,10 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::check;
 use crate::error::{exit, Error, ErrorKind, Result};
 use crate::journal::DEFAULT_PREFIX;
 use crate::layout::Revision;
 use crate::recovery::{self, Outcome, Selection};
+use crate::repair;
 use crate::storage;
 use crate::txn::{self, Options};
 use crate::workdir;
@@ -20,7 +22,8 @@ use crate::workdir;
 const AFTER_HELP: &str = "\
 Exit codes: 0 success (also: already published), 1 error, 3 conflict (another
 object or build holds one of the revision's keys), 4 a live upload owns the
-journal, 5 `check` found something to repair.
+journal, 5 `check` found something to repair (`repair`: left something for
+a later run or a person, and said why).
 
 S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 ~/.aws/credentials); the endpoint from --endpoint-url, else AWS_ENDPOINT_URL,
@@ -91,6 +94,100 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Find partial revisions left by any uploader (stock aliBuild or alitx).
+    ///
+    /// Walks TARS/ and classifies every package revision: complete; partial
+    /// (with the reason); in flight (a live alitx journal covers it);
+    /// abandoned (its journal's owner is gone). Also reports journals and
+    /// staged uploads older than --stale-uploads-after. Changes nothing.
+    /// Exit 0 when the store is clean, 5 when `repair` has work to do.
+    #[command(after_help = AFTER_HELP)]
+    Check {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        scan: ScanArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Remove the leftovers `check` finds, and nothing else.
+    ///
+    /// Deletes each partial revision's own keys (tarball first, then its dist
+    /// links, then its package link, which frees the revision number), rolls
+    /// abandoned journals back exactly as `rollback` does, and aborts stale
+    /// staged uploads no journal references. Never touches a complete
+    /// revision, one a live journal covers, or one touched less than
+    /// --min-age ago. Exit 0 when everything was repaired (or --dry-run),
+    /// 5 when something was left alone (said why), 1 on an error.
+    #[command(after_help = AFTER_HELP)]
+    Repair {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        scan: ScanArgs,
+        /// Print every key it would delete and every upload it would abort;
+        /// change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ScanArgs {
+    /// Only this architecture (default: every TARS/<arch>/ in the store).
+    #[arg(long, value_name = "ARCH")]
+    architecture: Option<String>,
+    /// Only this package's revisions.
+    #[arg(long, value_name = "PKG")]
+    package: Option<String>,
+    /// A partial revision written less than this long ago may be a stock
+    /// upload still running: reported as recent, never repaired
+    /// (e.g. 90s, 10m, 2h, 1d; 0 to repair at once).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    min_age: Duration,
+    /// Report staged (multipart) uploads older than this; repair aborts those
+    /// no pending journal references.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    stale_uploads_after: Duration,
+    /// Listings and reads in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=512))]
+    concurrency: u64,
+}
+
+impl ScanArgs {
+    fn options(&self, journal_prefix: &str) -> check::ScanOptions {
+        check::ScanOptions {
+            architecture: self.architecture.clone(),
+            package: self.package.clone(),
+            journal_prefix: journal_prefix.to_string(),
+            min_age: self.min_age,
+            stale_uploads_after: self.stale_uploads_after,
+            concurrency: self.concurrency as usize,
+        }
+    }
+}
+
+/// `90`, `90s`, `10m`, `2h`, `1d`.
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if seconds > 0 => Ok(Duration::from_secs(n * seconds)),
+        _ => Err(format!(
+            "{text:?} is not a duration: use a whole number with s, m, h or d (e.g. 10m)"
+        )),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -189,7 +286,9 @@ pub fn main() -> i32 {
         Command::Upload(a) => &a.output,
         Command::Journals { output, .. }
         | Command::Resume { output, .. }
-        | Command::Rollback { output, .. } => output,
+        | Command::Rollback { output, .. }
+        | Command::Check { output, .. }
+        | Command::Repair { output, .. } => output,
     };
     init_logging(output.verbose);
     let json = output.json;
@@ -307,6 +406,168 @@ async fn run(command: Command) -> Result<i32> {
                 "nothing to roll back",
             ))
         }
+        Command::Check {
+            store,
+            scan,
+            output,
+        } => {
+            let options = store.options()?;
+            let report = check::scan(
+                &*store.open().await?,
+                &scan.options(&options.journal_prefix),
+            )
+            .await?;
+            if output.json {
+                print_json(&report);
+            } else {
+                print_check(&report);
+            }
+            Ok(if report.clean {
+                exit::OK
+            } else {
+                exit::NEEDS_REPAIR
+            })
+        }
+        Command::Repair {
+            store,
+            scan,
+            dry_run,
+            output,
+        } => {
+            let options = store.options()?;
+            let backend = store.open().await?;
+            let found = check::scan(&*backend, &scan.options(&options.journal_prefix)).await?;
+            let report =
+                repair::repair(backend, found, &options, dry_run, scan.concurrency as usize)
+                    .await?;
+            if output.json {
+                print_json(&report);
+            } else {
+                print_repair(&report);
+            }
+            Ok(if report.actions.iter().any(|a| a.action == "failed") {
+                exit::ERROR
+            } else if report.left_over && !dry_run {
+                exit::NEEDS_REPAIR
+            } else {
+                exit::OK
+            })
+        }
+    }
+}
+
+/// One line per revision that is not complete, per journal and per stale
+/// upload, then the counts.
+fn print_check(report: &check::CheckReport) {
+    for r in report
+        .revisions
+        .iter()
+        .filter(|r| r.state != check::State::Complete)
+    {
+        let state = serde_json::to_value(r.state).expect("state serialises");
+        println!(
+            "{}{}  {}  {}",
+            state.as_str().unwrap_or(""),
+            if r.recent { " (recent)" } else { "" },
+            r.id(),
+            r.reasons.join("; ")
+        );
+    }
+    for j in &report.journals {
+        println!(
+            "journal  {}  {}{}",
+            j.id,
+            j.state,
+            j.lease
+                .as_ref()
+                .map(|l| format!(", owner {l}"))
+                .or_else(|| j.error.as_ref().map(|e| format!(": {e}")))
+                .unwrap_or_default()
+        );
+    }
+    for u in &report.stale_uploads {
+        println!(
+            "stale upload  {}  {}  age {}s{}",
+            u.key,
+            u.upload_id,
+            u.age_seconds.unwrap_or(0),
+            u.journal
+                .as_ref()
+                .map(|j| format!(" (journal {j})"))
+                .unwrap_or_default()
+        );
+    }
+    let s = &report.summary;
+    say_if_empty(report);
+    println!(
+        "{} revisions: {} complete, {} partial ({} recent), {} in flight, {} abandoned; {} journals ({} invalid), {} stale uploads; {} keys listed in {:.1}s",
+        s.revisions,
+        s.complete,
+        s.partial,
+        s.recent,
+        s.in_flight,
+        s.abandoned,
+        s.journals,
+        s.invalid_journals,
+        s.stale_uploads,
+        s.keys_listed,
+        s.seconds
+    );
+    if !report.clean {
+        println!("`alitx repair --dry-run` lists what repair would remove");
+    }
+}
+
+fn say_if_empty(report: &check::CheckReport) {
+    if report.architectures.is_empty() {
+        println!("{} has no TARS/<arch>/: nothing to check", report.store);
+    }
+}
+
+/// Every key deleted (or that would be), what was left alone and why.
+fn print_repair(report: &repair::RepairReport) {
+    say_if_empty(&report.check);
+    let verb = if report.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for a in &report.actions {
+        match a.action.as_str() {
+            "left-alone" | "failed" => println!("{}  {}: {}", a.action, a.revision, a.message),
+            _ => {
+                println!("{}  {}: {}", a.action, a.revision, a.message);
+                for key in &a.keys {
+                    println!("  {verb} {key}");
+                }
+            }
+        }
+    }
+    let uploads = report
+        .aborted_uploads
+        .as_ref()
+        .or(report.would_abort_uploads.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for u in uploads {
+        let verb = if report.dry_run {
+            "would abort"
+        } else {
+            "aborted"
+        };
+        println!("{verb} staged upload {} {}", u.key, u.upload_id);
+    }
+    let keys: usize = report.actions.iter().map(|a| a.keys.len()).sum();
+    if report.dry_run {
+        println!(
+            "{keys} keys and {} staged uploads would go; dry run: nothing changed",
+            uploads.len()
+        );
+    } else {
+        println!(
+            "{keys} keys deleted, {} staged uploads aborted",
+            uploads.len()
+        );
     }
 }
 

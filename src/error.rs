@@ -2,7 +2,8 @@
 //!
 //! Exit codes are a contract with scripts and Jenkins jobs: 0 success, 1 any
 //! other error, 3 conflict (someone else holds one of our keys), 4 a live
-//! upload owns the journal, 5 `check` found something to repair.
+//! upload owns the journal, 5 `check` found something to repair (or `repair`
+//! left something for later).
 
 use std::fmt;
 

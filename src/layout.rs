@@ -144,32 +144,7 @@ impl Revision {
     /// Split `TARS/<arch>/store/<h2>/<hash>/<name>` into (h2, hash, name),
     /// rejecting anything that is not a store tarball of this architecture.
     pub fn parse_store_key<'a>(&self, key: &'a str) -> Result<(&'a str, &'a str, &'a str)> {
-        let bad = || {
-            Error::input(format!(
-                "{key:?} is not a store tarball path: expected TARS/{}/store/<2 hex>/<40 hex>/<name>.{}.tar.gz",
-                self.architecture, self.architecture
-            ))
-        };
-        let rest = key
-            .strip_prefix(&format!("TARS/{}/store/", self.architecture))
-            .ok_or_else(bad)?;
-        let parts: Vec<&str> = rest.split('/').collect();
-        let [h2, hash, name] = parts[..] else {
-            return Err(bad());
-        };
-        let is_hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
-        let suffix = format!(".{}.tar.gz", self.architecture);
-        if hash.len() != 40
-            || !is_hex(hash)
-            || !hash.starts_with(h2)
-            || h2.len() != 2
-            || !name.ends_with(&suffix)
-            || name.len() == suffix.len()
-            || check_name("tarball name", name, "_.+-").is_err()
-        {
-            return Err(bad());
-        }
-        Ok((h2, hash, name))
+        parse_store_key(&self.architecture, key)
     }
 
     /// Whether `key` is one this revision may write or delete: its store
@@ -181,10 +156,7 @@ impl Revision {
         }
         DIST_DIRS.iter().any(|dir| {
             key.strip_prefix(&self.dist_prefix(dir))
-                .is_some_and(|name| {
-                    name.ends_with(&format!(".{}.tar.gz", self.architecture))
-                        && check_name("link name", name, "_.+-").is_ok()
-                })
+                .is_some_and(|name| tarball_full_version(&self.architecture, name).is_some())
         })
     }
 
@@ -205,6 +177,43 @@ impl Revision {
 /// `TARS/<arch>/store/<h2>/<hash>/<name>`
 pub fn store_key(architecture: &str, hash: &str, name: &str) -> String {
     format!("TARS/{architecture}/store/{}/{hash}/{name}", &hash[..2])
+}
+
+/// Split `TARS/<arch>/store/<h2>/<hash>/<name>` into (h2, hash, name),
+/// rejecting anything that is not a store tarball of `architecture`.
+pub fn parse_store_key<'a>(
+    architecture: &str,
+    key: &'a str,
+) -> Result<(&'a str, &'a str, &'a str)> {
+    let bad = || {
+        Error::input(format!(
+            "{key:?} is not a store tarball path: expected TARS/{architecture}/store/<2 hex>/<40 hex>/<name>.{architecture}.tar.gz"
+        ))
+    };
+    let rest = key
+        .strip_prefix(&format!("TARS/{architecture}/store/"))
+        .ok_or_else(bad)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [h2, hash, name] = parts[..] else {
+        return Err(bad());
+    };
+    let is_hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    if hash.len() != 40
+        || !is_hex(hash)
+        || !hash.starts_with(h2)
+        || h2.len() != 2
+        || tarball_full_version(architecture, name).is_none()
+    {
+        return Err(bad());
+    }
+    Ok((h2, hash, name))
+}
+
+/// `<pkg>-<ver>-<rev>` of a tarball file name `<pkg>-<ver>-<rev>.<arch>.tar.gz`
+/// made of allowed characters; `None` for any other name.
+pub fn tarball_full_version<'a>(architecture: &str, name: &'a str) -> Option<&'a str> {
+    let full = name.strip_suffix(&format!(".{architecture}.tar.gz"))?;
+    (!full.is_empty() && check_name("tarball name", name, "_.+-").is_ok()).then_some(full)
 }
 
 /// Names are one path component of letters, digits and a few punctuation

@@ -5,12 +5,14 @@
 //! one atomic step readers treat as the commit point. An interrupted upload
 //! is rolled forward or back from its journal. See `docs/protocol.md`.
 
+pub mod check;
 pub mod cli;
 pub mod error;
 pub mod failpoint;
 pub mod journal;
 pub mod layout;
 pub mod recovery;
+pub mod repair;
 pub mod storage;
 pub mod tarball;
 pub mod txn;

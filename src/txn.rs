@@ -727,18 +727,9 @@ pub async fn rollback(
     let started = Instant::now();
     let mut report = Report::new(Status::RolledBack, journal.id(), &journal.revision, store);
     report.txn = Some(journal.txn.clone());
-    let mut keys = vec![journal.tarball.key.clone()];
-    keys.extend(journal.links().skip(1).map(|l| l.key.clone()));
-    keys.extend(journal.links().take(1).map(|l| l.key.clone()));
-    for key in keys {
-        if store
-            .head(&key)
-            .await?
-            .is_some_and(|info| is_ours(&info, journal))
-        {
-            store.delete(&key).await?;
-            report.keys_deleted.push(key);
-        }
+    for key in rollback_keys(store, journal).await? {
+        store.delete(&key).await?;
+        report.keys_deleted.push(key);
     }
     if let Some(upload_id) = &journal.tarball.upload_id {
         store.abort_upload(&journal.tarball.key, upload_id).await?;
@@ -748,6 +739,23 @@ pub async fn rollback(
         .await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What [`rollback`] deletes, in its order: the keys of the journal's
+/// revision that carry its transaction id, the tarball first, the package
+/// link last.
+pub async fn rollback_keys(store: &dyn Store, journal: &Journal) -> Result<Vec<String>> {
+    let mut keys = vec![journal.tarball.key.clone()];
+    keys.extend(journal.links().skip(1).map(|l| l.key.clone()));
+    keys.extend(journal.links().take(1).map(|l| l.key.clone()));
+    let mut ours = Vec::new();
+    for key in keys {
+        let info = store.head(&key).await?;
+        if info.is_some_and(|info| is_ours(&info, journal)) {
+            ours.push(key);
+        }
+    }
+    Ok(ours)
 }
 
 /// Read and validate the journal at `key`, if there is one.

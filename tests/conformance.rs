@@ -47,7 +47,8 @@ conformance!(
     dist_link_is_public_with_redirect,
     delete_removes_and_tolerates_missing_keys,
     list_returns_exactly_the_keys_under_a_prefix,
-    list_returns_more_than_one_page,
+    listings_return_more_than_one_page,
+    list_dir_lists_one_level_with_sizes_and_times,
     staged_upload_is_invisible_until_completed,
     reuploaded_part_replaces_the_old_one,
     aborted_upload_is_gone,
@@ -406,6 +407,26 @@ async fn delete_removes_and_tolerates_missing_keys(_: &TestStore, store: Arc<dyn
     );
 }
 
+/// Put `keys` (each with its own name as body) and `link`, and stage an
+/// upload at `TARS/a/staged`: a staged upload is no key for any listing.
+async fn seed_listing(store: &dyn Store, keys: &[&str], link: &Link) {
+    for key in keys {
+        store
+            .put_if_absent(key, bytes(key), &Metadata::new())
+            .await
+            .unwrap();
+    }
+    store.put_link_if_absent(link, &txn("t1")).await.unwrap();
+    let id = store
+        .create_upload("TARS/a/staged", &txn("t1"))
+        .await
+        .unwrap();
+    store
+        .upload_part("TARS/a/staged", &id, 1, bytes("part"))
+        .await
+        .unwrap();
+}
+
 async fn list_returns_exactly_the_keys_under_a_prefix(t: &TestStore, store: Arc<dyn Store>) {
     let link = revision().package_link();
     let keys = [
@@ -416,22 +437,7 @@ async fn list_returns_exactly_the_keys_under_a_prefix(t: &TestStore, store: Arc<
         ".alitx/journals/j.json",
         "TARS/a/store/ab34/ab34ff/y.tar.gz",
     ];
-    for key in keys {
-        store
-            .put_if_absent(key, bytes(key), &Metadata::new())
-            .await
-            .unwrap();
-    }
-    store.put_link_if_absent(&link, &txn("t1")).await.unwrap();
-    // A staged upload is no key either.
-    let id = store
-        .create_upload("TARS/a/staged", &txn("t1"))
-        .await
-        .unwrap();
-    store
-        .upload_part("TARS/a/staged", &id, 1, bytes("part"))
-        .await
-        .unwrap();
+    seed_listing(&*store, &keys, &link).await;
 
     let list = |prefix: &str| keys_under(&*store, prefix.to_string());
     let mut all: Vec<&str> = keys.to_vec();
@@ -471,9 +477,15 @@ async fn list_returns_exactly_the_keys_under_a_prefix(t: &TestStore, store: Arc<
     }
 }
 
-/// More keys than S3 returns in one ListObjectsV2 page (1000).
-async fn list_returns_more_than_one_page(_: &TestStore, store: Arc<dyn Store>) {
-    let keys: Vec<String> = (0..1001).map(|i| format!("TARS/many/{i:04}")).collect();
+/// More keys than S3 returns in one ListObjectsV2 page (1000), half of
+/// them one level down.
+async fn listings_return_more_than_one_page(_: &TestStore, store: Arc<dyn Store>) {
+    let keys: Vec<String> = (0..1001)
+        .map(|i| match i % 2 {
+            0 => format!("TARS/many/{i:04}"),
+            _ => format!("TARS/many/{i:04}/x"),
+        })
+        .collect();
     futures::stream::iter(&keys)
         .for_each_concurrent(32, |key| {
             let store = store.clone();
@@ -487,6 +499,107 @@ async fn list_returns_more_than_one_page(_: &TestStore, store: Arc<dyn Store>) {
         .await;
     assert_eq!(store.list("TARS/").await.unwrap(), keys);
     assert_eq!(store.list("TARS/many/100").await.unwrap(), keys[1000..]);
+
+    let level = store.list_dir("TARS/many/", false).await.unwrap();
+    let objects: Vec<&String> = keys.iter().step_by(2).collect();
+    let prefixes: Vec<String> = keys
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|k| k.trim_end_matches("x").to_string())
+        .collect();
+    assert_eq!(
+        level.objects.iter().map(|o| &o.key).collect::<Vec<_>>(),
+        objects
+    );
+    assert_eq!(level.prefixes, prefixes);
+    let all = store.list_dir("TARS/", true).await.unwrap();
+    assert_eq!(
+        all.objects.iter().map(|o| &o.key).collect::<Vec<_>>(),
+        keys.iter().collect::<Vec<_>>()
+    );
+    assert!(all.prefixes.is_empty());
+}
+
+/// A delimited listing: the objects directly under a prefix with their size
+/// and modification time, and one prefix per deeper level; the local
+/// store's internal state never shows.
+async fn list_dir_lists_one_level_with_sizes_and_times(_: &TestStore, store: Arc<dyn Store>) {
+    let link = revision().package_link();
+    let keys = [
+        "TARS/a/x.tar.gz",
+        "TARS/a/b/y",
+        "TARS/a/b/z/w",
+        "TARS/a/c d/ü+q",
+        "TARS/ab",
+        "top",
+    ];
+    seed_listing(&*store, &keys, &link).await;
+    let now = alitx::now_secs();
+
+    let root = store.list_dir("", false).await.unwrap();
+    assert_eq!(root.prefixes, ["TARS/"]);
+    assert_eq!(root.objects.len(), 1);
+    assert_eq!(root.objects[0].key, "top");
+    assert_eq!(root.objects[0].size, 3);
+    let modified = root.objects[0].last_modified.expect("a modification time");
+    assert!(
+        (now - 600..=now + 600).contains(&modified),
+        "{modified} vs {now}"
+    );
+
+    let tars = store.list_dir("TARS/", false).await.unwrap();
+    let arch = format!("TARS/{ARCH}/");
+    assert_eq!(tars.prefixes, ["TARS/a/", arch.as_str()]);
+    assert_eq!(
+        tars.objects
+            .iter()
+            .map(|o| o.key.as_str())
+            .collect::<Vec<_>>(),
+        ["TARS/ab"]
+    );
+
+    let a = store.list_dir("TARS/a/", false).await.unwrap();
+    assert_eq!(a.prefixes, ["TARS/a/b/", "TARS/a/c d/"]);
+    assert_eq!(a.objects.len(), 1);
+    assert_eq!(
+        (a.objects[0].key.as_str(), a.objects[0].size),
+        ("TARS/a/x.tar.gz", 15)
+    );
+
+    let deep = store.list_dir("TARS/a/", true).await.unwrap();
+    assert!(deep.prefixes.is_empty());
+    assert_eq!(
+        deep.objects
+            .iter()
+            .map(|o| o.key.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "TARS/a/b/y",
+            "TARS/a/b/z/w",
+            "TARS/a/c d/ü+q",
+            "TARS/a/x.tar.gz"
+        ]
+    );
+
+    // A link lists with its body's size, as S3 readers see it.
+    let dir = link.key.rsplit_once('/').unwrap().0;
+    let links = store.list_dir(&format!("{dir}/"), false).await.unwrap();
+    assert_eq!(links.objects.len(), 1);
+    assert_eq!(links.objects[0].key, link.key);
+    assert_eq!(links.objects[0].size, link.body.len() as u64);
+    // ... and the MD5 of that body, so that a reader can check it unread.
+    assert_eq!(links.objects[0].md5, Some(md5_hex(link.body.as_bytes())));
+    for object in &deep.objects {
+        let body = object.key.as_bytes();
+        assert!(
+            object.md5.as_ref().is_none_or(|md5| *md5 == md5_hex(body)),
+            "{object:?}"
+        );
+    }
+
+    let none = store.list_dir("TARS/nothing/", false).await.unwrap();
+    assert_eq!(none, Default::default());
 }
 
 // ------------------------------------------------------- staged uploads

@@ -66,14 +66,7 @@ fn resume_args(store: &TestStore, wd: &WorkDir, extra: &[&str]) -> Vec<String> {
 
 /// Upload package `i` with a failpoint armed; assert it died by SIGKILL.
 fn killed_upload(wd: &WorkDir, i: usize, store: &TestStore, point: &str) {
-    let out = alitx_env(&upload_args(wd, i, store), &[("ALITX_FAILPOINT", point)]);
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "{point}: not killed: {:?} {}",
-        out.status,
-        stderr(&out)
-    );
+    alitx_killed_at(&upload_args(wd, i, store), point);
 }
 
 /// What readers must never see: a store tarball without all its links.
@@ -429,18 +422,7 @@ fn live_journals_are_refused_without_force() {
         assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
         killed_upload(&wd, 1, &store, "after-links");
         // Pretend the owner runs on another host with a fresh lease.
-        let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &wd.pkgs[1].revision());
-        rt.block_on(async {
-            let backend = store.open().await;
-            let mut journal: Journal =
-                serde_json::from_slice(&backend.get(&key).await.unwrap().unwrap()).unwrap();
-            journal.owner.host = "build-node-17".into();
-            journal.lease_expires_at = alitx::now_secs() + 3600;
-            backend
-                .put(&key, journal.to_bytes(), &Default::default())
-                .await
-                .unwrap();
-        });
+        rt.block_on(fake_live_owner(&store, &wd.pkgs[1].revision()));
         let before = rt.block_on(store.snapshot());
         let id = journal_id(&wd, 1);
         let rollback = alitx(&args(&["rollback", "--remote-store", &store.spec(), &id]));

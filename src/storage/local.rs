@@ -19,7 +19,9 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::{Created, Metadata, ObjectInfo, PendingUpload, Store, UploadedPart};
+use super::{
+    Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Store, UploadedPart,
+};
 use crate::error::{Error, Result};
 use crate::layout::Link;
 
@@ -180,43 +182,50 @@ impl LocalStore {
         }
     }
 
-    fn walk(&self, dir: &Path, rel: &str, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+    /// Every object under `dir` (key `rel`) whose key starts with `prefix`.
+    fn walk(&self, dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> Result<()> {
+        for (key, path, is_dir) in self.entries(dir, rel)? {
+            // Only descend where the prefix can still match.
+            let reachable = key.starts_with(prefix) || prefix.starts_with(&format!("{key}/"));
+            if !reachable {
+                continue;
+            }
+            if is_dir {
+                self.walk(&path, &key, prefix, out)?;
+            } else if key.starts_with(prefix) {
+                out.push(object_meta(key, &path)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries of `dir` (key `rel`) as (key, path, is a directory); the
+    /// backend's internal directory is not one of them.
+    fn entries(&self, dir: &Path, rel: &str) -> Result<Vec<(String, PathBuf, bool)>> {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    || e.kind() == io::ErrorKind::NotADirectory =>
-            {
-                return Ok(())
-            }
+            Err(e) if is_missing(&e) => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(dir.display(), e)),
         };
+        let mut found = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let key = if rel.is_empty() {
-                name.clone()
+                name
             } else {
                 format!("{rel}/{name}")
             };
             if key == INTERNAL_DIR {
                 continue;
             }
-            // Only descend where the prefix can still match.
-            let reachable = key.starts_with(prefix) || prefix.starts_with(&format!("{key}/"));
-            if !reachable {
-                continue;
-            }
-            let file_type = entry
+            let is_dir = entry
                 .file_type()
-                .map_err(|e| Error::io(entry.path().display(), e))?;
-            if file_type.is_dir() {
-                self.walk(&entry.path(), &key, prefix, out)?;
-            } else if key.starts_with(prefix) {
-                out.push(key);
-            }
+                .map_err(|e| Error::io(entry.path().display(), e))?
+                .is_dir();
+            found.push((key, entry.path(), is_dir));
         }
-        Ok(())
+        Ok(found)
     }
 }
 
@@ -253,13 +262,8 @@ impl Store for LocalStore {
             Err(e) => return Err(Error::io(path.display(), e)),
         };
         let sidecar = self.read_sidecar(key, meta.ino()).unwrap_or_default();
-        let size = if meta.file_type().is_symlink() {
-            link_body(&path)?.len() as u64
-        } else {
-            meta.len()
-        };
         Ok(Some(ObjectInfo {
-            size,
+            size: size_of(&meta, &path)?,
             metadata: sidecar.metadata,
             website_redirect: sidecar.website_redirect,
         }))
@@ -318,10 +322,40 @@ impl Store for LocalStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        self.walk(&self.root, "", prefix, &mut keys)?;
+        let mut objects = Vec::new();
+        self.walk(&self.root, "", prefix, &mut objects)?;
+        let mut keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
         keys.sort();
         Ok(keys)
+    }
+
+    async fn list_dir(&self, prefix: &str, recursive: bool) -> Result<Listing> {
+        let rel = prefix.strip_suffix('/').unwrap_or(prefix);
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            return Err(Error::store(format!(
+                "list_dir needs an empty prefix or one ending in '/', not {prefix:?}"
+            )));
+        }
+        let dir = if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.path_of(rel)?
+        };
+        let mut listing = Listing::default();
+        if recursive {
+            self.walk(&dir, rel, prefix, &mut listing.objects)?;
+        } else {
+            for (key, path, is_dir) in self.entries(&dir, rel)? {
+                if is_dir {
+                    listing.prefixes.push(format!("{key}/"));
+                } else {
+                    listing.objects.push(object_meta(key, &path)?);
+                }
+            }
+        }
+        listing.prefixes.sort();
+        listing.objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
     }
 
     async fn create_upload(&self, key: &str, metadata: &Metadata) -> Result<String> {
@@ -472,6 +506,32 @@ fn link_body(path: &Path) -> Result<String> {
         body = rest.to_string();
     }
     Ok(body)
+}
+
+/// A listed object's size and modification time, and for a link the MD5 of
+/// its body (a plain file would have to be read for it).
+fn object_meta(key: String, path: &Path) -> Result<ObjectMeta> {
+    let meta = lstat(path)?;
+    let body = meta
+        .file_type()
+        .is_symlink()
+        .then(|| link_body(path))
+        .transpose()?;
+    Ok(ObjectMeta {
+        key,
+        size: body.as_ref().map_or(meta.len(), |b| b.len() as u64),
+        last_modified: Some(meta.mtime()),
+        md5: body.map(|b| hex::encode(Md5::digest(b.as_bytes()))),
+    })
+}
+
+/// An object's size; for a link, its body's, as S3 readers see it.
+fn size_of(meta: &fs::Metadata, path: &Path) -> Result<u64> {
+    Ok(if meta.file_type().is_symlink() {
+        link_body(path)?.len() as u64
+    } else {
+        meta.len()
+    })
 }
 
 /// Whether a lookup failed because nothing is at the path: also when a

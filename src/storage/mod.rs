@@ -50,6 +50,26 @@ pub struct UploadedPart {
     pub md5: String,
 }
 
+/// One object found by a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Seconds since the epoch, when the backend knows it.
+    pub last_modified: Option<i64>,
+    /// Hex MD5 of the body, when the listing tells it without reading the
+    /// object: on S3 the ETag of a single-part object; locally, for links.
+    pub md5: Option<String>,
+}
+
+/// What a delimited listing finds directly under a prefix: the objects at
+/// that level, and one `<prefix><name>/` per deeper level ("directory").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub prefixes: Vec<String>,
+    pub objects: Vec<ObjectMeta>,
+}
+
 /// A staged upload that was started and neither completed nor aborted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingUpload {
@@ -91,6 +111,11 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Every key under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// One level under `prefix` (empty, or ending in `/`), both parts
+    /// sorted: like S3's ListObjectsV2 with delimiter `/`. With `recursive`,
+    /// every object under `prefix` at any depth, and no prefixes.
+    async fn list_dir(&self, prefix: &str, recursive: bool) -> Result<Listing>;
 
     /// Start a staged upload that will become `key` when completed.
     async fn create_upload(&self, key: &str, metadata: &Metadata) -> Result<String>;

@@ -22,7 +22,9 @@ use base64::Engine;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
-use super::{Created, Metadata, ObjectInfo, PendingUpload, Store, UploadedPart};
+use super::{
+    Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Store, UploadedPart,
+};
 use crate::error::{Error, Result};
 use crate::layout::Link;
 
@@ -336,6 +338,44 @@ impl Store for S3Store {
         }
         keys.sort();
         Ok(keys)
+    }
+
+    async fn list_dir(&self, prefix: &str, recursive: bool) -> Result<Listing> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .prefix(prefix)
+            .set_delimiter((!recursive).then(|| "/".to_string()))
+            .max_keys(1000)
+            .into_paginator()
+            .send();
+        let mut listing = Listing::default();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| self.error("ListObjectsV2", prefix, err))?;
+            listing.prefixes.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_string)),
+            );
+            listing
+                .objects
+                .extend(page.contents().iter().filter_map(|o| {
+                    Some(ObjectMeta {
+                        key: o.key()?.to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        last_modified: o.last_modified().map(|t| t.secs()),
+                        // A multipart ETag ("<hex>-<parts>") is no MD5 of the body.
+                        md5: o
+                            .e_tag()
+                            .map(|e| e.trim_matches('"').to_string())
+                            .filter(|e| e.len() == 32 && !e.contains('-')),
+                    })
+                }));
+        }
+        listing.prefixes.sort();
+        listing.objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
     }
 
     async fn create_upload(&self, key: &str, metadata: &Metadata) -> Result<String> {

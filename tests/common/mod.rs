@@ -488,6 +488,35 @@ pub fn json(out: &Output) -> serde_json::Value {
     })
 }
 
+/// Run alitx with `ALITX_FAILPOINT=point`; assert it died by SIGKILL there.
+pub fn alitx_killed_at(args: &[String], point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = alitx_env(args, &[("ALITX_FAILPOINT", point)]);
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: not killed: {:?} {}",
+        out.status,
+        stderr(&out)
+    );
+}
+
+/// Make the journal of `revision` look owned by a live upload on another
+/// host (a fresh lease), as a running upload elsewhere would leave it.
+pub async fn fake_live_owner(store: &TestStore, revision: &Revision) {
+    use alitx::journal::{Journal, DEFAULT_PREFIX};
+    let key = Journal::key_of(DEFAULT_PREFIX, revision);
+    let backend = store.open().await;
+    let mut journal: Journal =
+        serde_json::from_slice(&backend.get(&key).await.unwrap().unwrap()).unwrap();
+    journal.owner.host = "build-node-17".into();
+    journal.lease_expires_at = alitx::now_secs() + 3600;
+    backend
+        .put(&key, journal.to_bytes(), &Default::default())
+        .await
+        .unwrap();
+}
+
 /// Assert the exit code, showing the output when it differs.
 #[track_caller]
 pub fn assert_exit(out: &Output, code: i32) {

@@ -1,0 +1,465 @@
+//! `alitx check` and `alitx repair` end to end, on the local-directory store
+//! and on Ceph RGW: every partial state a killed stock upload leaves, beside
+//! complete revisions, foreign keys (odd names included), a live and an
+//! abandoned alitx journal, and stale staged uploads.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use alitx::journal::{Journal, DEFAULT_PREFIX};
+use alitx::layout::{Revision, DIST_DIRS};
+use alitx::storage::Metadata;
+use common::*;
+use serde_json::Value;
+
+/// A revision seeded as a stock upload writes it (no alitx metadata).
+fn stock(name: &str) -> Revision {
+    Revision::new(ARCH, name, "v1", "1", &hash_of(name)).unwrap()
+}
+
+/// What a stock upload killed between two of its steps leaves, plus other
+/// writers' damage: (revision, whether the tarball exists, the dist
+/// directories holding its links, extra dist link targets).
+struct Seed {
+    revision: Revision,
+    tarball: bool,
+    package_link: bool,
+    dist_dirs: &'static [&'static str],
+    deps: Vec<Revision>,
+}
+
+async fn seed(store: &TestStore, seed: &Seed) -> Vec<String> {
+    let backend = store.open().await;
+    let r = &seed.revision;
+    let none = Metadata::new();
+    let mut keys = Vec::new();
+    if seed.tarball {
+        store.put_foreign(&r.store_key(), b"stock tarball").await;
+        keys.push(r.store_key());
+    }
+    for dir in seed.dist_dirs {
+        for dep in seed.deps.iter().chain([r]) {
+            let link = r.dist_link(dir, &dep.store_key()).unwrap();
+            backend.put_link_if_absent(&link, &none).await.unwrap();
+            keys.push(link.key);
+        }
+    }
+    if seed.package_link {
+        backend
+            .put_link_if_absent(&r.package_link(), &none)
+            .await
+            .unwrap();
+        keys.push(r.package_link().key);
+    }
+    keys
+}
+
+fn check_args(store: &TestStore, extra: &[&str]) -> Vec<String> {
+    let mut all = args(&["check", "--remote-store", &store.spec(), "--json"]);
+    all.extend(args(extra));
+    all
+}
+
+fn repair_args(store: &TestStore, extra: &[&str]) -> Vec<String> {
+    let mut all = check_args(store, extra);
+    all[0] = "repair".into();
+    all
+}
+
+/// `tarball name` → the revision's report.
+fn by_tarball(report: &Value) -> BTreeMap<String, Value> {
+    report["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["tarball"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        // pkg0, pkg1 published by alitx; pkg2 killed and still owned by a
+        // live upload elsewhere; pkg3 killed, its owner dead; pkg4 killed
+        // before it wrote anything but its journal.
+        let wd = WorkDir::chain(5, 0);
+        for i in 0..2 {
+            assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
+        }
+        alitx_killed_at(&wd.upload_args(2, &store), "after-links");
+        rt.block_on(fake_live_owner(&store, &wd.pkgs[2].revision()));
+        alitx_killed_at(&wd.upload_args(3, &store), "after-links");
+        alitx_killed_at(&wd.upload_args(4, &store), "after-intent");
+
+        let pkg0 = wd.pkgs[0].revision();
+        let seeds = [
+            ("linkonly", false, true, &[][..], vec![]),
+            (
+                "somedist",
+                false,
+                true,
+                &["dist", "dist-direct"][..],
+                vec![pkg0.clone()],
+            ),
+            ("alldist", false, true, &DIST_DIRS[..], vec![pkg0.clone()]),
+            ("tarballonly", true, false, &[][..], vec![]),
+            ("dangling", true, true, &DIST_DIRS[..], vec![stock("ghost")]),
+            ("stockdone", true, true, &DIST_DIRS[..], vec![pkg0.clone()]),
+        ];
+        let mut leftovers = BTreeMap::new();
+        for (name, tarball, package_link, dist_dirs, deps) in seeds {
+            let keys = rt.block_on(seed(
+                &store,
+                &Seed {
+                    revision: stock(name),
+                    tarball,
+                    package_link,
+                    dist_dirs,
+                    deps,
+                },
+            ));
+            if name != "stockdone" {
+                leftovers.insert(stock(name).tarball_name(), keys);
+            }
+        }
+        // A package link whose body is no store path: reported, not followed.
+        let bad = stock("badbody");
+        rt.block_on(store.put_foreign(&bad.package_link().key, b"../../../etc/passwd"));
+        leftovers.insert(bad.tarball_name(), vec![bad.package_link().key]);
+        // Foreign keys, odd names included; one sits in a partial revision's
+        // own dist directory and must survive its repair.
+        let foreign = [
+            "TARS/README".to_string(),
+            format!("TARS/{ARCH}/pkg0.manifest"),
+            format!("TARS/{ARCH}/dist/pkg0/notes.txt"),
+            format!("TARS/{ARCH}/dist/alldist/alldist-v1-1/odd name ü+.txt"),
+            format!("TARS/{ARCH}/store/zz/not-a-hash/x.{ARCH}.tar.gz"),
+            format!("TARS/{ARCH}/linkonly/README"),
+        ];
+        for key in &foreign {
+            rt.block_on(store.put_foreign(key, b"not ours"));
+        }
+        // A staged upload nobody records, beside the journals' own.
+        let orphan = rt.block_on(async {
+            let key = stock("orphan").store_key();
+            let backend = store.open().await;
+            (
+                backend.create_upload(&key, &Metadata::new()).await.unwrap(),
+                key,
+            )
+        });
+
+        // check: every revision classified, exit 5.
+        let out = alitx(&check_args(&store, &[]));
+        assert_exit(&out, 5);
+        let report = json(&out);
+        assert_eq!(report["clean"], false);
+        let revisions = by_tarball(&report);
+        let state = |name: &str| revisions[name]["state"].as_str().unwrap().to_string();
+        for i in 0..2 {
+            assert_eq!(
+                state(&wd.pkgs[i].revision().tarball_name()),
+                "complete",
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            state(&stock("stockdone").tarball_name()),
+            "complete",
+            "{kind}"
+        );
+        assert_eq!(
+            state(&wd.pkgs[2].revision().tarball_name()),
+            "in-flight",
+            "{kind}"
+        );
+        assert_eq!(
+            state(&wd.pkgs[3].revision().tarball_name()),
+            "abandoned",
+            "{kind}"
+        );
+        assert_eq!(
+            state(&wd.pkgs[4].revision().tarball_name()),
+            "abandoned",
+            "{kind}: a journal whose upload wrote nothing else"
+        );
+        let reasons = |name: &str| -> String {
+            revisions[&stock(name).tarball_name()]["reasons"].to_string()
+        };
+        for (name, needle) in [
+            ("linkonly", "package link without tarball"),
+            ("somedist", "dist link missing in dist-runtime"),
+            ("alldist", "package link without tarball"),
+            ("tarballonly", "tarball without package link"),
+            ("dangling", "dist link to a missing tarball"),
+            ("badbody", "is not a link to this revision's store tarball"),
+        ] {
+            let r = &revisions[&stock(name).tarball_name()];
+            assert_eq!(r["state"], "partial", "{kind} {name}");
+            assert_eq!(r["recent"], true, "{kind} {name}: just written");
+            assert_eq!(r["package"], name, "{kind}");
+            assert!(
+                reasons(name).contains(needle),
+                "{kind} {name}: {}",
+                reasons(name)
+            );
+        }
+        assert!(reasons("dangling").contains("ghost-v1-1"), "{kind}");
+        assert!(!reasons("alldist").contains("dist link missing"), "{kind}");
+        assert_eq!(
+            revisions.len(),
+            5 + 6 + 1,
+            "{kind}: {}",
+            report["revisions"]
+        );
+        assert_eq!(report["summary"]["partial"], 6);
+        let journals: BTreeSet<String> = report["journals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                format!(
+                    "{} {}",
+                    j["id"].as_str().unwrap(),
+                    j["lease"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let id = |i: usize| Journal::id_of(&wd.pkgs[i].revision());
+        assert_eq!(
+            journals,
+            BTreeSet::from([
+                format!("{} live", id(2)),
+                format!("{} owner-dead", id(3)),
+                format!("{} owner-dead", id(4))
+            ]),
+            "{kind}"
+        );
+        // Only --package's revisions.
+        let one = json(&alitx(&check_args(&store, &["--package", "linkonly"])));
+        assert_eq!(
+            one["revisions"].as_array().unwrap().len(),
+            1,
+            "{kind}: {one}"
+        );
+
+        // Stale uploads: the orphan and the live journal's, which repair
+        // leaves to its journal.
+        let stale = json(&alitx(&check_args(&store, &["--stale-uploads-after", "0"])));
+        let uploads: BTreeMap<String, Value> = stale["stale_uploads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (
+                    u["upload_id"].as_str().unwrap().to_string(),
+                    u["journal"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(uploads.len(), 3, "{kind}: {stale}");
+        assert_eq!(uploads[&orphan.0], Value::Null);
+
+        // repair --dry-run lists exactly the leftovers and changes nothing.
+        let before = rt.block_on(store.snapshot());
+        let uploads_before = rt.block_on(store.pending_uploads());
+        let repair = ["--min-age", "0", "--stale-uploads-after", "0"];
+        let mut dry = repair.to_vec();
+        dry.push("--dry-run");
+        let out = alitx(&repair_args(&store, &dry));
+        assert_exit(&out, 0);
+        let planned = json(&out);
+        let mut expected: BTreeSet<String> = leftovers.values().flatten().cloned().collect();
+        let abandoned: Vec<String> = before
+            .keys()
+            .filter(|k| wd.pkgs[3].revision().owns_key(k))
+            .cloned()
+            .collect();
+        assert!(
+            !abandoned.is_empty(),
+            "{kind}: the killed upload wrote links"
+        );
+        expected.extend(abandoned.iter().cloned());
+        for i in [3, 4] {
+            expected.insert(Journal::key_of(DEFAULT_PREFIX, &wd.pkgs[i].revision()));
+        }
+        let would: BTreeSet<String> = strings(&planned["would_delete"]).into_iter().collect();
+        assert_eq!(would, expected, "{kind}");
+        assert_eq!(
+            strings(&planned["would_delete"]).len(),
+            would.len(),
+            "{kind}: a key listed twice"
+        );
+        for action in planned["actions"].as_array().unwrap() {
+            let keys = strings(&action["keys"]);
+            let tarball_at = keys.iter().position(|k| k.contains("/store/"));
+            assert!(
+                tarball_at.is_none_or(|i| i == 0),
+                "{kind}: tarball first: {keys:?}"
+            );
+        }
+        assert_eq!(planned["would_abort_uploads"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            planned["would_abort_uploads"][0]["upload_id"],
+            orphan.0.as_str()
+        );
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            before,
+            "{kind}: dry run changed the store"
+        );
+        assert_eq!(rt.block_on(store.pending_uploads()), uploads_before);
+        let mut human = args(&["repair", "--remote-store", &store.spec()]);
+        human.extend(args(&dry));
+        let human = alitx(&human);
+        assert_exit(&human, 0);
+        let text = String::from_utf8_lossy(&human.stdout);
+        assert!(text.contains("dry run: nothing changed"), "{kind}: {text}");
+        for key in &expected {
+            assert!(
+                text.contains(&format!("would delete {key}\n")),
+                "{kind}: {key}"
+            );
+        }
+
+        // repair: exactly those keys go, in an order that keeps readers
+        // consistent; everything else stays byte for byte.
+        let out = alitx(&repair_args(&store, &repair));
+        assert_exit(&out, 0);
+        let done = json(&out);
+        let deleted: BTreeSet<String> = strings(&done["deleted"]).into_iter().collect();
+        assert_eq!(deleted, expected, "{kind}");
+        let after = rt.block_on(store.snapshot());
+        let mut left = before.clone();
+        left.retain(|k, _| !expected.contains(k));
+        assert_eq!(after, left, "{kind}");
+        for key in &foreign {
+            assert_eq!(
+                after.get(key).map(|b| &b[..]),
+                Some(&b"not ours"[..]),
+                "{kind} {key}"
+            );
+        }
+        assert!(after.contains_key(&Journal::key_of(DEFAULT_PREFIX, &wd.pkgs[2].revision())));
+        // The orphan and the abandoned journal's uploads are gone, the live one's stays.
+        assert_eq!(rt.block_on(store.pending_uploads()), 1, "{kind}");
+
+        // A second check is clean: only the live upload remains.
+        let out = alitx(&check_args(&store, &["--stale-uploads-after", "0"]));
+        assert_exit(&out, 0);
+        let again = json(&out);
+        assert_eq!(again["clean"], true);
+        assert_eq!(again["summary"]["in_flight"], 1);
+        assert_eq!(again["summary"]["partial"], 0);
+    }
+}
+
+#[test]
+fn repair_leaves_recent_partial_revisions_alone_and_says_how_to_override() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        rt.block_on(seed(
+            &store,
+            &Seed {
+                revision: stock("running"),
+                tarball: false,
+                package_link: true,
+                dist_dirs: &DIST_DIRS,
+                deps: vec![],
+            },
+        ));
+        let before = rt.block_on(store.snapshot());
+        let out = alitx(&args(&["repair", "--remote-store", &store.spec()]));
+        assert_exit(&out, 5);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("left-alone"), "{kind}: {text}");
+        assert!(text.contains("--min-age 0"), "{kind}: {text}");
+        assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
+        let check = alitx(&args(&["check", "--remote-store", &store.spec()]));
+        assert_exit(&check, 5);
+        assert!(String::from_utf8_lossy(&check.stdout).contains("partial (recent)"));
+    }
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_an_empty_store_is_clean() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        // Empty store: nothing to check or repair.
+        for command in ["check", "repair"] {
+            let out = alitx(&args(&[command, "--remote-store", &store.spec()]));
+            assert_exit(&out, 0);
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("nothing to check"),
+                "{kind} {command}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let out = alitx(&args(&[
+            "check",
+            "--remote-store",
+            &store.spec(),
+            "--architecture",
+            ARCH,
+        ]));
+        assert_exit(&out, 1);
+        assert!(
+            stderr(&out).contains("no architectures"),
+            "{kind}: {}",
+            stderr(&out)
+        );
+
+        // Unknown architecture: refused, naming the ones present.
+        let wd = WorkDir::chain(1, 0);
+        assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
+        let before = rt.block_on(store.snapshot());
+        for command in ["check", "repair"] {
+            let out = alitx(&args(&[
+                command,
+                "--remote-store",
+                &store.spec(),
+                "--architecture",
+                "slc7_x86-64",
+                "--min-age",
+                "0",
+            ]));
+            assert_exit(&out, 1);
+            let err = stderr(&out);
+            assert!(
+                err.contains("unknown architecture \"slc7_x86-64\""),
+                "{kind}: {err}"
+            );
+            assert!(err.contains(ARCH), "{kind}: {err}");
+        }
+        let out = alitx(&args(&[
+            "check",
+            "--remote-store",
+            &store.spec(),
+            "--min-age",
+            "5x",
+        ]));
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains("not a duration"),
+            "{kind}: {}",
+            stderr(&out)
+        );
+        assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
+        let clean = alitx(&args(&["check", "--remote-store", &store.spec()]));
+        assert_exit(&clean, 0);
+    }
+}
