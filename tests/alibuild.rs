@@ -377,7 +377,7 @@ fn a_refused_upload_fails_the_build_with_alitx_message() {
         return;
     };
     let rt = runtime();
-    let store = local_store_in_use(&rt);
+    let store = local_store_in_use(rt);
     let foreign = format!("TARS/{ARCH}/dist/zlibx/zlibx-v1.0-1/zlibx-v1.0-1.{ARCH}.tar.gz");
     rt.block_on(store.put_foreign(&foreign, b"another build's link"));
 
@@ -417,7 +417,7 @@ fn stock_alibuild_reuses_a_local_directory_store_written_by_alitx() {
         return;
     };
     let rt = runtime();
-    let store = local_store_in_use(&rt);
+    let store = local_store_in_use(rt);
     let wd = tempfile::tempdir().unwrap();
     let rw = format!("{}::rw", store.spec());
     let out = run(&mut recipes.build(&python, true, wd.path(), &rw));
@@ -481,7 +481,7 @@ fn helper_help_and_what_it_needs() {
     );
 
     let rt = runtime();
-    let store = local_store_in_use(&rt);
+    let store = local_store_in_use(rt);
     let wd = tempfile::tempdir().unwrap();
     let rw = format!("{}::rw", store.spec());
     let no_alitx = run(recipes

@@ -132,7 +132,7 @@ fn crash_matrix(payload: u64, points: &[&str]) {
                 let wd = WorkDir::chain(2, payload);
                 assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
                 killed_upload(&wd, 1, &store, point);
-                assert_no_partial_tarball(&rt, &store, &wd, 1, &what);
+                assert_no_partial_tarball(rt, &store, &wd, 1, &what);
 
                 // The journal is there, and `journals` shows it.
                 let listed = alitx(&args(&[
@@ -174,7 +174,7 @@ fn crash_matrix(payload: u64, points: &[&str]) {
                 };
                 assert_exit(&out, 0);
                 let published = if heal == "rollback" { 0..1 } else { 0..2 };
-                assert_clean(&rt, &store, &wd, published, &what);
+                assert_clean(rt, &store, &wd, published, &what);
                 if heal != "rollback" {
                     let tarball =
                         rt.block_on(store.snapshot())[&wd.pkgs[1].revision().store_key()].clone();
@@ -211,7 +211,7 @@ fn recovery_is_idempotent_when_itself_killed() {
         let out = alitx_env(&resume, &[("ALITX_FAILPOINT", "bulk-part-2")]);
         assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
         assert_exit(&alitx(&resume), 0);
-        assert_clean(&rt, &store, &wd, 0..2, kind);
+        assert_clean(rt, &store, &wd, 0..2, kind);
         // Resuming or rolling back with nothing to do is fine.
         let out = alitx(&resume);
         assert_exit(&out, 0);
@@ -261,7 +261,7 @@ fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
             "{kind}: resume sent {sent} B for {missing} B missing"
         );
         assert!(outcomes[0]["report"]["parts_reused"].as_u64().unwrap() >= 7);
-        assert_clean(&rt, &store, &wd, 0..1, kind);
+        assert_clean(rt, &store, &wd, 0..1, kind);
     }
 }
 
@@ -299,7 +299,7 @@ fn eight_concurrent_uploads_of_one_revision_commit_exactly_once() {
                 other => panic!("{kind}: exit {other:?}: {}", stderr(out)),
             }
         }
-        assert_clean(&rt, &store, &wd, 0..1, kind);
+        assert_clean(rt, &store, &wd, 0..1, kind);
     }
 }
 
@@ -408,7 +408,7 @@ fn a_tarball_changed_since_the_journal_is_rolled_back_not_published() {
             assert_exit(&out, 0);
             let what = format!("{kind} {point} keep-mtime={keep_mtime}");
             assert_eq!(json(&out)[0]["action"], "rolled-back", "{what}");
-            assert_clean(&rt, &store, &wd, 0..1, &what);
+            assert_clean(rt, &store, &wd, 0..1, &what);
         }
     }
 }
@@ -454,7 +454,7 @@ fn live_journals_are_refused_without_force() {
             ])),
             0,
         );
-        assert_clean(&rt, &store, &wd, 0..1, kind);
+        assert_clean(rt, &store, &wd, 0..1, kind);
     }
 }
 
@@ -565,7 +565,7 @@ fn rerunning_after_a_rebuild_with_another_hash_undoes_the_old_and_publishes_the_
         let out = alitx(&rerun);
         assert_exit(&out, 0);
         assert_eq!(json(&out)["status"], "committed");
-        assert_clean(&rt, &store, &wd, 0..2, kind);
+        assert_clean(rt, &store, &wd, 0..2, kind);
         assert!(!rt.block_on(store.keys()).contains(&old.store_key()));
     }
 }
@@ -613,6 +613,6 @@ fn a_running_upload_renews_its_lease_and_resume_leaves_it_alone() {
         }
         assert!(child.wait().unwrap().success());
         assert!(renewals >= 1, "{kind}: the lease was never renewed");
-        assert_clean(&rt, &store, &wd, 0..1, kind);
+        assert_clean(rt, &store, &wd, 0..1, kind);
     }
 }
