@@ -263,19 +263,7 @@ async fn resume_one(
 ) -> Outcome {
     let id = journal.id();
     if journal.state == State::Committed {
-        return match store
-            .delete(&Journal::key_of(&options.journal_prefix, &journal.revision))
-            .await
-        {
-            Ok(()) => Outcome {
-                id,
-                action: "retired".into(),
-                message: "already committed; journal retired".into(),
-                report: None,
-                error: None,
-            },
-            Err(e) => Outcome::failed(id, e),
-        };
+        return retire_committed(&*store, &journal, options).await;
     }
     let local = work_dir.and_then(|dir| workdir::read_revision(dir, journal.revision.clone()).ok());
     match txn::take_over(store, journal, local.as_ref(), options).await {
@@ -309,6 +297,9 @@ pub async fn rollback(
     selection: &Selection<'_>,
 ) -> Result<Vec<Outcome>> {
     each_journal(&*store, options, selection, async |journal| {
+        if journal.state == State::Committed {
+            return retire_committed(&*store, &journal, options).await;
+        }
         let id = journal.id();
         match txn::take_over(store.clone(), journal, None, options).await {
             Ok(report) => Outcome {
@@ -322,6 +313,27 @@ pub async fn rollback(
         }
     })
     .await
+}
+
+/// A committed transaction is final: its revision is published (readers
+/// may have fetched it, and its revision number is taken for good), so
+/// neither `resume` nor `rollback` undoes it; they retire its journal.
+async fn retire_committed(store: &dyn Store, journal: &Journal, options: &Options) -> Outcome {
+    let id = journal.id();
+    match store
+        .delete(&Journal::key_of(&options.journal_prefix, &journal.revision))
+        .await
+    {
+        Ok(()) => Outcome {
+            id,
+            action: "retired".into(),
+            message: "already committed: the revision is published and stays; journal retired"
+                .into(),
+            report: None,
+            error: None,
+        },
+        Err(e) => Outcome::failed(id, e),
+    }
 }
 
 /// One line saying what a transaction did.
