@@ -98,9 +98,17 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
         for i in 0..2 {
             assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
         }
-        alitx_killed_at(&wd.upload_args(2, &store), "after-links");
+        // pkg2's and pkg3's tarballs span several parts, so their killed
+        // uploads leave staged (multipart) uploads behind.
+        let staged = |i: usize| {
+            write_tarball(&wd.tarball_path(i), &wd.pkgs[i].revision(), 12 << 20);
+            let mut args = wd.upload_args(i, &store);
+            args.extend(["--part-size".into(), "5".into()]);
+            args
+        };
+        alitx_killed_at(&staged(2), "after-links");
         rt.block_on(fake_live_owner(&store, &wd.pkgs[2].revision()));
-        alitx_killed_at(&wd.upload_args(3, &store), "after-links");
+        alitx_killed_at(&staged(3), "after-links");
         alitx_killed_at(&wd.upload_args(4, &store), "after-intent");
 
         let pkg0 = wd.pkgs[0].revision();
