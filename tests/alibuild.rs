@@ -496,3 +496,65 @@ fn helper_help_and_what_it_needs() {
     assert!(recipes.built().is_empty());
     assert!(rt.block_on(store.keys()).is_empty());
 }
+
+/// The leftovers of a stock upload killed before its tarball (package link
+/// and dist links, no tarball) make the next stock build of that package
+/// fail; `alitx check` reports the revision partial, `alitx repair` removes
+/// exactly it, and the same stock build then succeeds and publishes it.
+#[test]
+fn after_repair_a_stock_build_of_a_partial_revision_succeeds() {
+    let Some((python, recipes)) = setup("s3") else {
+        return;
+    };
+    let rt = runtime();
+    let store = rt.block_on(TestStore::new("s3"));
+    let first = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(&mut recipes.build(&python, false, first.path(), &store.spec())),
+        0,
+    );
+    let first = built_work_dir(first);
+    let complete = first.expected(0..PACKAGES.len());
+    let topx = PACKAGES.len() - 1;
+    let tarball = first.pkgs[topx].revision().store_key();
+    rt.block_on(async { store.open().await.delete(&tarball).await.unwrap() });
+
+    let stuck = tempfile::tempdir().unwrap();
+    let out = run(&mut recipes.build(&python, false, stuck.path(), &store.spec()));
+    assert_ne!(out.status.code(), Some(0), "{}", output(&out));
+    assert!(output(&out).contains("already exists"), "{}", output(&out));
+
+    let spec = store.spec();
+    let check = alitx(&args(&["check", "--remote-store", &spec, "--json"]));
+    assert_exit(&check, 5);
+    let partial: Vec<String> = json(&check)["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "partial")
+        .map(|r| r["tarball"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(partial, [first.pkgs[topx].revision().tarball_name()]);
+
+    let repair = alitx(&args(&[
+        "repair",
+        "--remote-store",
+        &spec,
+        "--min-age",
+        "0",
+    ]));
+    assert_exit(&repair, 0);
+    let mut left = complete.clone();
+    left.retain(|key, _| !key.contains("/topx/") && !key.contains("/topx-"));
+    assert_eq!(rt.block_on(store.snapshot()), left, "only topx's keys went");
+
+    let again = tempfile::tempdir().unwrap();
+    let out = run(&mut recipes.build(&python, false, again.path(), &store.spec()));
+    assert_exit(&out, 0);
+    assert!(!output(&out).contains("already exists"), "{}", output(&out));
+    let again = built_work_dir(again);
+    assert_eq!(
+        rt.block_on(store.snapshot()),
+        again.expected(0..PACKAGES.len())
+    );
+}
