@@ -37,7 +37,7 @@ unset ALITX_SKIP_S3
 
 step "cargo test --release (local store and RGW at $AWS_ENDPOINT_URL)"
 log=$(mktemp)
-cargo test --release --lib --bins --tests "$@" 2>&1 | tee "$log"
+cargo test --release --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$log"
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
