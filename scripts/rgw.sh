@@ -10,6 +10,9 @@
 # monitor listens on PORT+20000 ($MON_PORT). Keys: $RGW_ACCESS_KEY and
 # $RGW_SECRET_KEY (testaccesskey/testsecretkey). MEMSTORE_BYTES sets the
 # OSD's capacity (default 8 GiB): data lives in memory only.
+# OSD_OBJECTSTORE=bluestore keeps the data in a sparse file in DIR instead
+# (BLUESTORE_BYTES, default 60 GiB), for stores too large for memory: the
+# in-memory OSD holds ~18 KB of RAM per S3 object.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-start}
@@ -113,6 +116,20 @@ wait_for() { # tries (0.2 s apart), command...
   return 1
 }
 
+objectstore_conf() {
+  case "${OSD_OBJECTSTORE:-memstore}" in
+    memstore) printf '%s\n' "osd objectstore = memstore" \
+      "memstore device bytes = ${MEMSTORE_BYTES:-8589934592}" ;;
+    # Small S3 objects take one 4 KiB allocation each, not 64 KiB.
+    bluestore) printf '%s\n' "osd objectstore = bluestore" \
+      "bluestore block path = $dir/osd0.block" "bluestore block create = true" \
+      "bluestore block size = ${BLUESTORE_BYTES:-64424509440}" \
+      "bluestore min alloc size = 4096" "osd memory target = 2147483648" ;;
+    *) fail "OSD_OBJECTSTORE must be memstore or bluestore" ;;
+  esac
+}
+
+osd_conf=$(objectstore_conf)
 daemons_stop
 rm -rf "$dir"
 mkdir -p "$dir"/{mon,osd0,run,log,rgw}
@@ -155,8 +172,7 @@ mon data = $dir/mon
 paxos propose interval = 0.05
 [osd.0]
 osd data = $dir/osd0
-osd objectstore = memstore
-memstore device bytes = ${MEMSTORE_BYTES:-8589934592}
+$osd_conf
 # Limits on RADOS objects, not S3 objects: RGW stripes S3 objects and each
 # multipart part into 4 MiB RADOS objects, written 4 MiB at a time.
 osd max object size = 134217728
