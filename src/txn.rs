@@ -383,7 +383,7 @@ fn fits_one_part(local: &LocalRevision, options: &Options) -> bool {
 }
 
 /// A tarball read and verified whole, before any of it is sent.
-pub struct WholeTarball {
+struct WholeTarball {
     scanned: tarball::Scanned,
     data: Bytes,
 }
