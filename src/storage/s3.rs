@@ -320,24 +320,8 @@ impl Store for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(self.bucket())
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        let mut keys = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| self.error("ListObjectsV2", prefix, err))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
-        }
-        keys.sort();
-        Ok(keys)
+        let listing = self.list_dir(prefix, true).await?;
+        Ok(listing.objects.into_iter().map(|o| o.key).collect())
     }
 
     async fn list_dir(&self, prefix: &str, recursive: bool) -> Result<Listing> {
