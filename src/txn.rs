@@ -532,9 +532,11 @@ async fn staged_upload(
     metadata: &crate::storage::Metadata,
 ) -> Result<(String, Vec<UploadedPart>)> {
     if let Some(upload_id) = handle.snapshot().await.tarball.upload_id {
-        match store.list_parts(key, &upload_id).await {
-            Ok(parts) => return Ok((upload_id, parts)),
-            Err(e) => warn!("the recorded upload {upload_id} is gone ({e}); starting a new one"),
+        // Only a definite "no such upload" makes it gone; any other error
+        // keeps the journal (and the parts) for a later resume.
+        match store.list_parts(key, &upload_id).await? {
+            Some(parts) => return Ok((upload_id, parts)),
+            None => warn!("the recorded upload {upload_id} no longer exists; starting a new one"),
         }
     }
     let upload_id = store.create_upload(key, metadata).await?;

@@ -241,7 +241,8 @@ fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
             let parts = backend
                 .list_parts(&uploads[0].key, &uploads[0].upload_id)
                 .await
-                .unwrap();
+                .unwrap()
+                .expect("the staged upload exists");
             parts.iter().map(|p| p.size).sum()
         });
         let total = std::fs::metadata(wd.tarball_path(0)).unwrap().len();

@@ -399,9 +399,12 @@ impl Store for LocalStore {
         Ok(part)
     }
 
-    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<UploadedPart>> {
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Option<Vec<UploadedPart>>> {
+        if !self.upload_dir(upload_id)?.exists() {
+            return Ok(None);
+        }
         let (dir, _) = self.upload_record(key, upload_id)?;
-        part_files(&dir)
+        part_files(&dir).map(Some)
     }
 
     async fn complete_upload(

@@ -128,8 +128,11 @@ pub trait Store: Send + Sync + fmt::Debug {
         data: Bytes,
     ) -> Result<UploadedPart>;
 
-    /// The parts the store holds for an upload; an error if the upload is gone.
-    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<UploadedPart>>;
+    /// The parts the store holds for an upload. `None` only when the store
+    /// answered definitely that the upload does not exist (completed,
+    /// aborted, never created); any other failure is an error, never taken
+    /// as "gone".
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Option<Vec<UploadedPart>>>;
 
     /// Make the upload visible at `key`, atomically, from `parts` in order.
     async fn complete_upload(

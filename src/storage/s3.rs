@@ -417,11 +417,11 @@ impl Store for S3Store {
         })
     }
 
-    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<UploadedPart>> {
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Option<Vec<UploadedPart>>> {
         let mut parts = Vec::new();
         let mut marker: Option<String> = None;
         loop {
-            let out = self
+            let out = match self
                 .client
                 .list_parts()
                 .bucket(self.bucket())
@@ -430,7 +430,18 @@ impl Store for S3Store {
                 .set_part_number_marker(marker.clone())
                 .send()
                 .await
-                .map_err(|err| self.error("ListParts", key, err))?;
+            {
+                Ok(out) => out,
+                // Only the server's definite word makes an upload gone:
+                // NoSuchUpload, or NoSuchKey as Ceph RGW 16 answers.
+                Err(err)
+                    if status_of(&err) == Some(404)
+                        && matches!(err.code(), Some("NoSuchUpload" | "NoSuchKey")) =>
+                {
+                    return Ok(None)
+                }
+                Err(err) => return Err(self.error("ListParts", key, err)),
+            };
             parts.extend(out.parts().iter().map(|p| UploadedPart {
                 number: p.part_number().unwrap_or(0) as u32,
                 size: p.size().unwrap_or(0).max(0) as u64,
@@ -442,7 +453,7 @@ impl Store for S3Store {
             }
         }
         parts.sort_by_key(|p| p.number);
-        Ok(parts)
+        Ok(Some(parts))
     }
 
     async fn complete_upload(
