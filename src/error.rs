@@ -2,7 +2,7 @@
 //!
 //! Exit codes are a contract with scripts and Jenkins jobs: 0 success, 1 any
 //! other error, 3 conflict (someone else holds one of our keys), 4 a live
-//! upload owns the journal, 5 `check` found something to repair (or `repair`
+//! upload owns the journal (or took it over from us), 5 `check` found something to repair (or `repair`
 //! left something for later).
 
 use std::fmt;
@@ -32,8 +32,15 @@ pub enum ErrorKind {
     Verification,
     /// Another object or transaction already holds one of our keys.
     Conflict,
+    /// Another uploader published the revision's tarball while our
+    /// transaction was open: a conflict, after which nothing of the
+    /// revision was deleted and our journal was retired.
+    ForeignPublished,
     /// A journal is owned by an upload whose lease is still live.
     LiveLease,
+    /// Another process took this transaction's journal over, or retired it,
+    /// while this one worked: this one stopped.
+    LostOwnership,
     /// The store could not be reached, refused our credentials, or failed.
     Store,
     /// A journal is not one alitx can trust.
@@ -67,6 +74,17 @@ impl Error {
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
         Self::new(ErrorKind::Io, format!("{what}: {err}"))
     }
+    pub fn lost_ownership(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::LostOwnership, message)
+    }
+
+    /// A local write failed because the filesystem is full.
+    pub fn is_no_space(&self) -> bool {
+        self.kind == ErrorKind::Io
+            && self
+                .message
+                .contains(&std::io::Error::from_raw_os_error(libc::ENOSPC).to_string())
+    }
 
     /// Prefix the message with what we were doing.
     pub fn context(mut self, what: impl fmt::Display) -> Self {
@@ -82,8 +100,8 @@ impl Error {
 
     pub fn exit_code(&self) -> i32 {
         match self.kind {
-            ErrorKind::Conflict => exit::CONFLICT,
-            ErrorKind::LiveLease => exit::LIVE_LEASE,
+            ErrorKind::Conflict | ErrorKind::ForeignPublished => exit::CONFLICT,
+            ErrorKind::LiveLease | ErrorKind::LostOwnership => exit::LIVE_LEASE,
             _ => exit::ERROR,
         }
     }
@@ -93,8 +111,9 @@ impl Error {
         match self.kind {
             ErrorKind::Input => "input",
             ErrorKind::Verification => "verification",
-            ErrorKind::Conflict => "conflict",
+            ErrorKind::Conflict | ErrorKind::ForeignPublished => "conflict",
             ErrorKind::LiveLease => "live-lease",
+            ErrorKind::LostOwnership => "lost-ownership",
             ErrorKind::Store => "store",
             ErrorKind::Journal => "journal",
             ErrorKind::Io => "io",

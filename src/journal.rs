@@ -26,6 +26,10 @@ pub const DEFAULT_PREFIX: &str = ".alitx/journals/";
 /// User metadata naming the transaction that wrote an object.
 pub const TXN_METADATA: &str = "alitx-txn";
 
+/// User metadata holding the tarball's SHA-256 (on a tarball published by
+/// one PUT, and on the journal once the whole file was verified).
+pub const SHA256_METADATA: &str = "alitx-sha256";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -51,6 +55,9 @@ pub struct Journal {
     /// How often the owner renewed its lease: growing while it works.
     #[serde(default)]
     pub renewals: u64,
+    /// How often the journal changed owner (each takeover counts one).
+    #[serde(default)]
+    pub takeovers: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,15 +87,21 @@ pub struct Owner {
     /// Unix seconds.
     pub started_at: i64,
     pub tool: String,
+    /// Random, new at every acquisition: the owner's stamp. A process acts
+    /// on a journal only while the copy it just read carries its token.
+    #[serde(default)]
+    pub token: String,
 }
 
 impl Owner {
+    /// This process, as a new owner with a fresh token.
     pub fn this_process() -> Self {
         Owner {
             host: hostname(),
             pid: std::process::id(),
             started_at: crate::now_secs(),
             tool: format!("alitx {}", env!("CARGO_PKG_VERSION")),
+            token: crate::random_hex(8),
         }
     }
 }
@@ -145,6 +158,7 @@ impl Journal {
             owner: Owner::this_process(),
             lease_expires_at: crate::now_secs() + lease.as_secs() as i64,
             renewals: 0,
+            takeovers: 0,
         }
     }
 
@@ -298,7 +312,9 @@ fn hostname() -> String {
 }
 
 /// Whether `pid` runs and is the process that recorded itself as owner at
-/// `recorded_at`: a process started after that is a reused pid.
+/// `recorded_at`. Dead: gone, a zombie (a killed process its parent has not
+/// reaped yet: `kill(pid, 0)` still succeeds on it), or a process started
+/// after that moment (a reused pid).
 fn process_running(pid: u32, recorded_at: i64) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
@@ -306,28 +322,43 @@ fn process_running(pid: u32, recorded_at: i64) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     let rc = unsafe { libc::kill(pid, 0) };
     let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    exists && process_start(pid).is_none_or(|started| started <= recorded_at + 2)
+    let stat = ProcStat::of(pid);
+    exists
+        && !stat.as_ref().is_some_and(|s| matches!(s.state, 'Z' | 'X'))
+        && stat
+            .and_then(|s| s.started_at())
+            .is_none_or(|started| started <= recorded_at + 2)
 }
 
-/// A process's start time in Unix seconds, from /proc (Linux).
-fn process_start(pid: libc::pid_t) -> Option<i64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (start time in clock ticks since boot), counted after the
-    // command name, which may itself contain spaces and parentheses.
-    let ticks: i64 = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    let boot: i64 = std::fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| boot + ticks / hz as i64)
+/// What /proc/<pid>/stat (Linux) tells about a process.
+struct ProcStat {
+    /// `R`, `S`, `D`, ... ; `Z` zombie, `X` dead.
+    state: char,
+    /// Start time in clock ticks since boot (field 22).
+    start_ticks: i64,
+}
+
+impl ProcStat {
+    fn of(pid: libc::pid_t) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields are counted after the command name, which may itself
+        // contain spaces and parentheses.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let start_ticks = fields.nth(18)?.parse().ok()?;
+        Some(ProcStat { state, start_ticks })
+    }
+
+    /// The start time in Unix seconds.
+    fn started_at(&self) -> Option<i64> {
+        let boot: i64 = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (hz > 0).then(|| boot + self.start_ticks / hz as i64)
+    }
 }
 
 #[cfg(test)]
@@ -391,6 +422,23 @@ mod tests {
         assert_eq!(j.liveness(), Liveness::Expired);
         j.lease_expires_at = crate::now_secs() + 60;
         assert_eq!(j.liveness(), Liveness::Live);
+    }
+
+    #[test]
+    fn a_zombie_owner_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie, which `kill(pid, 0)` still finds.
+        let zombie = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            ProcStat::of(pid as libc::pid_t).is_some_and(|s| s.state == 'Z')
+        });
+        assert!(zombie, "the child never became a zombie");
+        let mut j = journal();
+        j.owner.pid = pid;
+        assert_eq!(j.liveness(), Liveness::OwnerDead);
+        child.wait().unwrap();
+        assert_eq!(j.liveness(), Liveness::OwnerDead);
     }
 
     #[test]

@@ -7,10 +7,12 @@
 
 pub mod check;
 pub mod cli;
+pub mod deletion;
 pub mod error;
 pub mod failpoint;
 pub mod journal;
 pub mod layout;
+pub mod ownership;
 pub mod recovery;
 pub mod repair;
 pub mod storage;

@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{self, Journal, Owner, State};
+use crate::ownership::{self, JournalHandle, Takeover};
 use crate::storage::Store;
-use crate::txn::{self, Options, Report};
+use crate::txn::{self, Intent, Options, Report};
 use crate::workdir;
 
 /// One journal as `alitx journals` shows it.
@@ -101,7 +102,7 @@ pub async fn list_journals(store: &dyn Store, prefix: &str) -> Result<Vec<Journa
 
 /// The journal at `key`, or `None` if there is none.
 async fn load(store: &dyn Store, prefix: &str, key: &str) -> Result<Option<JournalEntry>> {
-    Ok(match txn::read_journal(store, prefix, key).await {
+    Ok(match ownership::read_journal(store, prefix, key).await {
         Ok(Some(journal)) => Some(JournalEntry::from_journal(key.to_string(), journal)),
         Ok(None) => None,
         Err(e) if e.kind == ErrorKind::Journal => {
@@ -135,6 +136,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    fn skipped(id: &str, message: String) -> Self {
+        Outcome {
+            id: id.into(),
+            action: "skipped".into(),
+            message,
+            report: None,
+            error: None,
+        }
+    }
+
     fn failed(id: String, error: Error) -> Self {
         Outcome {
             id,
@@ -182,45 +193,45 @@ async fn select(
     Ok(chosen)
 }
 
-/// The live-lease guard shared by `resume` and `rollback`: a journal whose
-/// owner may still be running is refused unless forced. With no explicit
-/// ids, `resume` skips such journals quietly (they belong to running jobs).
+/// The live-lease guard shared by `resume` and `rollback`, on the listed
+/// copy: a journal whose owner may still be running is refused unless
+/// forced. With no explicit ids, `resume` skips such journals quietly
+/// (they belong to running jobs). The takeover decides again on a fresh copy.
 fn guard(entry: &JournalEntry, journal: &Journal, selection: &Selection<'_>) -> Option<Outcome> {
     if journal.state != State::Pending || journal.owner_gone() || selection.force {
         return None;
     }
+    Some(busy(&entry.id, journal, selection))
+}
+
+/// The outcome for a journal a running upload owns.
+fn busy(id: &str, journal: &Journal, selection: &Selection<'_>) -> Outcome {
     let message = format!(
-        "{} is owned by a running upload (pid {} on {}, lease valid {}s more); pass --force only if you know it is dead",
-        entry.id,
+        "{id} is owned by a running upload (pid {} on {}, lease valid {}s more); pass --force only if you know it is dead",
         journal.owner.pid,
         journal.owner.host,
         journal.lease_expires_at - crate::now_secs()
     );
-    Some(if selection.ids.is_empty() {
-        Outcome {
-            id: entry.id.clone(),
-            action: "skipped".into(),
-            message,
-            report: None,
-            error: None,
-        }
+    if selection.ids.is_empty() {
+        Outcome::skipped(id, message)
     } else {
-        Outcome::failed(entry.id.clone(), Error::new(ErrorKind::LiveLease, message))
-    })
+        Outcome::failed(id.into(), Error::new(ErrorKind::LiveLease, message))
+    }
 }
 
 /// The loop `resume` and `rollback` share: select the journals, refuse the
-/// ones that cannot be trusted or whose owner still runs, and `act` on the
-/// others.
+/// ones that cannot be trusted or whose owner still runs, finish committed
+/// ones, take the others over and continue them as `intent` says.
 async fn each_journal(
-    store: &dyn Store,
+    store: Arc<dyn Store>,
     options: &Options,
     selection: &Selection<'_>,
-    mut act: impl AsyncFnMut(Journal) -> Outcome,
+    intent: Intent,
+    work_dir: Option<&Path>,
 ) -> Result<Vec<Outcome>> {
     store.preflight().await?;
     let mut outcomes = Vec::new();
-    for entry in select(store, &options.journal_prefix, selection).await? {
+    for entry in select(&*store, &options.journal_prefix, selection).await? {
         let outcome = match entry {
             Err(refused) => refused,
             Ok(entry) => match entry.journal.clone() {
@@ -232,7 +243,18 @@ async fn each_journal(
                 ),
                 Some(journal) => match guard(&entry, &journal, selection) {
                     Some(refused) => refused,
-                    None => act(journal).await,
+                    None => {
+                        continue_journal(
+                            store.clone(),
+                            &entry,
+                            journal,
+                            options,
+                            selection,
+                            intent,
+                            work_dir,
+                        )
+                        .await
+                    }
                 },
             },
         };
@@ -241,32 +263,51 @@ async fn each_journal(
     Ok(outcomes)
 }
 
-/// `alitx resume`: roll each abandoned journal forward when the work dir
-/// still holds its exact files, back otherwise.
-pub async fn resume(
+/// Take one journal over and continue its transaction.
+async fn continue_journal(
     store: Arc<dyn Store>,
-    options: &Options,
-    work_dir: Option<&Path>,
-    selection: &Selection<'_>,
-) -> Result<Vec<Outcome>> {
-    each_journal(&*store, options, selection, async |journal| {
-        resume_one(store.clone(), journal, options, work_dir).await
-    })
-    .await
-}
-
-async fn resume_one(
-    store: Arc<dyn Store>,
+    entry: &JournalEntry,
     journal: Journal,
     options: &Options,
+    selection: &Selection<'_>,
+    intent: Intent,
     work_dir: Option<&Path>,
 ) -> Outcome {
-    let id = journal.id();
+    let id = entry.id.clone();
     if journal.state == State::Committed {
-        return retire_committed(&*store, &journal, options).await;
+        return match txn::retire_committed(&*store, &journal, &options.journal_prefix).await {
+            Ok(()) => Outcome {
+                id,
+                action: "retired".into(),
+                message: "already committed: the revision is published and stays; journal retired"
+                    .into(),
+                report: None,
+                error: None,
+            },
+            Err(e) => Outcome::failed(id, e),
+        };
     }
+    let takeover = JournalHandle::take_over(
+        store.clone(),
+        &options.journal_prefix,
+        &entry.key,
+        options.lease,
+        selection.force,
+    )
+    .await;
+    let handle = match takeover {
+        Err(e) => return Outcome::failed(id, e),
+        Ok(Takeover::Retired) => {
+            return Outcome::skipped(
+                &id,
+                "retired meanwhile: its upload, or another resume, finished it".into(),
+            )
+        }
+        Ok(Takeover::Busy(owner)) => return busy(&id, &owner, selection),
+        Ok(Takeover::Owned(handle)) => handle,
+    };
     let local = work_dir.and_then(|dir| workdir::read_revision(dir, journal.revision.clone()).ok());
-    match txn::take_over(store, journal, local.as_ref(), options).await {
+    match txn::continue_owned(store, &handle, local.as_ref(), intent, options).await {
         Ok(report) => Outcome {
             id,
             action: match report.status {
@@ -277,8 +318,8 @@ async fn resume_one(
             report: Some(report),
             error: None,
         },
-        // The transaction was undone: the designed outcome when the work
-        // dir no longer matches, or another writer holds a key.
+        // Undone: the designed outcome when the work dir no longer
+        // matches, or another writer holds one of its links.
         Err(e) if matches!(e.kind, ErrorKind::Verification | ErrorKind::Conflict) => Outcome {
             id,
             action: "rolled-back".into(),
@@ -290,59 +331,42 @@ async fn resume_one(
     }
 }
 
-/// `alitx rollback`: undo the given journals.
+/// `alitx resume`: roll each abandoned journal forward when the work dir
+/// still holds its exact files, back otherwise; a published one is
+/// finished, never undone.
+pub async fn resume(
+    store: Arc<dyn Store>,
+    options: &Options,
+    work_dir: Option<&Path>,
+    selection: &Selection<'_>,
+) -> Result<Vec<Outcome>> {
+    each_journal(store, options, selection, Intent::Forward, work_dir).await
+}
+
+/// `alitx rollback`: undo the given journals; a published one is finished
+/// instead (published is final).
 pub async fn rollback(
     store: Arc<dyn Store>,
     options: &Options,
     selection: &Selection<'_>,
 ) -> Result<Vec<Outcome>> {
-    each_journal(&*store, options, selection, async |journal| {
-        if journal.state == State::Committed {
-            return retire_committed(&*store, &journal, options).await;
-        }
-        let id = journal.id();
-        match txn::take_over(store.clone(), journal, None, options).await {
-            Ok(report) => Outcome {
-                id,
-                action: "rolled-back".into(),
-                message: summary(&report),
-                report: Some(report),
-                error: None,
-            },
-            Err(e) => Outcome::failed(id, e),
-        }
-    })
-    .await
-}
-
-/// A committed transaction is final: its revision is published (readers
-/// may have fetched it, and its revision number is taken for good), so
-/// neither `resume` nor `rollback` undoes it; they retire its journal.
-async fn retire_committed(store: &dyn Store, journal: &Journal, options: &Options) -> Outcome {
-    let id = journal.id();
-    match store
-        .delete(&Journal::key_of(&options.journal_prefix, &journal.revision))
-        .await
-    {
-        Ok(()) => Outcome {
-            id,
-            action: "retired".into(),
-            message: "already committed: the revision is published and stays; journal retired"
-                .into(),
-            report: None,
-            error: None,
-        },
-        Err(e) => Outcome::failed(id, e),
-    }
+    each_journal(store, options, selection, Intent::Back, None).await
 }
 
 /// One line saying what a transaction did.
 pub fn summary(report: &Report) -> String {
     match report.status {
-        txn::Status::Committed => format!(
-            "published {} ({} keys written, {} of {} bytes sent, {} of {} parts reused) in {:.1}s",
+        // Nothing sent: the tarball was published before this run.
+        txn::Status::Committed if report.parts_total == 0 => format!(
+            "{} is published and stays (readers may already use it): {} restored, journal retired, in {:.1}s",
             report.revision.full_version(),
-            report.keys_written.len(),
+            plural(report.keys_written.len(), "missing link"),
+            report.duration_seconds
+        ),
+        txn::Status::Committed => format!(
+            "published {} ({} written, {} of {} bytes sent, {} of {} parts reused) in {:.1}s",
+            report.revision.full_version(),
+            plural(report.keys_written.len(), "key"),
             report.bytes_sent,
             report.tarball_bytes,
             report.parts_reused,
@@ -350,14 +374,19 @@ pub fn summary(report: &Report) -> String {
             report.duration_seconds
         ),
         txn::Status::AlreadyPublished => format!(
-            "{} is already published in {}; nothing written",
+            "{} is already published in {} (by this transaction's other owner, or an earlier run); nothing more written",
             report.revision.full_version(),
             report.store
         ),
         txn::Status::RolledBack => format!(
-            "rolled back {}: deleted {} keys, aborted the staged upload, retired the journal",
+            "rolled back {}: deleted {}, aborted the staged upload, retired the journal",
             report.revision.full_version(),
-            report.keys_deleted.len()
+            plural(report.keys_deleted.len(), "key")
         ),
     }
+}
+
+/// `1 key`, `2 keys`.
+pub fn plural(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }

@@ -227,7 +227,7 @@ async fn roll_back(
         .expect("abandoned revisions have a journal");
     if dry_run {
         let key = crate::journal::key_from_arg(&options.journal_prefix, &id)?;
-        let journal = txn::read_journal(&*store, &options.journal_prefix, &key)
+        let journal = crate::ownership::read_journal(&*store, &options.journal_prefix, &key)
             .await?
             .ok_or_else(|| Error::input(format!("journal {id} disappeared since the scan")))?;
         let mut keys = txn::rollback_keys(&*store, &journal).await?;

@@ -4,7 +4,9 @@
 //! Order of writes (see `docs/protocol.md`):
 //! intent journal → staged tarball parts ∥ (package link claim → dist links)
 //! → complete the staged upload (the commit point readers see) → journal
-//! committed → journal retired. The engine talks only to [`Store`].
+//! committed → journal retired. The engine talks only to [`Store`]; who
+//! may act on a journal is `ownership`'s business, what may be deleted
+//! `deletion`'s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,13 +17,14 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use serde::Serialize;
-use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
+use crate::deletion::{delete_unpublished, Deleter, Deletion};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint::failpoint;
-use crate::journal::{Journal, State, TXN_METADATA};
+use crate::journal::{Journal, State, SHA256_METADATA, TXN_METADATA};
 use crate::layout::{Link, Revision};
+use crate::ownership::{read_journal, JournalHandle, Takeover};
 use crate::storage::{Created, ObjectInfo, Store, UploadedPart};
 use crate::tarball::{self, Part};
 use crate::workdir::{FileIdentity, LocalRevision};
@@ -104,6 +107,17 @@ impl Report {
     }
 }
 
+/// What a process continuing a journaled transaction wants done with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Publish: roll forward when the local files match the journal, back
+    /// otherwise.
+    Forward,
+    /// Undo it, unless the revision is already published (then it is
+    /// final, and only the journal's bookkeeping is finished).
+    Back,
+}
+
 /// Publish the revision read from the work dir: the `upload` command.
 pub async fn upload(
     store: Arc<dyn Store>,
@@ -112,7 +126,8 @@ pub async fn upload(
 ) -> Result<Report> {
     let started = Instant::now();
     let revision = &local.revision;
-    let journal_key = Journal::key_of(&options.journal_prefix, revision);
+    let prefix = &options.journal_prefix;
+    let journal_key = Journal::key_of(prefix, revision);
 
     // Independent reads, in parallel: they decide whether to write at all.
     // A tarball that fits in one part is read and verified meanwhile, so
@@ -120,7 +135,7 @@ pub async fn upload(
     let (store_key, link_key) = (revision.store_key(), revision.package_link().key);
     let reads = async {
         tokio::try_join!(
-            read_journal(&*store, &options.journal_prefix, &journal_key),
+            read_journal(&*store, prefix, &journal_key),
             store.head(&store_key),
             store.head(&link_key),
         )
@@ -141,13 +156,33 @@ pub async fn upload(
             State::Committed => {
                 // The last writer died after publishing, before retiring.
                 info!("retiring committed journal {journal_key}");
-                store.delete(&journal_key).await?;
+                retire_committed(&*store, &existing, prefix).await?;
                 Box::pin(upload(store, local, options)).await
             }
-            State::Pending if !existing.owner_gone() => Err(live_lease_error(&existing)),
             State::Pending => {
-                info!("taking over abandoned journal {journal_key}");
-                match take_over(store.clone(), existing, Some(&local), options).await {
+                let takeover = JournalHandle::take_over(
+                    store.clone(),
+                    prefix,
+                    &journal_key,
+                    options.lease,
+                    false,
+                )
+                .await?;
+                let handle = match takeover {
+                    Takeover::Busy(owner) => return Err(live_lease_error(&owner)),
+                    Takeover::Retired => return Box::pin(upload(store, local, options)).await,
+                    Takeover::Owned(handle) => handle,
+                };
+                info!("took over abandoned journal {journal_key}");
+                match continue_owned(
+                    store.clone(),
+                    &handle,
+                    Some(&local),
+                    Intent::Forward,
+                    options,
+                )
+                .await
+                {
                     // It described other bytes: undone, now publish ours.
                     Ok(report) if report.status == Status::RolledBack => {
                         Box::pin(upload(store, local, options)).await
@@ -197,58 +232,57 @@ pub async fn upload(
         .await?
     {
         Created::Yes => {}
-        Created::AlreadyExists => {
-            let other = read_journal(&*store, &options.journal_prefix, &journal_key).await?;
-            return Err(match other {
-                Some(other) => live_lease_error(&other),
-                None => Error::conflict(format!(
+        Created::AlreadyExists => match read_journal(&*store, prefix, &journal_key).await? {
+            // A retried request whose first answer was lost: it is ours.
+            Some(stored) if stored.txn == journal.txn => {
+                debug!("intent: the journal's first write had stored it")
+            }
+            Some(other) => return Err(live_lease_error(&other)),
+            None => {
+                return Err(Error::conflict(format!(
                     "another upload of {} started and finished while this one was starting; re-run to check the result",
                     revision.full_version()
-                )),
-            });
-        }
+                )))
+            }
+        },
     }
     debug!("intent: journal {journal_key} written");
     failpoint("after-intent");
-    let handle = JournalHandle::new(store.clone(), journal_key, journal);
-    let mut report = run(store, &handle, &local, whole, options).await?;
+    let handle = JournalHandle::created(store.clone(), prefix, journal);
+    let mut report = drive(
+        store,
+        &handle,
+        Some(&local),
+        whole,
+        None,
+        Intent::Forward,
+        options,
+    )
+    .await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-/// Continue an abandoned transaction: forward if `local` still holds the
-/// exact files it describes, otherwise back.
-pub async fn take_over(
+/// Continue a transaction whose journal this process now owns (after
+/// [`JournalHandle::take_over`]): finish it if its tarball is published,
+/// else roll it forward (with `local` files that match it) or back.
+pub async fn continue_owned(
     store: Arc<dyn Store>,
-    journal: Journal,
+    handle: &Arc<JournalHandle>,
     local: Option<&LocalRevision>,
+    intent: Intent,
     options: &Options,
 ) -> Result<Report> {
-    let key = Journal::key_of(&options.journal_prefix, &journal.revision);
-    let mut mine = journal.clone();
-    mine.owner = crate::journal::Owner::this_process();
-    mine.lease_expires_at = crate::now_secs() + options.lease.as_secs() as i64;
-    let handle = JournalHandle::new(store.clone(), key, mine);
-    handle.update(|_| {}).await?;
-    let local = match local.map(|local| (local, mismatch(&journal, local))) {
-        Some((local, None)) => local,
-        Some((_, Some(why))) => {
-            warn!("rolling back {}: {why}", journal.id());
-            return rollback(&*store, &handle.snapshot().await, &options.journal_prefix).await;
-        }
-        None => {
-            warn!(
-                "rolling back {}: its local files are not available",
-                journal.id()
-            );
-            return rollback(&*store, &handle.snapshot().await, &options.journal_prefix).await;
-        }
-    };
+    let started = Instant::now();
+    let journal = handle.snapshot().await;
     let options = Options {
         part_size: journal.tarball.part_size as usize,
         ..options.clone()
     };
-    run(store, &handle, local, None, &options).await
+    let published = store.head(&journal.tarball.key).await?;
+    let mut report = drive(store, handle, local, None, published, intent, &options).await?;
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
 }
 
 /// Why the local files cannot complete `journal`, if they cannot.
@@ -272,41 +306,188 @@ pub fn mismatch(journal: &Journal, local: &LocalRevision) -> Option<String> {
     None
 }
 
-/// Drive a journaled transaction to its commit; undo it on a conflict or a
-/// tarball that fails verification (the error then keeps its kind only if
-/// the undo succeeded); leave it for `resume` on other errors.
-async fn run(
+/// Drive an owned transaction to its end, with the lease renewed meanwhile.
+/// A published tarball decides first: ours, the transaction is finished
+/// (never undone); another uploader's, nothing of the revision is deleted.
+/// Otherwise roll forward or back as `intent` and `local` say. On a
+/// conflict or a tarball that fails verification the transaction is
+/// undone (the error keeps its kind only if the undo succeeded); other
+/// errors leave the journal for `resume`.
+async fn drive(
     store: Arc<dyn Store>,
     handle: &Arc<JournalHandle>,
-    local: &LocalRevision,
+    local: Option<&LocalRevision>,
     whole: Option<WholeTarball>,
+    published: Option<ObjectInfo>,
+    intent: Intent,
     options: &Options,
 ) -> Result<Report> {
-    let renewer = handle.keep_alive(options.lease);
-    let result = roll_forward(store.clone(), handle, local, whole, options).await;
-    renewer.abort();
-    match result {
-        Ok(report) => Ok(report),
-        Err(err) if matches!(err.kind, ErrorKind::Conflict | ErrorKind::Verification) => {
-            let journal = handle.snapshot().await;
+    let _renewals = handle.keep_alive();
+    let journal = handle.snapshot().await;
+    let result = match published {
+        Some(info) if is_ours(&info, &journal) => {
+            finish_published(&*store, handle, &info, options).await
+        }
+        Some(_) => Err(Error::conflict(format!(
+            "{} is published by another uploader",
+            journal.tarball.key
+        ))),
+        None if intent == Intent::Back => roll_back(&*store, handle).await,
+        None => match local.map(|local| (local, mismatch(&journal, local))) {
+            Some((local, None)) => roll_forward(store.clone(), handle, local, whole, options).await,
+            Some((_, Some(why))) => {
+                warn!("rolling back {}: {why}", journal.id());
+                roll_back(&*store, handle).await
+            }
+            None => {
+                info!(
+                    "rolling back {}: no work dir with its files was given",
+                    journal.id()
+                );
+                roll_back(&*store, handle).await
+            }
+        },
+    };
+    let err = match result {
+        Ok(report) => return Ok(report),
+        Err(err) => err,
+    };
+    // What the store holds now decides what the error leaves behind.
+    let now = match store.head(&journal.tarball.key).await {
+        Ok(now) => now,
+        Err(_) => return Err(kept_for_resume(err, &journal)),
+    };
+    match now {
+        Some(info) if is_ours(&info, &journal) && err.kind == ErrorKind::LostOwnership => {
+            info!("{err}");
+            let mut report = Report::new(
+                Status::AlreadyPublished,
+                journal.id(),
+                &journal.revision,
+                &*store,
+            );
+            report.txn = Some(journal.txn.clone());
+            report.tarball_bytes = info.size;
+            report.tarball_sha256 = journal.tarball.sha256.clone();
+            Ok(report)
+        }
+        Some(info) if is_ours(&info, &journal) => Err(kept_for_resume(err, &journal)),
+        Some(_) => Err(leave_to_foreign(&*store, handle, &journal).await),
+        None if matches!(err.kind, ErrorKind::Conflict | ErrorKind::Verification) => {
             warn!("undoing {}: {err}", journal.id());
-            match rollback(&*store, &journal, &options.journal_prefix).await {
+            match roll_back(&*store, handle).await {
                 Ok(_) => Err(err.context_after("nothing of this upload was left in the store")),
+                Err(undo) if undo.kind == ErrorKind::ForeignPublished => Err(undo),
                 Err(undo) => Err(Error::store(format!(
                     "{err}; undoing it failed too ({undo}); run `alitx rollback {}`",
                     journal.id()
                 ))),
             }
         }
-        Err(err) => {
-            let id = handle.snapshot().await.id();
-            Err(err.context_after(format!(
-                "the journal {id} keeps what was sent: re-run the same command, or `alitx resume`, to finish; `alitx rollback {id}` to undo"
-            )))
-        }
+        None => Err(kept_for_resume(err, &journal)),
     }
 }
 
+fn kept_for_resume(err: Error, journal: &Journal) -> Error {
+    if err.kind == ErrorKind::LostOwnership {
+        return err.context_after("this process stopped and left the transaction to its new owner");
+    }
+    let id = journal.id();
+    err.context_after(format!(
+        "the journal {id} keeps what was sent: re-run the same command, or `alitx resume`, to finish; `alitx rollback {id}` to undo"
+    ))
+}
+
+/// Another uploader published the revision's tarball: every link of ours
+/// stays (its readers may need them), the staged upload is freed and the
+/// journal retired.
+async fn leave_to_foreign(store: &dyn Store, handle: &JournalHandle, journal: &Journal) -> Error {
+    let conflict = |what: &str| {
+        Error::new(
+            ErrorKind::ForeignPublished,
+            format!(
+                "{} was published by another uploader while this transaction was open; \
+                 none of this transaction's links were deleted, since that revision's readers need them; {what}",
+                journal.tarball.key
+            ),
+        )
+    };
+    let cleanup = async {
+        handle.confirm().await?;
+        if let Some(upload_id) = &journal.tarball.upload_id {
+            store.abort_upload(&journal.tarball.key, upload_id).await?;
+        }
+        handle.retire().await
+    };
+    match cleanup.await {
+        Ok(()) => conflict("the journal was retired"),
+        Err(e) => conflict(&format!(
+            "retiring the journal failed ({e}): run `alitx resume {}`",
+            journal.id()
+        )),
+    }
+}
+
+/// The tarball is ours and published: write any recorded link that is
+/// missing (the journal holds every key and body), then commit.
+async fn finish_published(
+    store: &dyn Store,
+    handle: &JournalHandle,
+    tarball: &ObjectInfo,
+    options: &Options,
+) -> Result<Report> {
+    let journal = handle.snapshot().await;
+    let mut report = Report::new(Status::Committed, journal.id(), &journal.revision, store);
+    report.txn = Some(journal.txn.clone());
+    report.tarball_bytes = tarball.size;
+    report.tarball_sha256 = journal
+        .tarball
+        .sha256
+        .clone()
+        .or_else(|| tarball.metadata.get(SHA256_METADATA).cloned());
+    let metadata = journal.object_metadata();
+    let restored: Vec<Option<String>> = futures::stream::iter(journal.links())
+        .map(|link| {
+            let metadata = &metadata;
+            async move {
+                let created = store.put_link_if_absent(link, metadata).await?;
+                Ok::<_, Error>((created == Created::Yes).then(|| link.key.clone()))
+            }
+        })
+        .buffer_unordered(options.link_concurrency.max(1))
+        .try_collect()
+        .await?;
+    report.keys_written = restored.into_iter().flatten().collect();
+    if !report.keys_written.is_empty() {
+        warn!(
+            "{} is published: restored {} missing links",
+            journal.id(),
+            report.keys_written.len()
+        );
+    }
+    commit(handle, report).await
+}
+
+/// The tarball is published: mark the journal committed and retire it.
+/// Losing the journal to another owner now is harmless: it finishes the
+/// same way.
+async fn commit(handle: &JournalHandle, report: Report) -> Result<Report> {
+    match handle.update(|j| j.state = State::Committed).await {
+        Ok(()) => {}
+        Err(e) if e.kind == ErrorKind::LostOwnership => {
+            info!("{e}; the revision is published, its new owner retires the journal");
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    }
+    debug!("journal marked committed");
+    failpoint("after-commit-mark");
+    handle.retire().await?;
+    Ok(report)
+}
+
+/// Publish the tarball (absent when the transaction was checked) and
+/// commit.
 async fn roll_forward(
     store: Arc<dyn Store>,
     handle: &JournalHandle,
@@ -315,53 +496,29 @@ async fn roll_forward(
     options: &Options,
 ) -> Result<Report> {
     let journal = handle.snapshot().await;
-    let revision = &journal.revision;
     let key = journal.tarball.key.clone();
-    let mut report = Report::new(Status::Committed, journal.id(), revision, &*store);
+    let mut report = Report::new(Status::Committed, journal.id(), &journal.revision, &*store);
     report.txn = Some(journal.txn.clone());
     report.tarball_bytes = local.tarball.size;
-
-    let published = store.head(&key).await?;
-    let already_ours = published
-        .as_ref()
-        .is_some_and(|info| is_ours(info, &journal));
-    if let Some(info) = &published {
-        if !already_ours {
-            return Err(Error::conflict(format!(
-                "{key} appeared in the store (size {}) from another uploader while this transaction was open",
-                info.size
-            )));
+    // A tarball that fits in one part, with no staged upload to resume,
+    // is published by one conditional PUT instead of a multipart upload.
+    let sent = match whole {
+        Some(whole) => put_whole(&*store, handle, &journal, local, whole, options).await?,
+        None if journal.tarball.upload_id.is_none() && fits_one_part(local, options) => {
+            let whole = read_whole(local, options.part_size).await?;
+            put_whole(&*store, handle, &journal, local, whole, options).await?
         }
-    }
-
-    if already_ours {
-        report.tarball_sha256 = journal.tarball.sha256.clone();
-    } else {
-        // A tarball that fits in one part, with no staged upload to resume,
-        // is published by one conditional PUT instead of a multipart upload.
-        let sent = match whole {
-            Some(whole) => put_whole(&*store, &journal, local, whole, options).await?,
-            None if journal.tarball.upload_id.is_none() && fits_one_part(local, options) => {
-                let whole = read_whole(local, options.part_size).await?;
-                put_whole(&*store, &journal, local, whole, options).await?
-            }
-            None => put_staged(store, handle, &journal, local, options).await?,
-        };
-        report.keys_written = sent.links_written;
-        report.keys_written.push(key.clone());
-        report.bytes_sent = sent.bytes_sent;
-        report.parts_total = sent.parts_total;
-        report.parts_reused = sent.parts_reused;
-        report.tarball_sha256 = Some(sent.sha256);
-        info!("published {key}");
-        failpoint("after-publish");
-    }
-
-    handle.update(|j| j.state = State::Committed).await?;
-    debug!("journal marked committed");
-    failpoint("after-commit-mark");
-    handle.retire().await?;
-    Ok(report)
+        None => put_staged(store, handle, &journal, local, options).await?,
+    };
+    report.keys_written = sent.links_written;
+    report.keys_written.push(key.clone());
+    report.bytes_sent = sent.bytes_sent;
+    report.parts_total = sent.parts_total;
+    report.parts_reused = sent.parts_reused;
+    report.tarball_sha256 = Some(sent.sha256);
+    info!("published {key}");
+    failpoint("after-publish");
+    commit(handle, report).await
 }
 
 /// What publishing the tarball and writing the links did.
@@ -414,6 +571,7 @@ async fn read_whole(local: &LocalRevision, part_size: usize) -> Result<WholeTarb
 /// object another uploader put there.
 async fn put_whole(
     store: &dyn Store,
+    handle: &JournalHandle,
     journal: &Journal,
     local: &LocalRevision,
     whole: WholeTarball,
@@ -423,9 +581,10 @@ async fn put_whole(
     check_unchanged(journal, local, &whole.scanned)?;
     let key = &journal.tarball.key;
     let bytes_sent = whole.data.len() as u64;
-    let created = store
-        .put_if_absent(key, whole.data, &journal.object_metadata())
-        .await?;
+    let mut metadata = journal.object_metadata();
+    metadata.insert(SHA256_METADATA.into(), whole.scanned.sha256.clone());
+    handle.confirm().await?;
+    let created = store.put_if_absent(key, whole.data, &metadata).await?;
     // Taken already: ours only if a retried request had stored it.
     if created == Created::AlreadyExists
         && !store
@@ -472,15 +631,34 @@ async fn put_staged(
     failpoint("after-bulk");
     check_unchanged(journal, local, &sent.scanned)?;
     let sha256 = sent.scanned.sha256.clone();
+    // Also confirms that this process still owns the transaction.
     handle.update(|j| j.tarball.sha256 = Some(sha256)).await?;
 
-    // Ceph ignores If-None-Match on completion: look just before.
-    if store.head(key).await?.is_some() {
-        return Err(Error::conflict(format!(
-            "{key} appeared in the store from another uploader just before publishing"
-        )));
+    // Ceph ignores If-None-Match on completion: look just before. A
+    // completion whose answer was lost (the retry finds no upload) has
+    // published our tarball all the same.
+    match store.head(key).await? {
+        Some(info) if is_ours(&info, journal) => {
+            debug!("{key} is already published by this transaction")
+        }
+        Some(_) => {
+            return Err(Error::conflict(format!(
+                "{key} appeared in the store from another uploader just before publishing"
+            )))
+        }
+        None => {
+            if let Err(e) = store.complete_upload(key, &upload_id, &sent.parts).await {
+                if !store
+                    .head(key)
+                    .await?
+                    .is_some_and(|info| is_ours(&info, journal))
+                {
+                    return Err(e);
+                }
+                debug!("{key}: the completion's answer was lost, but it is published");
+            }
+        }
     }
-    store.complete_upload(key, &upload_id, &sent.parts).await?;
     Ok(Published {
         links_written,
         sha256: sent.scanned.sha256,
@@ -539,14 +717,54 @@ async fn staged_upload(
             None => warn!("the recorded upload {upload_id} no longer exists; starting a new one"),
         }
     }
+    let asked = Instant::now();
     let upload_id = store.create_upload(key, metadata).await?;
     debug!("staged upload {upload_id} created");
     let recorded = upload_id.clone();
-    handle
+    if let Err(e) = handle
         .update(move |j| j.tarball.upload_id = Some(recorded))
-        .await?;
+        .await
+    {
+        // Not recorded, so no one else could ever free it.
+        if e.kind == ErrorKind::LostOwnership {
+            store.abort_upload(key, &upload_id).await?;
+        }
+        return Err(e);
+    }
     failpoint("after-create-upload");
+    abort_retried_creates(store, key, &upload_id, asked.elapsed()).await;
     Ok((upload_id, Vec::new()))
+}
+
+/// A CreateMultipartUpload whose answer was lost and that the SDK retried
+/// leaves a second staged upload of the key that nothing records. Abort
+/// every other upload of `key` the store started within the time our
+/// request took, before ours (server clock, one second of slack).
+async fn abort_retried_creates(store: &dyn Store, key: &str, ours: &str, took: Duration) {
+    let result = async {
+        let uploads = store.list_uploads(key).await?;
+        let Some(started) = uploads
+            .iter()
+            .find(|u| u.upload_id == ours)
+            .and_then(|u| u.initiated)
+        else {
+            return Ok(());
+        };
+        let window = (started - took.as_secs() as i64 - 1)..=started;
+        for upload in uploads.iter().filter(|u| {
+            u.key == key && u.upload_id != ours && u.initiated.is_some_and(|t| window.contains(&t))
+        }) {
+            warn!(
+                "aborting {}, a staged upload of {key} left by a retried request",
+                upload.upload_id
+            );
+            store.abort_upload(key, &upload.upload_id).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    if let Err(e) = result.await {
+        warn!("looking for staged uploads of {key} left by retried requests: {e}");
+    }
 }
 
 /// Claim the package link, then write every dist link. Returns the keys
@@ -718,40 +936,55 @@ async fn md5_hex(data: Bytes) -> String {
         .expect("md5 task")
 }
 
-/// Undo a transaction: delete the tarball, then the dist links, then the
-/// package link, each only if this transaction wrote it; abort the staged
-/// upload; retire the journal. Safe to repeat.
-pub async fn rollback(
-    store: &dyn Store,
-    journal: &Journal,
-    journal_prefix: &str,
-) -> Result<Report> {
+/// Undo an owned transaction under the one deletion rule
+/// ([`delete_unpublished`]): its dist links, then its package link (which
+/// frees the revision number), each only if it carries this transaction's
+/// id and the revision's tarball does not exist, with ownership confirmed
+/// before each step; then abort the staged upload and retire the journal.
+/// Safe to repeat. A tarball that appears meanwhile stops it.
+async fn roll_back(store: &dyn Store, handle: &JournalHandle) -> Result<Report> {
     let started = Instant::now();
+    let journal = handle.snapshot().await;
     let mut report = Report::new(Status::RolledBack, journal.id(), &journal.revision, store);
     report.txn = Some(journal.txn.clone());
-    for key in rollback_keys(store, journal).await? {
-        store.delete(&key).await?;
-        report.keys_deleted.push(key);
+    let tarball = &journal.tarball.key;
+    for key in rollback_order(&journal) {
+        handle.confirm().await?;
+        match delete_unpublished(store, tarball, &key, Deleter::Txn(&journal.txn)).await? {
+            Deletion::Deleted => report.keys_deleted.push(key),
+            Deletion::Missing | Deletion::NotOurs => {}
+            Deletion::Published => {
+                return Err(Error::lost_ownership(format!(
+                    "{tarball} was published while this process rolled the transaction back"
+                )))
+            }
+        }
     }
     if let Some(upload_id) = &journal.tarball.upload_id {
-        store.abort_upload(&journal.tarball.key, upload_id).await?;
+        handle.confirm().await?;
+        store.abort_upload(tarball, upload_id).await?;
     }
-    store
-        .delete(&Journal::key_of(journal_prefix, &journal.revision))
-        .await?;
+    handle.retire().await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-/// What [`rollback`] deletes, in its order: the keys of the journal's
-/// revision that carry its transaction id, the tarball first, the package
-/// link last.
+/// The keys a rollback considers, in its order: the dist links, then the
+/// package link.
+fn rollback_order(journal: &Journal) -> Vec<String> {
+    let mut links = journal.links().map(|l| l.key.clone());
+    let package_link = links.next();
+    links.chain(package_link).collect()
+}
+
+/// What a rollback of `journal` would delete now, in its order: nothing
+/// once the tarball is published, else the links carrying its id.
 pub async fn rollback_keys(store: &dyn Store, journal: &Journal) -> Result<Vec<String>> {
-    let mut keys = vec![journal.tarball.key.clone()];
-    keys.extend(journal.links().skip(1).map(|l| l.key.clone()));
-    keys.extend(journal.links().take(1).map(|l| l.key.clone()));
+    if store.head(&journal.tarball.key).await?.is_some() {
+        return Ok(Vec::new());
+    }
     let mut ours = Vec::new();
-    for key in keys {
+    for key in rollback_order(journal) {
         let info = store.head(&key).await?;
         if info.is_some_and(|info| is_ours(&info, journal)) {
             ours.push(key);
@@ -760,12 +993,12 @@ pub async fn rollback_keys(store: &dyn Store, journal: &Journal) -> Result<Vec<S
     Ok(ours)
 }
 
-/// Read and validate the journal at `key`, if there is one.
-pub async fn read_journal(store: &dyn Store, prefix: &str, key: &str) -> Result<Option<Journal>> {
-    match store.get(key).await? {
-        Some(bytes) => Journal::parse(prefix, key, &bytes).map(Some),
-        None => Ok(None),
-    }
+/// Retire the journal of a committed transaction: its revision is
+/// published and final.
+pub async fn retire_committed(store: &dyn Store, journal: &Journal, prefix: &str) -> Result<()> {
+    store
+        .delete(&Journal::key_of(prefix, &journal.revision))
+        .await
 }
 
 fn live_lease_error(journal: &Journal) -> Error {
@@ -821,72 +1054,4 @@ fn taken_error(revision: &Revision) -> Error {
             revision.package,
             revision.package
         ))
-}
-
-/// The journal of the running transaction: every update is a whole-object
-/// rewrite, serialised here, that also extends the lease.
-pub struct JournalHandle {
-    store: Arc<dyn Store>,
-    key: String,
-    /// `None` once retired: later updates (a late lease renewal) must not
-    /// bring the journal back.
-    journal: Mutex<Option<Journal>>,
-    lease: Duration,
-}
-
-impl JournalHandle {
-    fn new(store: Arc<dyn Store>, key: String, journal: Journal) -> Arc<Self> {
-        let lease =
-            Duration::from_secs((journal.lease_expires_at - crate::now_secs()).max(1) as u64);
-        Arc::new(JournalHandle {
-            store,
-            key,
-            journal: Mutex::new(Some(journal)),
-            lease,
-        })
-    }
-
-    async fn snapshot(&self) -> Journal {
-        self.journal
-            .lock()
-            .await
-            .clone()
-            .expect("journal used after retirement")
-    }
-
-    async fn update(&self, change: impl FnOnce(&mut Journal)) -> Result<()> {
-        let mut guard = self.journal.lock().await;
-        let Some(journal) = guard.as_mut() else {
-            return Ok(());
-        };
-        change(journal);
-        journal.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
-        let mut metadata = crate::storage::Metadata::new();
-        if let Some(sha) = &journal.tarball.sha256 {
-            metadata.insert("alitx-sha256".into(), sha.clone());
-        }
-        self.store
-            .put(&self.key, journal.to_bytes(), &metadata)
-            .await
-    }
-
-    async fn retire(&self) -> Result<()> {
-        let mut guard = self.journal.lock().await;
-        self.store.delete(&self.key).await?;
-        guard.take();
-        Ok(())
-    }
-
-    /// Renew the lease every third of its length until aborted.
-    fn keep_alive(self: &Arc<Self>, lease: Duration) -> tokio::task::JoinHandle<()> {
-        let handle = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                if let Err(e) = handle.update(|j| j.renewals += 1).await {
-                    warn!("renewing the lease on {}: {e}", handle.key);
-                }
-            }
-        })
-    }
 }

@@ -126,7 +126,7 @@ fn crash_matrix(payload: u64, points: &[&str]) {
     let mut cases = 0;
     for kind in backends() {
         for &point in points {
-            for heal in ["resume", "rollback", "rerun"] {
+            for heal in ["resume", "resume-without-work-dir", "rollback", "rerun"] {
                 let what = format!("{kind} {point} {heal}");
                 let store = rt.block_on(TestStore::new(kind));
                 let wd = WorkDir::chain(2, payload);
@@ -164,6 +164,10 @@ fn crash_matrix(payload: u64, points: &[&str]) {
                         "--architecture",
                         ARCH,
                     ])),
+                    // An operator on another machine, or a cron job.
+                    "resume-without-work-dir" => {
+                        alitx(&args(&["resume", "--remote-store", &store.spec()]))
+                    }
                     "rollback" => alitx(&args(&[
                         "rollback",
                         "--remote-store",
@@ -173,9 +177,15 @@ fn crash_matrix(payload: u64, points: &[&str]) {
                     _ => alitx(&upload_args(&wd, 1, &store)),
                 };
                 assert_exit(&out, 0);
-                // A committed transaction is final: rollback only retires
-                // its journal.
-                let undone = heal == "rollback" && point != "after-commit-mark";
+                // Published is final: once the tarball exists, rollback and
+                // a resume without the files finish the transaction instead
+                // of undoing it.
+                let published = matches!(point, "after-publish" | "after-commit-mark");
+                let undone = matches!(heal, "rollback" | "resume-without-work-dir") && !published;
+                if published && heal == "rollback" {
+                    let said = stderr(&out) + &String::from_utf8_lossy(&out.stdout);
+                    assert!(said.contains("published and stays"), "{what}: {said}");
+                }
                 let published = if undone { 0..1 } else { 0..2 };
                 assert_clean(rt, &store, &wd, published, &what);
                 if !undone {
@@ -192,7 +202,7 @@ fn crash_matrix(payload: u64, points: &[&str]) {
         }
     }
     eprintln!("crash matrix: {cases} cases");
-    assert_eq!(cases, points.len() * 3 * backends().len());
+    assert_eq!(cases, points.len() * 4 * backends().len());
 }
 
 #[test]

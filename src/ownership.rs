@@ -1,0 +1,230 @@
+//! The journal as the lock on its revision: who owns a transaction, how a
+//! process becomes its owner, and how it makes sure it still is before it
+//! acts.
+//!
+//! A new transaction owns its journal by creating it with put-if-absent. A
+//! gone owner's journal is taken over restic-style, since Ceph RGW has no
+//! working `If-Match`: write ourselves in as owner (a fresh random token),
+//! wait a settle time, read the journal again, and back off if another
+//! owner's stamp is there. From then on every destructive or publishing
+//! step is preceded by a fresh read ([`JournalHandle::confirm`]); every
+//! journal write re-reads first and never re-creates a journal that someone
+//! else retired; a lease renewal that fails, or finds another owner, stops
+//! the transaction before its commit point.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+use crate::journal::{Journal, Owner};
+use crate::storage::Store;
+
+/// How long a takeover waits between writing itself in as owner and
+/// reading the journal back: longer than one journal write takes, so that
+/// of two processes taking over at once both see the later one.
+/// `ALITX_TAKEOVER_SETTLE_MS` overrides it (tests vary the timing).
+pub fn settle_time() -> Duration {
+    let ms = std::env::var("ALITX_TAKEOVER_SETTLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    Duration::from_millis(ms)
+}
+
+/// Read and validate the journal at `key`, if there is one.
+pub async fn read_journal(store: &dyn Store, prefix: &str, key: &str) -> Result<Option<Journal>> {
+    match store.get(key).await? {
+        Some(bytes) => Journal::parse(prefix, key, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// What an attempt to take a journal over found.
+pub enum Takeover {
+    /// This process owns the transaction now.
+    Owned(Arc<JournalHandle>),
+    /// The journal is gone: its transaction ended meanwhile.
+    Retired,
+    /// Its owner is alive, or another process took it over first.
+    Busy(Box<Journal>),
+}
+
+/// The journal of a transaction this process owns. Every write is a
+/// whole-object rewrite, serialised here, that first re-reads the journal
+/// and also extends the lease.
+pub struct JournalHandle {
+    store: Arc<dyn Store>,
+    prefix: String,
+    key: String,
+    /// `None` once retired.
+    journal: Mutex<Option<Journal>>,
+    lease: Duration,
+    /// Why ownership was lost, once a renewal found out.
+    lost: std::sync::Mutex<Option<String>>,
+}
+
+impl JournalHandle {
+    /// The handle of a journal this process just created.
+    pub fn created(store: Arc<dyn Store>, prefix: &str, journal: Journal) -> Arc<Self> {
+        let lease =
+            Duration::from_secs((journal.lease_expires_at - crate::now_secs()).max(1) as u64);
+        Arc::new(JournalHandle {
+            store,
+            prefix: prefix.into(),
+            key: Journal::key_of(prefix, &journal.revision),
+            journal: Mutex::new(Some(journal)),
+            lease,
+            lost: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Take over the journal at `key` if its owner is gone (or `force`),
+    /// deciding on a copy read now, never on an older one.
+    pub async fn take_over(
+        store: Arc<dyn Store>,
+        prefix: &str,
+        key: &str,
+        lease: Duration,
+        force: bool,
+    ) -> Result<Takeover> {
+        let Some(current) = read_journal(&*store, prefix, key).await? else {
+            return Ok(Takeover::Retired);
+        };
+        if !force && !current.owner_gone() {
+            return Ok(Takeover::Busy(Box::new(current)));
+        }
+        let mut mine = current.clone();
+        mine.owner = Owner::this_process();
+        mine.takeovers += 1;
+        mine.lease_expires_at = crate::now_secs() + lease.as_secs() as i64;
+        let token = mine.owner.token.clone();
+        if let Err(e) = store.put(key, mine.to_bytes(), &sha_metadata(&mine)).await {
+            if !e.is_no_space() {
+                return Err(e);
+            }
+            // A full local store: free the staged parts of this dead
+            // transaction first, then record ourselves.
+            if let Some(upload_id) = &current.tarball.upload_id {
+                warn!("{key}: no space for the journal; aborting the staged upload {upload_id} to free it");
+                store.abort_upload(&current.tarball.key, upload_id).await?;
+            }
+            store
+                .put(key, mine.to_bytes(), &sha_metadata(&mine))
+                .await?;
+        }
+        tokio::time::sleep(settle_time()).await;
+        Ok(match read_journal(&*store, prefix, key).await? {
+            None => Takeover::Retired,
+            Some(now) if now.owner.token != token => {
+                debug!("{key}: another process took it over first");
+                Takeover::Busy(Box::new(now))
+            }
+            Some(now) => Takeover::Owned(Self::created(store, prefix, now)),
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub async fn snapshot(&self) -> Journal {
+        self.journal
+            .lock()
+            .await
+            .clone()
+            .expect("journal used after retirement")
+    }
+
+    /// Read the journal again: an error unless it still names this
+    /// process as owner.
+    pub async fn confirm(&self) -> Result<()> {
+        let token = match self.journal.lock().await.as_ref() {
+            Some(journal) => journal.owner.token.clone(),
+            None => return Err(Error::lost_ownership(format!("{} is retired", self.key))),
+        };
+        self.confirm_token(&token).await
+    }
+
+    async fn confirm_token(&self, token: &str) -> Result<()> {
+        if let Some(why) = self.lost.lock().expect("lost flag").clone() {
+            return Err(Error::lost_ownership(why));
+        }
+        match read_journal(&*self.store, &self.prefix, &self.key).await? {
+            None => Err(Error::lost_ownership(format!(
+                "the journal {} was retired by another process while this one worked on it",
+                self.key
+            ))),
+            Some(now) if now.owner.token != token => Err(Error::lost_ownership(format!(
+                "the journal {} was taken over by {} (pid {} on {}) while this process worked on it",
+                self.key, now.owner.tool, now.owner.pid, now.owner.host
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Change the journal and write it, after confirming ownership; a
+    /// retired journal is never written again.
+    pub async fn update(&self, change: impl FnOnce(&mut Journal)) -> Result<()> {
+        let mut guard = self.journal.lock().await;
+        let Some(journal) = guard.as_mut() else {
+            return Ok(());
+        };
+        self.confirm_token(&journal.owner.token).await?;
+        let mut next = journal.clone();
+        change(&mut next);
+        next.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
+        self.store
+            .put(&self.key, next.to_bytes(), &sha_metadata(&next))
+            .await?;
+        *journal = next;
+        Ok(())
+    }
+
+    /// Delete the journal: the transaction is over.
+    pub async fn retire(&self) -> Result<()> {
+        let mut guard = self.journal.lock().await;
+        self.store.delete(&self.key).await?;
+        guard.take();
+        Ok(())
+    }
+
+    /// Renew the lease every third of its length until the returned guard
+    /// is dropped. A renewal that fails or finds another owner marks the
+    /// ownership lost: the next [`confirm`](Self::confirm) fails.
+    pub fn keep_alive(self: &Arc<Self>) -> KeepAlive {
+        let handle = self.clone();
+        KeepAlive(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(handle.lease / 3).await;
+                if let Err(e) = handle.update(|j| j.renewals += 1).await {
+                    warn!("renewing the lease on {}: {e}", handle.key);
+                    *handle.lost.lock().expect("lost flag") =
+                        Some(format!("renewing the lease on {} failed: {e}", handle.key));
+                    return;
+                }
+            }
+        }))
+    }
+}
+
+/// Stops the lease renewals when dropped.
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The journal object's metadata: its SHA-256 once known.
+fn sha_metadata(journal: &Journal) -> crate::storage::Metadata {
+    journal
+        .tarball
+        .sha256
+        .iter()
+        .map(|sha| (crate::journal::SHA256_METADATA.to_string(), sha.clone()))
+        .collect()
+}
