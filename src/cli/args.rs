@@ -125,6 +125,16 @@ pub(super) enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Print a completion script for SHELL on stdout.
+    ///
+    /// bash: `alitx completions bash > ~/.local/share/bash-completion/completions/alitx`;
+    /// zsh: into a directory on $fpath as `_alitx`;
+    /// fish: `alitx completions fish > ~/.config/fish/completions/alitx.fish`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]

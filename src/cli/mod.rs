@@ -19,21 +19,24 @@ use crate::txn::{self, Options};
 use crate::workdir;
 
 use args::{Cli, Command, UploadArgs};
-use output::{print_check, print_journals, print_json, print_repair, report_outcomes};
+use output::{
+    print_check, print_completions, print_journals, print_json, print_repair, report_outcomes,
+};
 
 /// Parse the command line, run the command, and return the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let output = match &cli.command {
-        Command::Upload(a) => &a.output,
+        Command::Completions { .. } => None,
+        Command::Upload(a) => Some(&a.output),
         Command::Journals { output, .. }
         | Command::Resume { output, .. }
         | Command::Rollback { output, .. }
         | Command::Check { output, .. }
-        | Command::Repair { output, .. } => output,
+        | Command::Repair { output, .. } => Some(output),
     };
-    init_logging(output.verbose);
-    let json = output.json;
+    init_logging(output.map_or(0, |o| o.verbose));
+    let json = output.is_some_and(|o| o.json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,6 +76,10 @@ fn init_logging(verbose: u8) {
 async fn run(command: Command) -> Result<i32> {
     match command {
         Command::Upload(args) => upload(args).await,
+        Command::Completions { shell } => {
+            print_completions(shell);
+            Ok(exit::OK)
+        }
         Command::Journals { store, output } => {
             let options = store.options()?;
             let entries =

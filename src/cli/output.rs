@@ -1,12 +1,15 @@
 //! What the commands print: human-readable lines or one `--json` document
 //! on stdout, errors on stderr, and the exit code a set of outcomes maps to.
 
+use clap::CommandFactory;
 use serde::Serialize;
 
 use crate::check;
 use crate::error::{exit, ErrorKind};
 use crate::recovery::{self, Outcome};
 use crate::repair;
+
+use super::args::Cli;
 
 /// One line per journal: id, state, hash, owner, age and lease.
 pub(super) fn print_journals(entries: &[recovery::JournalEntry], json: bool) {
@@ -184,4 +187,9 @@ pub(super) fn print_json<T: Serialize + ?Sized>(value: &T) {
         "{}",
         serde_json::to_string_pretty(value).expect("output serialises")
     );
+}
+
+/// The shell completion script clap derives from the command definitions.
+pub(super) fn print_completions(shell: clap_complete::Shell) {
+    clap_complete::generate(shell, &mut Cli::command(), "alitx", &mut std::io::stdout());
 }
