@@ -11,6 +11,7 @@ pub mod error;
 pub mod failpoint;
 pub mod journal;
 pub mod layout;
+pub mod record;
 pub mod recovery;
 pub mod repair;
 pub mod storage;
