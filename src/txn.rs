@@ -345,7 +345,7 @@ async fn roll_forward(
                 let whole = read_whole(local, options.part_size).await?;
                 put_whole(&*store, &journal, local, whole, options).await?
             }
-            None => put_staged(store, handle, &journal, local, options).await?,
+            None => put_staged(store.clone(), handle, &journal, local, options).await?,
         };
         report.keys_written = sent.links_written;
         report.keys_written.push(key.clone());
@@ -360,6 +360,12 @@ async fn roll_forward(
     handle.update(|j| j.state = State::Committed).await?;
     debug!("journal marked committed");
     failpoint("after-commit-mark");
+    match &report.tarball_sha256 {
+        Some(sha256) => crate::record::write(&*store, &journal, sha256).await?,
+        None => warn!(
+            "{key} is published, but its SHA-256 is not known here: no publication record written"
+        ),
+    }
     handle.retire().await?;
     Ok(report)
 }
