@@ -1,0 +1,283 @@
+//! The command line's definitions: commands, flags, their defaults and
+//! validation (clap). Parsing only; `output` prints, `mod.rs` dispatches.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::check;
+use crate::error::{Error, Result};
+use crate::journal::DEFAULT_PREFIX;
+use crate::storage;
+use crate::txn::Options;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success (also: already published), 1 error, 3 conflict (another
+object or build holds one of the revision's keys), 4 a live upload owns the
+journal, 5 `check` found something to repair (`repair`: left something for
+a later run or a person, and said why).
+
+S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
+~/.aws/credentials); the endpoint from --endpoint-url, else AWS_ENDPOINT_URL,
+else https://s3.cern.ch.";
+
+/// Transactional uploads to aliBuild remote stores: a killed upload never
+/// leaves a partial revision behind.
+#[derive(Parser, Debug)]
+#[command(name = "alitx", version, after_help = AFTER_HELP)]
+pub(super) struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Command {
+    /// Publish one package revision from an aliBuild work dir.
+    ///
+    /// Writes the intent journal, uploads the tarball's parts while writing
+    /// the package link and the dist links, then makes the tarball appear:
+    /// readers never see a partial revision. Re-running a killed upload
+    /// finishes it.
+    #[command(after_help = AFTER_HELP, disable_version_flag = true)]
+    Upload(UploadArgs),
+    /// List the journals of open, abandoned or unretired transactions.
+    #[command(after_help = AFTER_HELP)]
+    Journals {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Finish or undo the transactions of uploads that died.
+    ///
+    /// With no JOURNAL, handles every pending journal whose owner is gone
+    /// (lease expired, or same host and its pid is dead). A journal rolls
+    /// forward when --work-dir still holds its exact files, back otherwise.
+    #[command(after_help = AFTER_HELP)]
+    Resume {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// aliBuild work dir holding the interrupted revisions' files.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// Only journals of this architecture.
+        #[arg(long, value_name = "ARCH")]
+        architecture: Option<String>,
+        /// Act even on journals whose lease is live (their owner must be dead).
+        #[arg(long)]
+        force: bool,
+        /// Journal ids (ARCH/PKG-VERSION-REVISION, as `journals` prints) or keys.
+        journals: Vec<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Undo transactions: delete what they wrote, abort their staged upload,
+    /// retire their journal. Objects they did not write are never touched.
+    #[command(after_help = AFTER_HELP)]
+    Rollback {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Act even on journals whose lease is live (their owner must be dead).
+        #[arg(long)]
+        force: bool,
+        /// Journal ids (ARCH/PKG-VERSION-REVISION, as `journals` prints) or keys.
+        #[arg(required = true)]
+        journals: Vec<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Find partial revisions left by any uploader (stock aliBuild or alitx).
+    ///
+    /// Walks TARS/ and classifies every package revision: complete; partial
+    /// (with the reason); in flight (a live alitx journal covers it);
+    /// abandoned (its journal's owner is gone). Also reports journals and
+    /// staged uploads older than --stale-uploads-after. Changes nothing.
+    /// Exit 0 when the store is clean, 5 when `repair` has work to do.
+    #[command(after_help = AFTER_HELP)]
+    Check {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        scan: ScanArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Remove the leftovers `check` finds, and nothing else.
+    ///
+    /// Deletes each partial revision's own keys (tarball first, then its dist
+    /// links, then its package link, which frees the revision number), rolls
+    /// abandoned journals back exactly as `rollback` does, and aborts stale
+    /// staged uploads no journal references. Never touches a complete
+    /// revision, one a live journal covers, or one touched less than
+    /// --min-age ago. Exit 0 when everything was repaired (or --dry-run),
+    /// 5 when something was left alone (said why), 1 on an error.
+    #[command(after_help = AFTER_HELP)]
+    Repair {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        scan: ScanArgs,
+        /// Print every key it would delete and every upload it would abort;
+        /// change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Print a completion script for SHELL on stdout.
+    ///
+    /// bash: `alitx completions bash > ~/.local/share/bash-completion/completions/alitx`;
+    /// zsh: into a directory on $fpath as `_alitx`;
+    /// fish: `alitx completions fish > ~/.config/fish/completions/alitx.fish`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ScanArgs {
+    /// Only this architecture (default: every TARS/<arch>/ in the store).
+    #[arg(long, value_name = "ARCH")]
+    pub(super) architecture: Option<String>,
+    /// Only this package's revisions.
+    #[arg(long, value_name = "PKG")]
+    pub(super) package: Option<String>,
+    /// A partial revision written less than this long ago may be a stock
+    /// upload still running: reported as recent, never repaired
+    /// (e.g. 90s, 10m, 2h, 1d; 0 to repair at once).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub(super) min_age: Duration,
+    /// Report staged (multipart) uploads older than this; repair aborts those
+    /// no pending journal references.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub(super) stale_uploads_after: Duration,
+    /// Listings and reads in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=512))]
+    pub(super) concurrency: u64,
+}
+
+impl ScanArgs {
+    pub(super) fn options(&self, journal_prefix: &str) -> check::ScanOptions {
+        check::ScanOptions {
+            architecture: self.architecture.clone(),
+            package: self.package.clone(),
+            journal_prefix: journal_prefix.to_string(),
+            min_age: self.min_age,
+            stale_uploads_after: self.stale_uploads_after,
+            concurrency: self.concurrency as usize,
+        }
+    }
+}
+
+/// `90`, `90s`, `10m`, `2h`, `1d`.
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if seconds > 0 => Ok(Duration::from_secs(n * seconds)),
+        _ => Err(format!(
+            "{text:?} is not a duration: use a whole number with s, m, h or d (e.g. 10m)"
+        )),
+    }
+}
+
+#[derive(Args, Debug)]
+pub(super) struct StoreArgs {
+    /// b3://BUCKET or s3://BUCKET (a trailing ::rw is accepted), or
+    /// file:///ABS/PATH or a directory path for a local store.
+    #[arg(long, value_name = "STORE")]
+    pub(super) remote_store: String,
+    /// S3 endpoint [default: $AWS_ENDPOINT_URL, else https://s3.cern.ch].
+    #[arg(long, value_name = "URL")]
+    pub(super) endpoint_url: Option<String>,
+    /// Where journals live in the store, outside TARS/.
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_PREFIX)]
+    pub(super) journal_prefix: String,
+    /// Seconds an uploader's lease lasts without renewal.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub(super) lease_seconds: u64,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct OutputArgs {
+    /// Print one JSON document describing the result on stdout.
+    #[arg(long)]
+    pub(super) json: bool,
+    /// More detail on stderr (-v steps, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub(super) verbose: u8,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct UploadArgs {
+    /// aliBuild work dir (the one holding TARS/).
+    #[arg(long, value_name = "DIR")]
+    pub(super) work_dir: PathBuf,
+    /// aliBuild architecture, e.g. slc9_x86-64.
+    #[arg(long, value_name = "ARCH")]
+    pub(super) architecture: String,
+    /// Package name, e.g. O2.
+    #[arg(long, value_name = "PKG")]
+    pub(super) package: String,
+    /// Package version, e.g. v1.2.3.
+    #[arg(long, value_name = "VER")]
+    pub(super) version: String,
+    /// aliBuild revision, e.g. 1.
+    #[arg(long, value_name = "REV")]
+    pub(super) revision: String,
+    /// The package's 40-character build hash.
+    #[arg(long, value_name = "HASH")]
+    pub(super) hash: String,
+    #[command(flatten)]
+    pub(super) store: StoreArgs,
+    /// Tarball part size in MiB (5 to 512).
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(5..=512))]
+    pub(super) part_size: u64,
+    /// Parts uploaded in parallel.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub(super) concurrency: u64,
+    /// Links written in parallel.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub(super) link_concurrency: u64,
+    #[command(flatten)]
+    pub(super) output: OutputArgs,
+}
+
+impl StoreArgs {
+    pub(super) fn options(&self) -> Result<Options> {
+        let prefix = &self.journal_prefix;
+        let valid = prefix.ends_with('/')
+            && !prefix.starts_with('/')
+            && !prefix.starts_with("TARS/")
+            && prefix
+                .trim_end_matches('/')
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !valid {
+            return Err(Error::input(format!(
+                "invalid --journal-prefix {prefix:?}: a relative path ending in '/', outside TARS/ (default {DEFAULT_PREFIX})"
+            )));
+        }
+        Ok(Options {
+            journal_prefix: prefix.clone(),
+            lease: Duration::from_secs(self.lease_seconds.max(1)),
+            ..Options::default()
+        })
+    }
+
+    pub(super) async fn open(&self) -> Result<std::sync::Arc<dyn storage::Store>> {
+        storage::open(&self.remote_store, self.endpoint_url.as_deref()).await
+    }
+}

@@ -1,0 +1,210 @@
+//! The command line: parse the arguments (`args`), run the command, print
+//! its result (`output`, human or `--json`) and map it to an exit code.
+//! Each command's work lives elsewhere.
+
+mod args;
+mod output;
+
+use std::io::IsTerminal;
+
+use clap::Parser;
+use serde_json::json;
+
+use crate::check;
+use crate::error::{exit, Result};
+use crate::layout::Revision;
+use crate::recovery::{self, Selection};
+use crate::repair;
+use crate::txn::{self, Options};
+use crate::workdir;
+
+use args::{Cli, Command, UploadArgs};
+use output::{
+    print_check, print_completions, print_journals, print_json, print_repair, report_outcomes,
+};
+
+/// Parse the command line, run the command, and return the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let output = match &cli.command {
+        Command::Completions { .. } => None,
+        Command::Upload(a) => Some(&a.output),
+        Command::Journals { output, .. }
+        | Command::Resume { output, .. }
+        | Command::Rollback { output, .. }
+        | Command::Check { output, .. }
+        | Command::Repair { output, .. } => Some(output),
+    };
+    init_logging(output.map_or(0, |o| o.verbose));
+    let json = output.is_some_and(|o| o.json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(err) => {
+            if json {
+                print_json(&json!({
+                    "status": "error",
+                    "error": { "kind": err.kind_name(), "message": err.message },
+                    "exit_code": err.exit_code(),
+                }));
+            }
+            eprintln!("alitx: error: {err}");
+            err.exit_code()
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    // Only our own events: the SDK's debug logs would show request headers.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "warn,alitx={level}"
+        )))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run(command: Command) -> Result<i32> {
+    match command {
+        Command::Upload(args) => upload(args).await,
+        Command::Completions { shell } => {
+            print_completions(shell);
+            Ok(exit::OK)
+        }
+        Command::Journals { store, output } => {
+            let options = store.options()?;
+            let entries =
+                recovery::list_journals(&*store.open().await?, &options.journal_prefix).await?;
+            print_journals(&entries, output.json);
+            Ok(exit::OK)
+        }
+        Command::Resume {
+            store,
+            work_dir,
+            architecture,
+            force,
+            journals,
+            output,
+        } => {
+            let options = store.options()?;
+            let selection = Selection {
+                ids: &journals,
+                architecture: architecture.as_deref(),
+                force,
+            };
+            let outcomes = recovery::resume(
+                store.open().await?,
+                &options,
+                work_dir.as_deref(),
+                &selection,
+            )
+            .await?;
+            Ok(report_outcomes(
+                &outcomes,
+                output.json,
+                "nothing to resume: no abandoned journals",
+            ))
+        }
+        Command::Rollback {
+            store,
+            force,
+            journals,
+            output,
+        } => {
+            let options = store.options()?;
+            let selection = Selection {
+                ids: &journals,
+                architecture: None,
+                force,
+            };
+            let outcomes = recovery::rollback(store.open().await?, &options, &selection).await?;
+            Ok(report_outcomes(
+                &outcomes,
+                output.json,
+                "nothing to roll back",
+            ))
+        }
+        Command::Check {
+            store,
+            scan,
+            output,
+        } => {
+            let options = store.options()?;
+            let report = check::scan(
+                &*store.open().await?,
+                &scan.options(&options.journal_prefix),
+            )
+            .await?;
+            if output.json {
+                print_json(&report);
+            } else {
+                print_check(&report);
+            }
+            Ok(if report.clean {
+                exit::OK
+            } else {
+                exit::NEEDS_REPAIR
+            })
+        }
+        Command::Repair {
+            store,
+            scan,
+            dry_run,
+            output,
+        } => {
+            let options = store.options()?;
+            let backend = store.open().await?;
+            let found = check::scan(&*backend, &scan.options(&options.journal_prefix)).await?;
+            let report =
+                repair::repair(backend, found, &options, dry_run, scan.concurrency as usize)
+                    .await?;
+            if output.json {
+                print_json(&report);
+            } else {
+                print_repair(&report);
+            }
+            Ok(if report.actions.iter().any(|a| a.action == "failed") {
+                exit::ERROR
+            } else if report.left_over && !dry_run {
+                exit::NEEDS_REPAIR
+            } else {
+                exit::OK
+            })
+        }
+    }
+}
+
+async fn upload(args: UploadArgs) -> Result<i32> {
+    let revision = Revision::new(
+        &args.architecture,
+        &args.package,
+        &args.version,
+        &args.revision,
+        &args.hash,
+    )?;
+    let local = workdir::read_revision(&args.work_dir, revision)?;
+    let options = Options {
+        part_size: (args.part_size << 20) as usize,
+        concurrency: args.concurrency as usize,
+        link_concurrency: args.link_concurrency as usize,
+        progress: !args.output.json && std::io::stderr().is_terminal(),
+        ..args.store.options()?
+    };
+    let store = args.store.open().await?;
+    let report = txn::upload(store, local, &options).await?;
+    if args.output.json {
+        print_json(&report);
+    } else {
+        println!("{}", recovery::summary(&report));
+    }
+    Ok(exit::OK)
+}

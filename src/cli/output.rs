@@ -1,0 +1,195 @@
+//! What the commands print: human-readable lines or one `--json` document
+//! on stdout, errors on stderr, and the exit code a set of outcomes maps to.
+
+use clap::CommandFactory;
+use serde::Serialize;
+
+use crate::check;
+use crate::error::{exit, ErrorKind};
+use crate::recovery::{self, Outcome};
+use crate::repair;
+
+use super::args::Cli;
+
+/// One line per journal: id, state, hash, owner, age and lease.
+pub(super) fn print_journals(entries: &[recovery::JournalEntry], json: bool) {
+    if json {
+        print_json(entries);
+    } else if entries.is_empty() {
+        println!("no journals: no upload is in flight or abandoned");
+    } else {
+        for e in entries {
+            match (&e.owner, &e.lease) {
+                (Some(owner), Some(lease)) => println!(
+                    "{}  {}  hash {}  owner pid {} on {} ({})  age {}s  lease {} ({}s)",
+                    e.id,
+                    e.state,
+                    e.hash.as_deref().unwrap_or(""),
+                    owner.pid,
+                    owner.host,
+                    owner.tool,
+                    e.age_seconds.unwrap_or(0),
+                    lease,
+                    e.lease_remaining_seconds.unwrap_or(0)
+                ),
+                _ => println!("{}  invalid: {}", e.id, e.error.as_deref().unwrap_or("")),
+            }
+        }
+    }
+}
+
+/// One line per revision that is not complete, per journal and per stale
+/// upload, then the counts.
+pub(super) fn print_check(report: &check::CheckReport) {
+    for r in report
+        .revisions
+        .iter()
+        .filter(|r| r.state != check::State::Complete)
+    {
+        let state = serde_json::to_value(r.state).expect("state serialises");
+        println!(
+            "{}{}  {}  {}",
+            state.as_str().unwrap_or(""),
+            if r.recent { " (recent)" } else { "" },
+            r.id(),
+            r.reasons.join("; ")
+        );
+    }
+    for j in &report.journals {
+        println!(
+            "journal  {}  {}{}",
+            j.id,
+            j.state,
+            j.lease
+                .as_ref()
+                .map(|l| format!(", owner {l}"))
+                .or_else(|| j.error.as_ref().map(|e| format!(": {e}")))
+                .unwrap_or_default()
+        );
+    }
+    for u in &report.stale_uploads {
+        println!(
+            "stale upload  {}  {}  age {}s{}",
+            u.key,
+            u.upload_id,
+            u.age_seconds.unwrap_or(0),
+            u.journal
+                .as_ref()
+                .map(|j| format!(" (journal {j})"))
+                .unwrap_or_default()
+        );
+    }
+    let s = &report.summary;
+    say_if_empty(report);
+    println!(
+        "{} revisions: {} complete, {} partial ({} recent), {} in flight, {} abandoned; {} journals ({} invalid), {} stale uploads; {} keys listed in {:.1}s",
+        s.revisions,
+        s.complete,
+        s.partial,
+        s.recent,
+        s.in_flight,
+        s.abandoned,
+        s.journals,
+        s.invalid_journals,
+        s.stale_uploads,
+        s.keys_listed,
+        s.seconds
+    );
+    if !report.clean {
+        println!("`alitx repair --dry-run` lists what repair would remove");
+    }
+}
+
+pub(super) fn say_if_empty(report: &check::CheckReport) {
+    if report.architectures.is_empty() {
+        println!("{} has no TARS/<arch>/: nothing to check", report.store);
+    }
+}
+
+/// Every key deleted (or that would be), what was left alone and why.
+pub(super) fn print_repair(report: &repair::RepairReport) {
+    say_if_empty(&report.check);
+    let verb = if report.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for a in &report.actions {
+        match a.action.as_str() {
+            "left-alone" | "failed" => println!("{}  {}: {}", a.action, a.revision, a.message),
+            _ => {
+                println!("{}  {}: {}", a.action, a.revision, a.message);
+                for key in &a.keys {
+                    println!("  {verb} {key}");
+                }
+            }
+        }
+    }
+    let uploads = report
+        .aborted_uploads
+        .as_ref()
+        .or(report.would_abort_uploads.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for u in uploads {
+        let verb = if report.dry_run {
+            "would abort"
+        } else {
+            "aborted"
+        };
+        println!("{verb} staged upload {} {}", u.key, u.upload_id);
+    }
+    let keys: usize = report.actions.iter().map(|a| a.keys.len()).sum();
+    if report.dry_run {
+        println!(
+            "{keys} keys and {} staged uploads would go; dry run: nothing changed",
+            uploads.len()
+        );
+    } else {
+        println!(
+            "{keys} keys deleted, {} staged uploads aborted",
+            uploads.len()
+        );
+    }
+}
+
+/// Print per-journal outcomes; the exit code is the worst one's.
+pub(super) fn report_outcomes(outcomes: &[Outcome], json: bool, nothing: &str) -> i32 {
+    if json {
+        print_json(&outcomes);
+    } else if outcomes.is_empty() {
+        println!("{nothing}");
+    }
+    let mut code = exit::OK;
+    for outcome in outcomes {
+        if !json && outcome.error.is_none() {
+            println!("{}: {}: {}", outcome.id, outcome.action, outcome.message);
+        }
+        if let Some(err) = &outcome.error {
+            eprintln!("alitx: error: {}: {err}", outcome.id);
+            code = code.max(err.exit_code());
+        }
+    }
+    // A refused live journal (4) outranks a plain failure (1) only if no
+    // failure happened: a failure needs attention first.
+    if outcomes.iter().any(|o| {
+        o.error
+            .as_ref()
+            .is_some_and(|e| e.kind != ErrorKind::LiveLease)
+    }) {
+        code = exit::ERROR;
+    }
+    code
+}
+
+pub(super) fn print_json<T: Serialize + ?Sized>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("output serialises")
+    );
+}
+
+/// The shell completion script clap derives from the command definitions.
+pub(super) fn print_completions(shell: clap_complete::Shell) {
+    clap_complete::generate(shell, &mut Cli::command(), "alitx", &mut std::io::stdout());
+}
