@@ -17,6 +17,7 @@ pub mod repair;
 pub mod storage;
 pub mod tarball;
 pub mod txn;
+pub mod verify;
 pub mod workdir;
 
 use std::io::Read;

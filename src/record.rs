@@ -81,7 +81,12 @@ impl LinksDigest {
 
 /// `.alitx/published/<arch>/<pkg>-<ver>-<rev>.json`
 pub fn key_of(revision: &Revision) -> String {
-    format!("{PREFIX}{}.json", Journal::id_of(revision))
+    key_for(&revision.architecture, &revision.full_version())
+}
+
+/// The record key of `<pkg>-<ver>-<rev>` (`full_version`) in `architecture`.
+pub fn key_for(architecture: &str, full_version: &str) -> String {
+    format!("{PREFIX}{architecture}/{full_version}.json")
 }
 
 impl Record {
@@ -134,7 +139,7 @@ pub async fn write(store: &dyn Store, journal: &Journal, sha256: &str) -> Result
         .put_if_absent(&key, record.to_bytes(), &metadata)
         .await?;
     if created == Created::AlreadyExists {
-        match read_at(store, &key).await {
+        match read_key(store, &key).await {
             Ok(Some(existing)) if existing.same_publication(&record) => {
                 debug!("{key} already records this publication");
             }
@@ -162,12 +167,13 @@ pub async fn write(store: &dyn Store, journal: &Journal, sha256: &str) -> Result
 
 /// The record of the revision `<arch>/<pkg>-<ver>-<rev>` (its hash is not
 /// part of the key: compare it), if there is one; an error if there is one
-/// that cannot be trusted (the error says why).
+/// that cannot be trusted (kind `Verification`, saying why).
 pub async fn read(store: &dyn Store, revision: &Revision) -> Result<Option<Record>> {
-    read_at(store, &key_of(revision)).await
+    read_key(store, &key_of(revision)).await
 }
 
-async fn read_at(store: &dyn Store, key: &str) -> Result<Option<Record>> {
+/// [`read`] by the record's key.
+pub async fn read_key(store: &dyn Store, key: &str) -> Result<Option<Record>> {
     // Bounded: a huge object at the record's key is no record.
     match store.get_range(key, 0, MAX_SIZE + 1).await? {
         Some(bytes) => parse(key, &bytes).map(Some),

@@ -8,6 +8,7 @@ use crate::check;
 use crate::error::{exit, ErrorKind};
 use crate::recovery::{self, Outcome};
 use crate::repair;
+use crate::verify::{Class, VerifyReport};
 
 use super::args::Cli;
 
@@ -149,6 +150,39 @@ pub(super) fn print_repair(report: &repair::RepairReport) {
         println!(
             "{keys} keys deleted, {} staged uploads aborted",
             uploads.len()
+        );
+    }
+}
+
+/// One line per corrupt or unreadable revision with its reasons, what to
+/// do about them, then the counts.
+pub(super) fn print_verify(report: &VerifyReport) {
+    for r in &report.revisions {
+        let class = match r.class {
+            Class::Corrupt => "corrupt",
+            Class::Unreadable => "unreadable",
+            Class::Verified | Class::NoRecord => continue,
+        };
+        println!("{class}  {}  {}", r.id, r.reasons.join("; "));
+    }
+    let s = &report.summary;
+    println!(
+        "{} revisions: {} verified, {} corrupt, {} without a record (stock uploads), {} unreadable; \
+         {} package links without tarball or record not verified; {} bytes read in {:.1}s",
+        s.revisions,
+        s.verified,
+        s.corrupt,
+        s.no_record,
+        s.unreadable,
+        s.not_published,
+        s.bytes_read,
+        s.seconds
+    );
+    if s.corrupt > 0 {
+        println!(
+            "a corrupt revision must not be used: remove it with \
+             `alitx repair --architecture ARCH --package PKG --version VER --revision REV --unpublish`, \
+             then build it again (its next build publishes it anew)"
         );
     }
 }
