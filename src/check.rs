@@ -45,8 +45,13 @@ pub struct ScanOptions {
 pub enum State {
     /// Tarball, package link and all three dist directories, all consistent.
     Complete,
-    /// Leftovers of an upload that stopped half-way (see `reasons`).
+    /// Leftovers of an upload that stopped half-way, without a store
+    /// tarball (see `reasons`): repair removes them.
     Partial,
+    /// The store tarball exists, so the revision is published and final,
+    /// but a link that the store alone determines is missing or wrong (see
+    /// `reasons`): repair re-creates what it can, never deletes.
+    PublishedIncomplete,
     /// A pending alitx journal whose owner is alive covers it.
     InFlight,
     /// A pending alitx journal whose owner is gone covers it.
@@ -66,17 +71,22 @@ pub struct RevisionReport {
     pub state: State,
     /// Touched less than `--min-age` ago: repair leaves it alone.
     pub recent: bool,
-    /// Whether `repair` would remove it (partial, not recent, and its
-    /// tarball no other revision's dist link needs), or roll it back
+    /// Whether `repair` would remove it (partial, not recent), restore its
+    /// links (published-incomplete, package known), or roll it back
     /// (abandoned).
     pub repairable: bool,
     /// Seconds since its newest key was written.
     pub age_seconds: Option<i64>,
     pub reasons: Vec<String>,
+    /// What is odd but no reason to change anything: a dist link to a
+    /// dependency tarball that is not in the store (cleaned up, or
+    /// published elsewhere).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The journal covering it, if any.
     pub journal: Option<String>,
     /// For a revision that is not complete: its keys in the store, in the
-    /// order repair deletes them (tarball, dist links, package link).
+    /// order repair deletes a partial one's (dist links, package link).
     pub keys: Vec<String>,
 }
 
@@ -103,6 +113,9 @@ pub struct Summary {
     pub revisions: usize,
     pub complete: usize,
     pub partial: usize,
+    pub published_incomplete: usize,
+    /// Revisions with warnings.
+    pub warnings: usize,
     pub recent: usize,
     pub in_flight: usize,
     pub abandoned: usize,
@@ -162,12 +175,15 @@ pub async fn scan(store: &dyn Store, options: &ScanOptions) -> Result<CheckRepor
     for arch in &architectures {
         requests += walk_architecture(store, arch, options, &mut found).await?;
     }
-    let journals = journals(store, options).await?;
-    requests += 1 + journals.len();
+    let all_journals = recovery::list_journals(store, &options.journal_prefix).await?;
+    requests += 1 + all_journals.len();
+    let journals = selected_journals(&all_journals, options);
     let (foreign_keys, keys_listed) = (found.foreign, found.keys_listed);
+    let known = known_packages(&found);
     let mut revisions = classify(found, &journals, now, options);
     revisions.sort_by(|a, b| (&a.architecture, &a.tarball).cmp(&(&b.architecture, &b.tarball)));
-    let stale_uploads = stale_uploads(store, &architectures, &journals, now, options).await?;
+    let stale_uploads =
+        stale_uploads(store, &architectures, &all_journals, &known, now, options).await?;
     requests += 1;
 
     let count = |state: State| revisions.iter().filter(|r| r.state == state).count();
@@ -176,6 +192,8 @@ pub async fn scan(store: &dyn Store, options: &ScanOptions) -> Result<CheckRepor
         revisions: revisions.len(),
         complete: count(State::Complete),
         partial: count(State::Partial),
+        published_incomplete: count(State::PublishedIncomplete),
+        warnings: revisions.iter().filter(|r| !r.warnings.is_empty()).count(),
         recent: revisions.iter().filter(|r| r.recent).count(),
         in_flight: count(State::InFlight),
         abandoned: count(State::Abandoned),
@@ -189,6 +207,7 @@ pub async fn scan(store: &dyn Store, options: &ScanOptions) -> Result<CheckRepor
     };
     Ok(CheckReport {
         clean: summary.partial == 0
+            && summary.published_incomplete == 0
             && summary.abandoned == 0
             && invalid_journals == 0
             && stale_uploads.iter().all(|u| u.journal.is_some()),
@@ -410,18 +429,26 @@ fn place_dist_link(
     true
 }
 
-/// Every journal under the prefix that the filters select.
-async fn journals(store: &dyn Store, options: &ScanOptions) -> Result<Vec<JournalEntry>> {
-    let all = recovery::list_journals(store, &options.journal_prefix).await?;
-    Ok(all
-        .into_iter()
+/// The journals the filters select.
+fn selected_journals(all: &[JournalEntry], options: &ScanOptions) -> Vec<JournalEntry> {
+    all.iter()
         .filter(|j| {
             let keep = |filter: &Option<String>, value: &Option<String>| {
                 filter.is_none() || value.is_none() || filter == value
             };
             keep(&options.architecture, &j.architecture) && keep(&options.package, &j.package)
         })
-        .collect())
+        .cloned()
+        .collect()
+}
+
+/// `(arch, package)` of every package the walk found links of.
+fn known_packages(found: &Found) -> BTreeSet<(String, String)> {
+    found
+        .links
+        .keys()
+        .map(|(arch, pkg, _)| (arch.clone(), pkg.clone()))
+        .collect()
 }
 
 /// Turn what the walk found into one report per revision.
@@ -431,17 +458,13 @@ fn classify(
     now: i64,
     options: &ScanOptions,
 ) -> Vec<RevisionReport> {
+    let known_packages = known_packages(&found);
     let Found {
         links,
         mut tarballs,
         ..
     } = found;
-    let known_packages: BTreeSet<(String, String)> = links
-        .keys()
-        .map(|(arch, pkg, _)| (arch.clone(), pkg.clone()))
-        .collect();
     let all_names: BTreeSet<(String, String)> = tarballs.keys().cloned().collect();
-    let needed = dependencies(&links);
     let mut reports = Vec::new();
     for ((arch, package, name), links) in links {
         let same_name = tarballs.get_mut(&(arch.clone(), name.clone()));
@@ -460,7 +483,7 @@ fn classify(
             at.map(|i| all.remove(i))
         });
         reports.push(report_for(
-            &arch, &package, &name, &links, tarball, &target, &all_names,
+            &arch, &package, true, &name, &links, tarball, &target, &all_names,
         ));
     }
     // Tarballs no package link or dist directory claims.
@@ -470,9 +493,11 @@ fn classify(
             if options.package.as_deref().is_some_and(|p| p != package) {
                 continue;
             }
+            let known = known_packages.contains(&(arch.clone(), package.clone()));
             reports.push(report_for(
                 arch,
                 &package,
+                known,
                 name,
                 &Links::default(),
                 Some(tarball.clone()),
@@ -501,6 +526,7 @@ fn classify(
                 repairable: false,
                 age_seconds: None,
                 reasons: Vec::new(),
+                warnings: Vec::new(),
                 journal: None,
                 keys: Vec::new(),
             });
@@ -514,52 +540,15 @@ fn classify(
             && report
                 .age_seconds
                 .is_some_and(|age| age < options.min_age.as_secs() as i64);
-        let has_tarball = report.keys.first().is_some_and(|k| k.contains("/store/"));
-        let needed_by = needed
-            .get(&(report.architecture.clone(), report.tarball.clone()))
-            .map(|users| {
-                users
-                    .iter()
-                    .filter(|u| **u != report.tarball)
-                    .collect::<Vec<_>>()
-            })
-            .filter(|users| has_tarball && !users.is_empty());
-        if let (State::Partial, Some(users)) = (report.state, &needed_by) {
-            report.reasons.push(format!(
-                "left alone by repair: its tarball is a dependency of {} (dist links of {})",
-                users.len(),
-                users
-                    .iter()
-                    .take(3)
-                    .map(|u| u.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
         report.repairable = match report.state {
-            State::Partial => !report.recent && needed_by.is_none(),
+            State::Partial => !report.recent,
             State::Abandoned => true,
+            // Decided by `report_for`.
+            State::PublishedIncomplete => report.repairable,
             State::Complete | State::InFlight => false,
         };
     }
     reports
-}
-
-/// `(arch, tarball name)` → the revisions whose dist links name it.
-fn dependencies(
-    links: &BTreeMap<RevisionKey, Links>,
-) -> BTreeMap<(String, String), BTreeSet<String>> {
-    let mut needed: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for ((arch, _, name), links) in links {
-        for link in links.dist.iter().flatten() {
-            let dep = link.key.rsplit('/').next().unwrap_or("");
-            needed
-                .entry((arch.clone(), dep.to_string()))
-                .or_default()
-                .insert(name.clone());
-        }
-    }
-    needed
 }
 
 /// The store key a package link's body names, if it is a store tarball of
@@ -582,9 +571,14 @@ fn guess_package(known: &BTreeSet<(String, String)>, arch: &str, name: &str) -> 
         .unwrap_or_else(|| name.split('-').next().unwrap_or(name).to_string())
 }
 
+/// The report of one revision: `package_known` says whether its package
+/// name is certain (from its links, or a known package's name), which
+/// repair needs to re-create its package link.
+#[allow(clippy::too_many_arguments)]
 fn report_for(
     arch: &str,
     package: &str,
+    package_known: bool,
     name: &str,
     links: &Links,
     tarball: Option<Tarball>,
@@ -592,6 +586,7 @@ fn report_for(
     all_tarballs: &BTreeSet<(String, String)>,
 ) -> RevisionReport {
     let mut reasons = Vec::new();
+    let mut warnings = Vec::new();
     match (&links.package_link, target, &tarball) {
         (None, _, Some(_)) => reasons.push("tarball without package link".to_string()),
         (None, _, None) => reasons.push("dist links without package link or tarball".to_string()),
@@ -606,7 +601,7 @@ fn report_for(
         (Some(_), Some(_), Some(_)) => {}
     }
     let has_links = links.package_link.is_some() || links.dist.iter().any(|d| !d.is_empty());
-    if has_links {
+    if has_links || tarball.is_some() {
         for (dir, found) in DIST_DIRS.iter().zip(&links.dist) {
             if found.is_empty() {
                 reasons.push(format!("dist link missing in {dir}"));
@@ -619,7 +614,7 @@ fn report_for(
             for link in found {
                 let dep = link.key.rsplit('/').next().unwrap_or("");
                 if dep != name && !all_tarballs.contains(&(arch.to_string(), dep.to_string())) {
-                    reasons.push(format!("dist link to a missing tarball: {}", link.key));
+                    warnings.push(format!("dist link to a missing tarball: {}", link.key));
                 }
             }
         }
@@ -628,11 +623,20 @@ fn report_for(
     keys.extend(links.dist.iter().flatten());
     keys.extend(links.package_link.iter().map(|(link, _)| link));
     let newest = keys.iter().filter_map(|o| o.last_modified).max();
-    let state = if reasons.is_empty() {
-        State::Complete
-    } else {
-        State::Partial
+    let state = match (&tarball, reasons.is_empty()) {
+        (Some(_), true) => State::Complete,
+        (Some(_), false) => State::PublishedIncomplete,
+        (None, _) => State::Partial,
     };
+    // A wrong package link is another writer's object: never replaced.
+    let restorable = package_known && (links.package_link.is_none() || target.is_some());
+    if state == State::PublishedIncomplete && !restorable {
+        reasons.push(if package_known {
+            "left alone by repair: its package link names something else".to_string()
+        } else {
+            format!("left alone by repair: its package is not certain from the name {name}")
+        });
+    }
     let (version, revision) = split_version(package, name, arch);
     RevisionReport {
         architecture: arch.into(),
@@ -648,9 +652,10 @@ fn report_for(
         }),
         state,
         recent: false,
-        repairable: false,
+        repairable: state == State::PublishedIncomplete && restorable,
         age_seconds: newest,
         reasons,
+        warnings,
         journal: None,
         keys: if state == State::Complete {
             Vec::new()
@@ -705,10 +710,14 @@ fn cover_by_journal(report: &mut RevisionReport, journals: &[JournalEntry]) {
 }
 
 /// Staged uploads under the scanned architectures older than the threshold.
+/// Each is matched to a pending journal (of any package) by key and upload
+/// id; with `--package`, an upload belongs to the package of its journal,
+/// or, with none, to the package its tarball name names.
 async fn stale_uploads(
     store: &dyn Store,
     architectures: &[String],
     journals: &[JournalEntry],
+    known: &BTreeSet<(String, String)>,
     now: i64,
     options: &ScanOptions,
 ) -> Result<Vec<StaleUpload>> {
@@ -716,31 +725,34 @@ async fn stale_uploads(
     let threshold = options.stale_uploads_after.as_secs() as i64;
     Ok(uploads
         .into_iter()
-        .filter(|u| {
-            let arch = u.key.split('/').nth(1).unwrap_or("");
-            let name = u.key.rsplit('/').next().unwrap_or("");
-            architectures.iter().any(|a| a == arch)
-                && options
-                    .package
-                    .as_deref()
-                    .is_none_or(|p| name.starts_with(&format!("{p}-")))
-        })
         .filter_map(|u| {
-            let age = u.initiated.map(|t| now - t);
-            if age.is_some_and(|age| age < threshold) {
+            let arch = u.key.split('/').nth(1).unwrap_or("").to_string();
+            if !architectures.contains(&arch) {
                 return None;
             }
             let journal = journals.iter().find_map(|entry| {
                 let j = entry.journal.as_ref()?;
                 (j.state == JournalState::Pending
+                    && j.tarball.key == u.key
                     && j.tarball.upload_id.as_deref() == Some(&u.upload_id))
-                .then(|| j.id())
+                .then_some(j)
             });
+            let package = match journal {
+                Some(j) => j.revision.package.clone(),
+                None => guess_package(known, &arch, u.key.rsplit('/').next().unwrap_or("")),
+            };
+            if options.package.as_deref().is_some_and(|p| p != package) {
+                return None;
+            }
+            let age = u.initiated.map(|t| now - t);
+            if age.is_some_and(|age| age < threshold) {
+                return None;
+            }
             Some(StaleUpload {
+                journal: journal.map(|j| j.id()),
                 key: u.key,
                 upload_id: u.upload_id,
                 age_seconds: age,
-                journal,
             })
         })
         .collect())

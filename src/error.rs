@@ -2,8 +2,9 @@
 //!
 //! Exit codes are a contract with scripts and Jenkins jobs: 0 success, 1 any
 //! other error, 3 conflict (someone else holds one of our keys), 4 a live
-//! upload owns the journal (or took it over from us), 5 `check` found something to repair (or `repair`
-//! left something for later).
+//! upload owns the journal (or took it over from us), 5 `check` found
+//! something to repair (or `repair` left something for later), 6 `verify`
+//! found a corrupt revision.
 
 use std::fmt;
 
@@ -14,6 +15,7 @@ pub mod exit {
     pub const CONFLICT: i32 = 3;
     pub const LIVE_LEASE: i32 = 4;
     pub const NEEDS_REPAIR: i32 = 5;
+    pub const CORRUPT: i32 = 6;
 }
 
 /// What went wrong, in words for the operator, with the kind that decides the

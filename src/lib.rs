@@ -13,11 +13,13 @@ pub mod failpoint;
 pub mod journal;
 pub mod layout;
 pub mod ownership;
+pub mod record;
 pub mod recovery;
 pub mod repair;
 pub mod storage;
 pub mod tarball;
 pub mod txn;
+pub mod verify;
 pub mod workdir;
 
 use std::io::Read;

@@ -4,17 +4,19 @@
 //!
 //! Verification proves the tarball is a complete gzip stream holding a tar
 //! archive whose every entry lives in `<arch>/<pkg>/<ver>-<rev>/` or one of
-//! its parent directories, as aliBuild writes it.
+//! its parent directories, as aliBuild writes it. The same [`Verifier`]
+//! checks a local file before it is published ([`scan`]) and a store
+//! object streamed back by `alitx verify`.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::mpsc;
 use std::thread;
 
 use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::layout::Revision;
@@ -43,13 +45,7 @@ pub fn scan(
     mut on_part: impl FnMut(Part) -> Result<()>,
 ) -> Result<Scanned> {
     let mut file = File::open(path).map_err(|e| Error::io(path.display(), e))?;
-    let (to_verifier, from_reader) = mpsc::sync_channel::<Bytes>(2);
-    let rules = EntryRules::new(revision);
-    let verifier = thread::Builder::new()
-        .name("verify".into())
-        .spawn(move || rules.verify(ChannelReader::new(from_reader)))
-        .map_err(|e| Error::io("starting the verifier thread", e))?;
-
+    let verifier = Verifier::start(revision)?;
     let mut sha = Sha256::new();
     let mut size = 0u64;
     let mut number = 0u32;
@@ -65,8 +61,8 @@ pub fn scan(
         size += chunk.len() as u64;
         number += 1;
         let last = chunk.len() < part_size;
-        // A closed verifier already failed: its own error explains why.
-        if to_verifier.send(chunk.clone()).is_err() {
+        // A stopped verifier already failed: its own error explains why.
+        if !verifier.feed_blocking(chunk.clone()) {
             break Ok(());
         }
         if let Err(e) = on_part(Part {
@@ -79,10 +75,7 @@ pub fn scan(
             break Ok(());
         }
     };
-    drop(to_verifier);
-    let verified = verifier
-        .join()
-        .unwrap_or_else(|_| Err(Error::verification("the verifier thread panicked")));
+    let verified = verifier.finish();
     read_result?;
     let entries =
         verified.map_err(|e| e.context(format!("{} failed verification", path.display())))?;
@@ -91,6 +84,49 @@ pub fn scan(
         sha256: hex::encode(sha.finalize()),
         entries,
     })
+}
+
+/// The gzip+tar verification of one revision's tarball, on its own thread,
+/// fed the tarball's bytes in order by whoever reads them (a local file, a
+/// store object). A piece is any byte container; it is dropped, and with
+/// it whatever it holds, as soon as the verifier has consumed it.
+pub struct Verifier<T> {
+    input: mpsc::Sender<T>,
+    thread: thread::JoinHandle<Result<u64>>,
+}
+
+impl<T: AsRef<[u8]> + Send + 'static> Verifier<T> {
+    pub fn start(revision: &Revision) -> Result<Self> {
+        // Two pieces queued: the reader stays one ahead, memory stays small.
+        let (input, pieces) = mpsc::channel::<T>(2);
+        let rules = EntryRules::new(revision);
+        let thread = thread::Builder::new()
+            .name("verify".into())
+            .spawn(move || rules.verify(ChannelReader::new(pieces)))
+            .map_err(|e| Error::io("starting the verifier thread", e))?;
+        Ok(Verifier { input, thread })
+    }
+
+    /// Hand over the next piece, waiting while the verifier is behind; from
+    /// a thread that may block. `false` once the verifier stopped: it
+    /// failed, and [`Verifier::finish`] says why.
+    pub fn feed_blocking(&self, piece: T) -> bool {
+        self.input.blocking_send(piece).is_ok()
+    }
+
+    /// [`Verifier::feed_blocking`] for async callers.
+    pub async fn feed(&self, piece: T) -> bool {
+        self.input.send(piece).await.is_ok()
+    }
+
+    /// End of input: wait for the verdict, the number of entries. Blocks
+    /// until the verifier has consumed what it was given.
+    pub fn finish(self) -> Result<u64> {
+        drop(self.input);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(Error::verification("the verifier thread panicked")))
+    }
 }
 
 /// Hash a file without verifying it: used to compare a local tarball with
@@ -202,32 +238,42 @@ fn broken(e: io::Error) -> Error {
     ))
 }
 
-/// Presents the chunks arriving on a channel as one byte stream.
-struct ChannelReader {
-    chunks: mpsc::Receiver<Bytes>,
-    current: Bytes,
+/// Presents the pieces arriving on a channel as one byte stream.
+struct ChannelReader<T> {
+    pieces: mpsc::Receiver<T>,
+    current: Option<T>,
+    offset: usize,
 }
 
-impl ChannelReader {
-    fn new(chunks: mpsc::Receiver<Bytes>) -> Self {
+impl<T: AsRef<[u8]>> ChannelReader<T> {
+    fn new(pieces: mpsc::Receiver<T>) -> Self {
         ChannelReader {
-            chunks,
-            current: Bytes::new(),
+            pieces,
+            current: None,
+            offset: 0,
         }
     }
 }
 
-impl Read for ChannelReader {
+impl<T: AsRef<[u8]>> Read for ChannelReader<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.chunks.recv() {
-                Ok(chunk) => self.current = chunk,
-                Err(_) => return Ok(0),
+        loop {
+            if let Some(piece) = &self.current {
+                let rest = &piece.as_ref()[self.offset..];
+                if !rest.is_empty() {
+                    let n = buf.len().min(rest.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    self.offset += n;
+                    return Ok(n);
+                }
+            }
+            // Done with this piece: release it before waiting for the next.
+            self.current = None;
+            match self.pieces.blocking_recv() {
+                Some(piece) => (self.current, self.offset) = (Some(piece), 0),
+                None => return Ok(0),
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
     }
 }
 

@@ -465,13 +465,13 @@ async fn finish_published(
             report.keys_written.len()
         );
     }
-    commit(handle, report).await
+    commit(store, handle, report).await
 }
 
-/// The tarball is published: mark the journal committed and retire it.
-/// Losing the journal to another owner now is harmless: it finishes the
-/// same way.
-async fn commit(handle: &JournalHandle, report: Report) -> Result<Report> {
+/// The tarball is published: mark the journal committed, leave the
+/// publication record, and retire the journal. Losing the journal to
+/// another owner now is harmless: it finishes the same way.
+async fn commit(store: &dyn Store, handle: &JournalHandle, report: Report) -> Result<Report> {
     match handle.update(|j| j.state = State::Committed).await {
         Ok(()) => {}
         Err(e) if e.kind == ErrorKind::LostOwnership => {
@@ -482,8 +482,28 @@ async fn commit(handle: &JournalHandle, report: Report) -> Result<Report> {
     }
     debug!("journal marked committed");
     failpoint("after-commit-mark");
+    write_record(
+        store,
+        &handle.snapshot().await,
+        report.tarball_sha256.as_deref(),
+    )
+    .await?;
     handle.retire().await?;
     Ok(report)
+}
+
+/// Leave the publication record of a committed transaction.
+async fn write_record(store: &dyn Store, journal: &Journal, sha256: Option<&str>) -> Result<()> {
+    match sha256 {
+        Some(sha256) => crate::record::write(store, journal, sha256).await,
+        None => {
+            warn!(
+                "{} is published, but its SHA-256 is not known here: no publication record written",
+                journal.tarball.key
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Publish the tarball (absent when the transaction was checked) and
@@ -508,7 +528,7 @@ async fn roll_forward(
             let whole = read_whole(local, options.part_size).await?;
             put_whole(&*store, handle, &journal, local, whole, options).await?
         }
-        None => put_staged(store, handle, &journal, local, options).await?,
+        None => put_staged(store.clone(), handle, &journal, local, options).await?,
     };
     report.keys_written = sent.links_written;
     report.keys_written.push(key.clone());
@@ -518,7 +538,7 @@ async fn roll_forward(
     report.tarball_sha256 = Some(sent.sha256);
     info!("published {key}");
     failpoint("after-publish");
-    commit(handle, report).await
+    commit(&*store, handle, report).await
 }
 
 /// What publishing the tarball and writing the links did.

@@ -42,6 +42,8 @@ conformance!(
     put_replaces_body_and_metadata,
     head_reports_size_and_metadata_exactly,
     missing_keys_read_as_none,
+    ranges_read_any_slice_of_an_object,
+    ranges_of_a_completed_upload_cross_its_parts,
     concurrent_put_if_absent_has_one_winner,
     package_link_is_private_without_redirect,
     dist_link_is_public_with_redirect,
@@ -147,6 +149,11 @@ async fn assert_body(store: &dyn Store, key: &str, expected: &[u8]) {
 
 async fn assert_absent(store: &dyn Store, key: &str) {
     assert_eq!(store.get(key).await.unwrap(), None, "get {key}");
+    assert_eq!(
+        store.get_range(key, 0, 10).await.unwrap(),
+        None,
+        "get_range {key}"
+    );
     assert_eq!(store.head(key).await.unwrap(), None, "head {key}");
 }
 
@@ -284,6 +291,88 @@ async fn missing_keys_read_as_none(_: &TestStore, store: Arc<dyn Store>) {
     store.delete("TARS/a/b/c").await.unwrap();
     store.delete("TARS/a").await.unwrap();
     assert_body(&*store, "TARS/a/b", b"b").await;
+}
+
+/// `get_range` returns exactly the bytes asked for, fewer at the end of the
+/// object, none from its end on; a link's range is one of its body.
+async fn ranges_read_any_slice_of_an_object(_: &TestStore, store: Arc<dyn Store>) {
+    let body = filled(1000, 7);
+    let key = "TARS/a/ranged";
+    store
+        .put(key, body.clone(), &Metadata::new())
+        .await
+        .unwrap();
+    let range = |offset: u64, len: u64| {
+        let store = store.clone();
+        async move { store.get_range(key, offset, len).await.unwrap().unwrap() }
+    };
+    assert_eq!(range(0, 1000).await, body);
+    assert_eq!(range(0, 1).await, body.slice(0..1));
+    assert_eq!(range(10, 90).await, body.slice(10..100));
+    assert_eq!(range(999, 1).await, body.slice(999..));
+    assert_eq!(
+        range(900, 500).await,
+        body.slice(900..),
+        "clipped at the end"
+    );
+    assert_eq!(range(0, u64::MAX).await, body, "a range as long as it gets");
+    assert_eq!(range(1000, 10).await, Bytes::new(), "from the end on");
+    assert_eq!(range(5000, 10).await, Bytes::new(), "past the end");
+    assert_eq!(range(10, 0).await, Bytes::new(), "an empty range");
+
+    let empty = "TARS/a/empty";
+    store
+        .put(empty, Bytes::new(), &Metadata::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_range(empty, 0, 10).await.unwrap(),
+        Some(Bytes::new())
+    );
+
+    let link = revision().package_link();
+    store
+        .put_link_if_absent(&link, &Metadata::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_range(&link.key, 2, 5).await.unwrap().unwrap(),
+        bytes(&link.body[2..7]),
+        "a link's range is a range of its body, as S3 readers see it"
+    );
+}
+
+/// A completed multipart object reads back range by range, across part
+/// boundaries, exactly as its parts were sent.
+async fn ranges_of_a_completed_upload_cross_its_parts(_: &TestStore, store: Arc<dyn Store>) {
+    let key = revision().store_key();
+    let parts = three_parts();
+    let whole = parts.concat();
+    let id = store.create_upload(&key, &Metadata::new()).await.unwrap();
+    let uploaded = upload_parts(&*store, &key, &id, &parts).await;
+    store.complete_upload(&key, &id, &uploaded).await.unwrap();
+
+    let chunk = 3 * MIB as u64 + 17;
+    let mut read = Vec::new();
+    loop {
+        let piece = store
+            .get_range(&key, read.len() as u64, chunk)
+            .await
+            .unwrap()
+            .unwrap();
+        if piece.is_empty() {
+            break;
+        }
+        assert!(piece.len() as u64 <= chunk);
+        read.extend_from_slice(&piece);
+    }
+    assert_same_bytes(&read, &whole, "the ranges put back together");
+    let across = 5 * MIB as u64 - 3;
+    assert_same_bytes(
+        &store.get_range(&key, across, 6).await.unwrap().unwrap(),
+        &whole[across as usize..across as usize + 6],
+        "a range across the first part boundary",
+    );
 }
 
 async fn concurrent_put_if_absent_has_one_winner(_: &TestStore, store: Arc<dyn Store>) {

@@ -1,6 +1,7 @@
 //! The command line's definitions: commands, flags, their defaults and
 //! validation (clap). Parsing only; `output` prints, `mod.rs` dispatches.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,12 +12,13 @@ use crate::error::{Error, Result};
 use crate::journal::DEFAULT_PREFIX;
 use crate::storage;
 use crate::txn::Options;
+use crate::verify;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success (also: already published), 1 error, 3 conflict (another
 object or build holds one of the revision's keys), 4 a live upload owns the
 journal, 5 `check` found something to repair (`repair`: left something for
-a later run or a person, and said why).
+a later run or a person, and said why), 6 `verify` found a corrupt revision.
 
 S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 ~/.aws/credentials); the endpoint from --endpoint-url, else AWS_ENDPOINT_URL,
@@ -105,13 +107,18 @@ pub(super) enum Command {
     },
     /// Remove the leftovers `check` finds, and nothing else.
     ///
-    /// Deletes each partial revision's own keys (tarball first, then its dist
-    /// links, then its package link, which frees the revision number), rolls
-    /// abandoned journals back exactly as `rollback` does, and aborts stale
-    /// staged uploads no journal references. Never touches a complete
-    /// revision, one a live journal covers, or one touched less than
-    /// --min-age ago. Exit 0 when everything was repaired (or --dry-run),
-    /// 5 when something was left alone (said why), 1 on an error.
+    /// Deletes each partial revision's own keys (its dist links, then its
+    /// package link, which frees the revision number) as long as it has no
+    /// store tarball; re-creates, never deletes, the missing links of a
+    /// published revision that the store alone determines (its package
+    /// link, its own link in each dist directory); rolls abandoned journals
+    /// back exactly as `rollback` does, and aborts stale staged uploads no
+    /// journal references. Never deletes anything of a published revision,
+    /// one a live journal covers, or one touched less than --min-age ago.
+    /// The one exception: `--unpublish` with --package, --version and
+    /// --revision removes that revision, tarball included.
+    /// Exit 0 when everything was repaired (or --dry-run), 5 when
+    /// something was left alone (said why), 1 on an error.
     #[command(after_help = AFTER_HELP)]
     Repair {
         #[command(flatten)]
@@ -122,9 +129,32 @@ pub(super) enum Command {
         /// change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Remove the one revision named by --package, --version and
+        /// --revision, tarball included, although it is published (readers
+        /// may already use it): only for a revision known to be bad.
+        #[arg(long, requires_all = ["package", "version", "revision"])]
+        unpublish: bool,
+        /// With --unpublish: the revision's version.
+        #[arg(long, value_name = "VER", requires = "unpublish")]
+        version: Option<String>,
+        /// With --unpublish: the revision number.
+        #[arg(long, value_name = "REV", requires = "unpublish")]
+        revision: Option<String>,
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Read published revisions back and check them against their records.
+    ///
+    /// For each selected revision, streams the store tarball once and checks
+    /// that its size and SHA-256 are those of its publication record, that
+    /// it is a complete gzip'd tar whose entries lie under its own
+    /// <arch>/<pkg>/<ver>-<rev>/, and that its package link and its own dist
+    /// links name it. Classes: verified, corrupt (with the reasons), no-record
+    /// (a stock upload: checked all the same, SHA-256 reported), unreadable.
+    /// Changes nothing. Exit 0 when nothing is corrupt or unreadable, 6 when
+    /// something is corrupt, 1 when something could not be read.
+    #[command(after_help = AFTER_HELP, disable_version_flag = true)]
+    Verify(VerifyArgs),
     /// Print a completion script for SHELL on stdout.
     ///
     /// bash: `alitx completions bash > ~/.local/share/bash-completion/completions/alitx`;
@@ -253,6 +283,44 @@ pub(super) struct UploadArgs {
     pub(super) link_concurrency: u64,
     #[command(flatten)]
     pub(super) output: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct VerifyArgs {
+    #[command(flatten)]
+    pub(super) store: StoreArgs,
+    /// Only this architecture (default: every one in the store).
+    #[arg(long, value_name = "ARCH")]
+    pub(super) architecture: Option<String>,
+    /// Only this package's revisions.
+    #[arg(long, value_name = "PKG")]
+    pub(super) package: Option<String>,
+    /// Only revisions of this version.
+    #[arg(long, value_name = "VER")]
+    pub(super) version: Option<String>,
+    /// Only this revision number.
+    #[arg(long, value_name = "REV")]
+    pub(super) revision: Option<String>,
+    /// Requests in flight at once; each ranged GET holds at most 8 MiB, so
+    /// memory stays below N × 8 MiB.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub(super) concurrency: u64,
+    #[command(flatten)]
+    pub(super) output: OutputArgs,
+}
+
+impl VerifyArgs {
+    pub(super) fn options(&self) -> verify::VerifyOptions {
+        verify::VerifyOptions {
+            architecture: self.architecture.clone(),
+            package: self.package.clone(),
+            version: self.version.clone(),
+            revision: self.revision.clone(),
+            concurrency: self.concurrency as usize,
+            progress: !self.output.json && std::io::stderr().is_terminal(),
+            ..verify::VerifyOptions::default()
+        }
+    }
 }
 
 impl StoreArgs {

@@ -18,9 +18,10 @@ use crate::repair;
 use crate::txn::{self, Options};
 use crate::workdir;
 
-use args::{Cli, Command, UploadArgs};
+use args::{Cli, Command, UploadArgs, VerifyArgs};
 use output::{
-    print_check, print_completions, print_journals, print_json, print_repair, report_outcomes,
+    print_check, print_completions, print_journals, print_json, print_repair, print_verify,
+    report_outcomes,
 };
 
 /// Parse the command line, run the command, and return the exit code.
@@ -34,6 +35,7 @@ pub fn main() -> i32 {
         | Command::Rollback { output, .. }
         | Command::Check { output, .. }
         | Command::Repair { output, .. } => Some(output),
+        Command::Verify(a) => Some(&a.output),
     };
     init_logging(output.map_or(0, |o| o.verbose));
     let json = output.is_some_and(|o| o.json);
@@ -76,6 +78,7 @@ fn init_logging(verbose: u8) {
 async fn run(command: Command) -> Result<i32> {
     match command {
         Command::Upload(args) => upload(args).await,
+        Command::Verify(args) => verify(args).await,
         Command::Completions { shell } => {
             print_completions(shell);
             Ok(exit::OK)
@@ -159,14 +162,28 @@ async fn run(command: Command) -> Result<i32> {
             store,
             scan,
             dry_run,
+            unpublish,
+            version,
+            revision,
             output,
         } => {
             let options = store.options()?;
             let backend = store.open().await?;
             let found = check::scan(&*backend, &scan.options(&options.journal_prefix)).await?;
-            let report =
-                repair::repair(backend, found, &options, dry_run, scan.concurrency as usize)
-                    .await?;
+            let report = match (unpublish, scan.package.clone(), version, revision) {
+                (true, Some(package), Some(version), Some(revision)) => {
+                    let target = repair::Unpublish {
+                        package,
+                        version,
+                        revision,
+                    };
+                    repair::unpublish(backend, found, &target, dry_run).await?
+                }
+                _ => {
+                    repair::repair(backend, found, &options, dry_run, scan.concurrency as usize)
+                        .await?
+                }
+            };
             if output.json {
                 print_json(&report);
             } else {
@@ -207,4 +224,21 @@ async fn upload(args: UploadArgs) -> Result<i32> {
         println!("{}", recovery::summary(&report));
     }
     Ok(exit::OK)
+}
+
+async fn verify(args: VerifyArgs) -> Result<i32> {
+    let options = args.options();
+    let report = crate::verify::verify(args.store.open().await?, &options).await?;
+    if args.output.json {
+        print_json(&report);
+    } else {
+        print_verify(&report);
+    }
+    Ok(if report.summary.corrupt > 0 {
+        exit::CORRUPT
+    } else if report.summary.unreadable > 0 {
+        exit::ERROR
+    } else {
+        exit::OK
+    })
 }

@@ -5,9 +5,10 @@ use clap::CommandFactory;
 use serde::Serialize;
 
 use crate::check;
-use crate::error::{exit, ErrorKind};
+use crate::error::exit;
 use crate::recovery::{self, Outcome};
 use crate::repair;
+use crate::verify::{Class, VerifyReport};
 
 use super::args::Cli;
 
@@ -41,19 +42,20 @@ pub(super) fn print_journals(entries: &[recovery::JournalEntry], json: bool) {
 /// One line per revision that is not complete, per journal and per stale
 /// upload, then the counts.
 pub(super) fn print_check(report: &check::CheckReport) {
-    for r in report
-        .revisions
-        .iter()
-        .filter(|r| r.state != check::State::Complete)
-    {
+    for r in &report.revisions {
         let state = serde_json::to_value(r.state).expect("state serialises");
-        println!(
-            "{}{}  {}  {}",
-            state.as_str().unwrap_or(""),
-            if r.recent { " (recent)" } else { "" },
-            r.id(),
-            r.reasons.join("; ")
-        );
+        if r.state != check::State::Complete {
+            println!(
+                "{}{}  {}  {}",
+                state.as_str().unwrap_or(""),
+                if r.recent { " (recent)" } else { "" },
+                r.id(),
+                r.reasons.join("; ")
+            );
+        }
+        for warning in &r.warnings {
+            println!("warning  {}  {warning}", r.id());
+        }
     }
     for j in &report.journals {
         println!(
@@ -82,13 +84,15 @@ pub(super) fn print_check(report: &check::CheckReport) {
     let s = &report.summary;
     say_if_empty(report);
     println!(
-        "{} revisions: {} complete, {} partial ({} recent), {} in flight, {} abandoned; {} journals ({} invalid), {} stale uploads; {} keys listed in {:.1}s",
+        "{} revisions: {} complete, {} partial ({} recent), {} published-incomplete, {} in flight, {} abandoned, {} with warnings; {} journals ({} invalid), {} stale uploads; {} keys listed in {:.1}s",
         s.revisions,
         s.complete,
         s.partial,
         s.recent,
+        s.published_incomplete,
         s.in_flight,
         s.abandoned,
+        s.warnings,
         s.journals,
         s.invalid_journals,
         s.stale_uploads,
@@ -122,6 +126,16 @@ pub(super) fn print_repair(report: &repair::RepairReport) {
                 for key in &a.keys {
                     println!("  {verb} {key}");
                 }
+                for key in &a.restored {
+                    println!(
+                        "  {} {key}",
+                        if report.dry_run {
+                            "would restore"
+                        } else {
+                            "restored"
+                        }
+                    );
+                }
             }
         }
     }
@@ -153,6 +167,39 @@ pub(super) fn print_repair(report: &repair::RepairReport) {
     }
 }
 
+/// One line per corrupt or unreadable revision with its reasons, what to
+/// do about them, then the counts.
+pub(super) fn print_verify(report: &VerifyReport) {
+    for r in &report.revisions {
+        let class = match r.class {
+            Class::Corrupt => "corrupt",
+            Class::Unreadable => "unreadable",
+            Class::Verified | Class::NoRecord => continue,
+        };
+        println!("{class}  {}  {}", r.id, r.reasons.join("; "));
+    }
+    let s = &report.summary;
+    println!(
+        "{} revisions: {} verified, {} corrupt, {} without a record (stock uploads), {} unreadable; \
+         {} package links without tarball or record not verified; {} bytes read in {:.1}s",
+        s.revisions,
+        s.verified,
+        s.corrupt,
+        s.no_record,
+        s.unreadable,
+        s.not_published,
+        s.bytes_read,
+        s.seconds
+    );
+    if s.corrupt > 0 {
+        println!(
+            "a corrupt revision must not be used: remove it with \
+             `alitx repair --architecture ARCH --package PKG --version VER --revision REV --unpublish`, \
+             then build it again (its next build publishes it anew)"
+        );
+    }
+}
+
 /// Print per-journal outcomes; the exit code is the worst one's.
 pub(super) fn report_outcomes(outcomes: &[Outcome], json: bool, nothing: &str) -> i32 {
     if json {
@@ -170,12 +217,13 @@ pub(super) fn report_outcomes(outcomes: &[Outcome], json: bool, nothing: &str) -
             code = code.max(err.exit_code());
         }
     }
-    // A refused live journal (4) outranks a plain failure (1) only if no
-    // failure happened: a failure needs attention first.
+    // A refused live journal (4) or a conflict (3) outranks a plain
+    // failure (1) only if no failure happened: a failure needs attention
+    // first.
     if outcomes.iter().any(|o| {
         o.error
             .as_ref()
-            .is_some_and(|e| e.kind != ErrorKind::LiveLease)
+            .is_some_and(|e| e.exit_code() == exit::ERROR)
     }) {
         code = exit::ERROR;
     }

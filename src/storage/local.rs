@@ -10,7 +10,7 @@
 //! Staged uploads are directories of part files under `.alitx-store/uploads/`.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -280,6 +280,30 @@ impl Store for LocalStore {
             Err(e) if is_missing(&e) => Ok(None),
             Err(e) => Err(Error::io(path.display(), e)),
         }
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Bytes>> {
+        let path = self.path_of(key)?;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(Error::io(path.display(), e)),
+        };
+        if meta.file_type().is_symlink() {
+            let body = Bytes::from(link_body(&path)?);
+            let start = offset.min(body.len() as u64) as usize;
+            let end = offset.saturating_add(len).min(body.len() as u64) as usize;
+            return Ok(Some(body.slice(start..end)));
+        }
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let mut file = File::open(&path).map_err(|e| Error::io(path.display(), e))?;
+        let mut buf = Vec::with_capacity(len.min(meta.len().saturating_sub(offset)) as usize);
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.take(len).read_to_end(&mut buf))
+            .map_err(|e| Error::io(path.display(), e))?;
+        Ok(Some(Bytes::from(buf)))
     }
 
     async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created> {

@@ -95,6 +95,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The object's body (for a link: its body, as S3 readers see it).
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
 
+    /// Up to `len` bytes of the body from `offset`: fewer at the end of the
+    /// object, none from its end on; `None` if the key does not exist. Reads
+    /// a large object piece by piece, in bounded memory.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Bytes>>;
+
     /// Create `key` only if nothing holds it.
     async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created>;
 

@@ -247,6 +247,36 @@ impl Store for S3Store {
         }
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Bytes>> {
+        if len == 0 {
+            return Ok(self.head(key).await?.map(|_| Bytes::new()));
+        }
+        let last = offset.saturating_add(len - 1);
+        match self
+            .client
+            .get_object()
+            .bucket(self.bucket())
+            .key(key)
+            .range(format!("bytes={offset}-{last}"))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let body = out.body.collect().await.map_err(|e| {
+                    Error::store(format!(
+                        "reading bytes {offset}-{last} of s3://{}/{key}: {e}",
+                        self.bucket()
+                    ))
+                })?;
+                Ok(Some(body.into_bytes()))
+            }
+            Err(err) if status_of(&err) == Some(404) => Ok(None),
+            // The range starts at or after the end of the object.
+            Err(err) if status_of(&err) == Some(416) => Ok(Some(Bytes::new())),
+            Err(err) => Err(self.error("GetObject", key, err)),
+        }
+    }
+
     async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created> {
         let (md5, _) = content_md5(&body).await;
         let request = self
