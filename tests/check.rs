@@ -122,7 +122,7 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
                 vec![pkg0.clone()],
             ),
             ("alldist", false, true, &DIST_DIRS[..], vec![pkg0.clone()]),
-            ("tarballonly", true, false, &[][..], vec![]),
+            ("nopkglink", true, false, &DIST_DIRS[..], vec![pkg0.clone()]),
             ("dangling", true, true, &DIST_DIRS[..], vec![stock("ghost")]),
             ("stockdone", true, true, &DIST_DIRS[..], vec![pkg0.clone()]),
         ];
@@ -138,7 +138,8 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
                     deps,
                 },
             ));
-            if name != "stockdone" {
+            // Revisions with a tarball are published: never leftovers.
+            if !tarball {
                 leftovers.insert(stock(name).tarball_name(), keys);
             }
         }
@@ -206,12 +207,27 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
         let reasons = |name: &str| -> String {
             revisions[&stock(name).tarball_name()]["reasons"].to_string()
         };
+        // Published is final: a tarball without its package link is a
+        // published revision to complete, and a dist link to a dependency
+        // that is gone (an age-based clean-up) is only a warning.
+        assert_eq!(
+            state(&stock("nopkglink").tarball_name()),
+            "published-incomplete"
+        );
+        assert!(reasons("nopkglink").contains("tarball without package link"));
+        let dangling = &revisions[&stock("dangling").tarball_name()];
+        assert_eq!(dangling["state"], "complete", "{kind}: {dangling}");
+        assert!(
+            dangling["warnings"]
+                .to_string()
+                .contains("dist link to a missing tarball")
+                && dangling["warnings"].to_string().contains("ghost-v1-1"),
+            "{kind}: {dangling}"
+        );
         for (name, needle) in [
             ("linkonly", "package link without tarball"),
             ("somedist", "dist link missing in dist-runtime"),
             ("alldist", "package link without tarball"),
-            ("tarballonly", "tarball without package link"),
-            ("dangling", "dist link to a missing tarball"),
             ("badbody", "is not a link to this revision's store tarball"),
         ] {
             let r = &revisions[&stock(name).tarball_name()];
@@ -224,7 +240,6 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
                 reasons(name)
             );
         }
-        assert!(reasons("dangling").contains("ghost-v1-1"), "{kind}");
         assert!(!reasons("alldist").contains("dist link missing"), "{kind}");
         assert_eq!(
             revisions.len(),
@@ -232,7 +247,10 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
             "{kind}: {}",
             report["revisions"]
         );
-        assert_eq!(report["summary"]["partial"], 6);
+        assert_eq!(report["summary"]["partial"], 4);
+        assert_eq!(report["summary"]["published_incomplete"], 1);
+        // dangling's ghost, and pkg3's dist link to pkg2, killed unpublished.
+        assert_eq!(report["summary"]["warnings"], 2);
         let journals: BTreeSet<String> = report["journals"]
             .as_array()
             .unwrap()
@@ -349,9 +367,16 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
         let done = json(&out);
         let deleted: BTreeSet<String> = strings(&done["deleted"]).into_iter().collect();
         assert_eq!(deleted, expected, "{kind}");
+        let restored = stock("nopkglink").package_link();
+        assert_eq!(
+            strings(&done["restored"]),
+            std::slice::from_ref(&restored.key),
+            "{kind}"
+        );
         let after = rt.block_on(store.snapshot());
         let mut left = before.clone();
         left.retain(|k, _| !expected.contains(k));
+        left.insert(restored.key.clone(), restored.body.clone().into_bytes());
         assert_eq!(after, left, "{kind}");
         for key in &foreign {
             assert_eq!(
@@ -469,5 +494,131 @@ fn bad_input_is_refused_clearly_and_an_empty_store_is_clean() {
         assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
         let clean = alitx(&args(&["check", "--remote-store", &store.spec()]));
         assert_exit(&clean, 0);
+    }
+}
+
+#[test]
+fn a_published_revision_whose_dependency_was_cleaned_up_is_kept_and_only_unpublish_removes_it() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        // pkg1 depends on pkg0; an age-based clean-up removes pkg0 whole.
+        let wd = WorkDir::chain(2, 0);
+        for i in 0..2 {
+            assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
+        }
+        let pkg0 = wd.pkgs[0].revision();
+        rt.block_on(async {
+            let backend = store.open().await;
+            for key in wd.expected([0]).keys() {
+                backend.delete(key).await.unwrap();
+            }
+        });
+        let published = rt.block_on(store.snapshot());
+        assert!(published.contains_key(&wd.pkgs[1].revision().store_key()));
+
+        let out = alitx(&check_args(&store, &[]));
+        assert_exit(&out, 0);
+        let report = json(&out);
+        let pkg1 = &by_tarball(&report)[&wd.pkgs[1].revision().tarball_name()];
+        assert_eq!(pkg1["state"], "complete", "{kind}: {pkg1}");
+        assert!(
+            pkg1["warnings"].to_string().contains(&pkg0.tarball_name()),
+            "{kind}: {pkg1}"
+        );
+        let out = alitx(&repair_args(&store, &["--min-age", "0"]));
+        assert_exit(&out, 0);
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            published,
+            "{kind}: repair deleted part of a published revision"
+        );
+
+        // --unpublish needs all three names, lists every key in a dry run,
+        // then removes exactly that revision, tarball and record included.
+        let out = alitx(&args(&[
+            "repair",
+            "--remote-store",
+            &store.spec(),
+            "--package",
+            "pkg1",
+            "--unpublish",
+        ]));
+        assert_exit(&out, 2);
+        let pkg1_rev = wd.pkgs[1].revision();
+        let unpublish = |extra: &[&str]| {
+            let mut all = repair_args(
+                &store,
+                &[
+                    "--package",
+                    "pkg1",
+                    "--version",
+                    &pkg1_rev.version,
+                    "--revision",
+                    &pkg1_rev.revision,
+                    "--unpublish",
+                ],
+            );
+            all.extend(args(extra));
+            alitx(&all)
+        };
+        let dry = unpublish(&["--dry-run"]);
+        assert_exit(&dry, 0);
+        let would: BTreeSet<String> = strings(&json(&dry)["would_delete"]).into_iter().collect();
+        let mut expected: BTreeSet<String> = wd.expected([1]).into_keys().collect();
+        expected.insert(alitx::record::key_of(&pkg1_rev));
+        assert_eq!(would, expected, "{kind}");
+        assert_eq!(rt.block_on(store.snapshot()), published, "{kind}: dry run");
+        let first = strings(&json(&dry)["would_delete"])[0].clone();
+        assert_eq!(
+            first,
+            pkg1_rev.store_key(),
+            "{kind}: the tarball goes first"
+        );
+        assert_exit(&unpublish(&[]), 0);
+        assert!(
+            rt.block_on(store.snapshot())
+                .keys()
+                .all(|k| !expected.contains(k)),
+            "{kind}"
+        );
+        let again = unpublish(&[]);
+        assert_exit(&again, 1);
+        assert!(stderr(&again).contains("nothing to unpublish"), "{kind}");
+    }
+}
+
+#[test]
+fn repair_of_one_package_leaves_the_staged_upload_of_a_package_with_a_longer_name_alone() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        // `Python` and `Python-modules`: the second's killed upload is
+        // abandoned, its staged upload stale.
+        let wd = WorkDir::named(&["Python", "Python-modules"]);
+        let mut staged = wd.upload_args(1, &store);
+        write_tarball(&wd.tarball_path(1), &wd.pkgs[1].revision(), 12 << 20);
+        staged.extend(["--part-size".into(), "5".into()]);
+        alitx_killed_at(&staged, "after-links");
+        rt.block_on(fake_live_owner(&store, &wd.pkgs[1].revision()));
+        assert_eq!(rt.block_on(store.pending_uploads()), 1);
+        let out = alitx(&repair_args(
+            &store,
+            &[
+                "--package",
+                "Python",
+                "--min-age",
+                "0",
+                "--stale-uploads-after",
+                "0",
+            ],
+        ));
+        let report = json(&out);
+        assert_eq!(
+            report["aborted_uploads"].as_array().map(Vec::len),
+            Some(0),
+            "{kind}: {report}"
+        );
+        assert_eq!(rt.block_on(store.pending_uploads()), 1, "{kind}");
     }
 }

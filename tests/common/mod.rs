@@ -201,6 +201,28 @@ impl WorkDir {
                 deps: (0..i).collect(),
             })
             .collect();
+        Self::with(pkgs, payload)
+    }
+
+    /// Independent packages with these names, version `v1`, revision 1.
+    pub fn named(names: &[&str]) -> WorkDir {
+        let pkgs = names
+            .iter()
+            .map(|name| Pkg {
+                name: name.to_string(),
+                version: "v1".into(),
+                revision: "1".into(),
+                hash: hash_of(name),
+                deps: Vec::new(),
+            })
+            .collect();
+        Self::with(pkgs, 0)
+    }
+
+    /// A work dir holding `pkgs`, the last one's tarball `payload` bytes
+    /// larger.
+    fn with(pkgs: Vec<Pkg>, payload: u64) -> WorkDir {
+        let n = pkgs.len();
         let wd = WorkDir {
             dir: tempfile::tempdir().unwrap(),
             pkgs,
