@@ -10,10 +10,12 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use alitx::journal::{Journal, DEFAULT_PREFIX};
 use alitx::layout::DIST_DIRS;
+use aws_sdk_s3::error::SdkError;
 use common::proxy::{Counts, Fault, Faults, Match, Proxy, Rule};
 use common::*;
 
@@ -383,28 +385,27 @@ fn lost_answer_of_the_single_put_of_a_small_tarball() {
     lost_answer(&wd, Match::method("PUT").path_ends_with(&tarball));
 }
 
-#[test]
-fn lost_answer_of_the_multipart_completion() {
+/// A multipart tarball whose POST (`query`: which one) to its store key
+/// loses its answer.
+fn lost_answer_of_a_multipart_post(query: &str) {
     let wd = one_package(12 << 20);
     let tarball = wd.pkgs[0].revision().store_key();
     lost_answer(
         &wd,
         Match::method("POST")
             .path_ends_with(&tarball)
-            .query_contains("uploadId="),
+            .query_contains(query),
     );
 }
 
 #[test]
+fn lost_answer_of_the_multipart_completion() {
+    lost_answer_of_a_multipart_post("uploadId=");
+}
+
+#[test]
 fn lost_answer_of_create_multipart_upload_leaves_no_second_staged_upload() {
-    let wd = one_package(12 << 20);
-    let tarball = wd.pkgs[0].revision().store_key();
-    lost_answer(
-        &wd,
-        Match::method("POST")
-            .path_ends_with(&tarball)
-            .query_contains("uploads"),
-    );
+    lost_answer_of_a_multipart_post("uploads");
 }
 
 /// An S3 client through `proxy` that gives up after `timeout`, at once.
@@ -424,9 +425,24 @@ async fn impatient_client(proxy: &Proxy, timeout: Duration) -> aws_sdk_s3::Clien
     aws_sdk_s3::Client::from_conf(config)
 }
 
+/// Assert that a request sent at `started` ended by the client's own
+/// timeout (`patience`), not by any answer.
+#[track_caller]
+fn assert_client_gave_up<T: Debug, E: Debug, R: Debug>(
+    outcome: Result<T, SdkError<E, R>>,
+    started: Instant,
+    patience: Duration,
+) {
+    let waited = started.elapsed();
+    assert!(
+        matches!(outcome, Err(SdkError::TimeoutError(_))),
+        "{outcome:?}"
+    );
+    assert!(waited >= patience && waited < patience * 5, "{waited:?}");
+}
+
 #[test]
 fn a_stalled_or_silent_server_holds_the_request_until_the_client_gives_up() {
-    use aws_sdk_s3::error::SdkError;
     let rt = runtime();
     let store = rt.block_on(TestStore::new("s3"));
     let TestStore::S3 { bucket, .. } = &store else {
@@ -452,9 +468,7 @@ fn a_stalled_or_silent_server_holds_the_request_until_the_client_gives_up() {
             .send()
             .await
     });
-    let waited = started.elapsed();
-    assert!(matches!(put, Err(SdkError::TimeoutError(_))), "{put:?}");
-    assert!(waited >= patience && waited < patience * 5, "{waited:?}");
+    assert_client_gave_up(put, started, patience);
     assert_eq!(proxy.counts().stalled, 1, "{}", proxy_report(&proxy));
     assert_eq!(rt.block_on(store.keys()), Vec::<String>::new());
 
@@ -469,8 +483,6 @@ fn a_stalled_or_silent_server_holds_the_request_until_the_client_gives_up() {
             .send()
             .await
     });
-    let waited = started.elapsed();
-    assert!(matches!(head, Err(SdkError::TimeoutError(_))), "{head:?}");
-    assert!(waited >= patience && waited < patience * 5, "{waited:?}");
+    assert_client_gave_up(head, started, patience);
     assert_eq!(proxy.counts().never_answered, 1, "{}", proxy_report(&proxy));
 }
