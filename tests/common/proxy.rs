@@ -722,7 +722,7 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
             }
         };
         shared.injected(number, &request, fault);
-        match inject(&shared, client, &request, fault).await {
+        match inject(&shared, client, &request, number, fault).await {
             Some(kept) => client = kept,
             None => return,
         }
@@ -827,6 +827,7 @@ async fn inject(
     shared: &Shared,
     mut client: Conn,
     request: &RequestHead,
+    number: u64,
     fault: Fault,
 ) -> Option<Conn> {
     match fault {
@@ -880,7 +881,9 @@ async fn inject(
                 Err(failure) => Err(failure),
             };
             match answered {
-                Ok((status, _)) => shared.note(format!("  the lost answer was HTTP {status}")),
+                Ok((status, _)) => {
+                    shared.note(format!("#{number}: the lost answer was HTTP {status}"))
+                }
                 Err(Failure::Proxy(what)) => shared.proxy_error(what),
                 Err(Failure::Client) => {}
             }
