@@ -152,6 +152,15 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Staged uploads under `prefix` that were never completed or aborted.
     async fn list_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>>;
+
+    /// Refuse, before anything is staged, if the store cannot take an
+    /// object of `bytes` bytes (the tarball's size: each backend adds what
+    /// staging and completing it need beyond that), with an error giving
+    /// what is needed, what is available, and where. S3 has no such
+    /// figure: always `Ok`.
+    async fn ensure_space(&self, _bytes: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Open the store named on the command line: `b3://BUCKET`, `s3://BUCKET`

@@ -1,18 +1,46 @@
 //! The local-directory backend: the same protocol on a filesystem, laid out
 //! exactly as aliBuild lays out `sw/TARS`, so that stock aliBuild can use
-//! the directory as `--remote-store /that/path`.
+//! the directory as `--remote-store /that/path`. Everything alitx keeps
+//! besides the objects lives under `.alitx-store/`, outside the key space.
 //!
-//! Objects appear by atomic `link`/`rename` from a temporary file in the same
-//! filesystem; put-if-absent is `link(2)`, which fails if the name exists.
-//! Links are real relative symlinks. User metadata lives beside the store in
-//! `.alitx-store/meta/<key>@<inode>.json`: keyed by the object's inode, so a
-//! foreign object later written at the same key never inherits it.
-//! Staged uploads are directories of part files under `.alitx-store/uploads/`.
+//! - **Objects** are prepared under a temporary name and published by
+//!   `link(2)` (put-if-absent: it fails if the name exists) or, for journal
+//!   rewrites only, `rename(2)`; links are real relative symlinks.
+//! - **Durability**: file data is fsynced before it is published, and the
+//!   parent directory is fsynced after every `link`, `rename`, `unlink` and
+//!   `mkdir` that publishes or retires something (objects, deletes, part
+//!   files, sidecars, upload records, completed or aborted uploads). Only
+//!   the removal of a temporary name and of a stale sidecar is not: after a
+//!   power loss such a name may come back, and is harmless (see below).
+//! - **Metadata** lives in a sidecar `.alitx-store/meta/<key>@<inode>.json`
+//!   that records the object's [`Identity`]: inode number, file handle
+//!   (inode generation), birth time, nanosecond mtime and size. ext4 reuses
+//!   a freed inode number at once, so a sidecar whose identity differs from
+//!   the inode now at the key is stale: that object is foreign and has no
+//!   metadata. `delete` and replacing puts remove the stale sidecar.
+//! - **Staged uploads** are part files in `.alitx-store/uploads/<id>/`.
+//!   Completion assembles them into a file in that same directory (so a
+//!   killed completion's full-size copy belongs to the staged upload, and
+//!   aborting or completing it again frees it), links it to the key
+//!   put-if-absent, and only then drops the parts. If the key is taken by
+//!   another object the parts stay and completion fails with a conflict;
+//!   if it holds this very upload's object (same metadata, same size), a
+//!   retried completion, completion succeeds. Completing needs free space
+//!   for a second copy of the object: see [`Store::ensure_space`].
+//! - **Temporary names** are `.alitx-store/tmp/<key>.<12 hex>.tmp`. One left
+//!   by a killed writer, once untouched for [`TEMP_IDLE_LIMIT`], is listed
+//!   by `list_uploads` as a staged upload of its key with the id
+//!   `tmp-<12 hex>` (so `check` reports it and `repair` aborts it), and
+//!   `abort_upload` of that id removes it.
+
+mod durable;
+mod identity;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{symlink, MetadataExt};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,18 +51,36 @@ use super::{
     Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Store, UploadedPart,
 };
 use crate::error::{Error, Result};
+use crate::failpoint::failpoint;
 use crate::layout::Link;
+use durable::{create_in, free_space, fsync_dir, make_dir, prune_empty_dirs, Temp};
+use identity::Identity;
 
 /// Internal state of the backend, outside the key space.
 const INTERNAL_DIR: &str = ".alitx-store";
+
+/// How long a temporary name must sit untouched before `list_uploads`
+/// reports it: every write renews its mtime, and publishing one takes
+/// milliseconds, so only a dead (or frozen) writer's temporary gets there.
+pub const TEMP_IDLE_LIMIT: Duration = Duration::from_secs(600);
+
+/// Upload ids `list_uploads` gives to leftover temporary names.
+const TEMP_UPLOAD_PREFIX: &str = "tmp-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Beyond twice the object, for the journal, sidecars and links.
+const SPACE_SLACK: u64 = 1 << 20;
 
 #[derive(Debug)]
 pub struct LocalStore {
     root: PathBuf,
 }
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize)]
 struct Sidecar {
+    /// The inode this metadata belongs to; any other inode at the key is
+    /// a foreign object.
+    identity: Identity,
     metadata: Metadata,
     website_redirect: Option<String>,
 }
@@ -74,50 +120,92 @@ impl LocalStore {
         self.internal("meta").join(format!("{key}@{ino}.json"))
     }
 
-    /// A fresh temporary path on the store's filesystem.
-    fn temp_path(&self) -> Result<PathBuf> {
-        let dir = self.internal("tmp");
-        create_dir_all(&dir)?;
-        Ok(dir.join(crate::random_hex(12)))
+    /// `.alitx-store/tmp/<key>.<hex>.tmp`, for a temporary of `key`.
+    fn temp_path(&self, key: &str, hex: &str) -> PathBuf {
+        self.internal("tmp")
+            .join(format!("{key}.{hex}{TEMP_SUFFIX}"))
     }
 
-    fn write_sidecar(&self, key: &str, ino: u64, sidecar: &Sidecar) -> Result<()> {
-        let path = self.sidecar_path(key, ino);
-        create_dir_all(path.parent().expect("sidecar has a parent"))?;
+    /// A new temporary file of `key` holding `bytes`, fsynced.
+    fn write_temp(&self, key: &str, bytes: &[u8]) -> Result<Temp> {
+        let path = self.temp_path(key, &crate::random_hex(6));
+        Temp::write(path.clone(), &self.internal("tmp"), bytes)
+            .map_err(|e| Error::io(path.display(), e))
+    }
+
+    /// Replace `dest` (internal state of `key`) with `bytes`, atomically
+    /// and durably.
+    fn write_atomically(&self, key: &str, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let temp = self.write_temp(key, bytes)?;
+        create_in(dest, || fs::rename(&temp.path, dest))
+            .and_then(|()| fsync_dir(parent(dest)))
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e))
+    }
+
+    fn write_sidecar(&self, key: &str, sidecar: &Sidecar) -> Result<()> {
+        let path = self.sidecar_path(key, sidecar.identity.ino);
         let json = serde_json::to_vec(sidecar).expect("sidecar serialises");
-        write_durably(&path, &json)
+        self.write_atomically(key, &path, &json)
     }
 
-    fn read_sidecar(&self, key: &str, ino: u64) -> Option<Sidecar> {
-        let bytes = fs::read(self.sidecar_path(key, ino)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    /// The metadata of the object at `key` whose inode is `identity`: none
+    /// if its sidecar is missing, unreadable, or describes another inode
+    /// that once had the same number (a foreign object).
+    fn read_sidecar(&self, key: &str, identity: &Identity) -> Option<Sidecar> {
+        let bytes = fs::read(self.sidecar_path(key, identity.ino)).ok()?;
+        serde_json::from_slice::<Sidecar>(&bytes)
+            .ok()
+            .filter(|s| s.identity == *identity)
     }
 
-    /// Put the prepared temporary object `temp` at `key`: exclusively with
-    /// `link`, or replacing with `rename`.
-    fn place(&self, temp: &Path, key: &str, sidecar: Sidecar, exclusive: bool) -> Result<Created> {
+    fn remove_sidecar(&self, key: &str, ino: u64) {
+        let path = self.sidecar_path(key, ino);
+        let _ = fs::remove_file(&path);
+        prune_empty_dirs(&path, &self.internal("meta"));
+    }
+
+    /// Publish the prepared temporary `temp` at `key` with its metadata:
+    /// exclusively with `link`, or replacing with `rename`. The sidecar is
+    /// durable before the object appears; the temporary name is gone after.
+    fn place(
+        &self,
+        temp: Temp,
+        key: &str,
+        metadata: Metadata,
+        website_redirect: Option<String>,
+        exclusive: bool,
+    ) -> Result<Created> {
         let dest = self.path_of(key)?;
-        create_dir_all(dest.parent().expect("keys have a parent"))?;
-        let ino = lstat(temp)?.ino();
-        self.write_sidecar(key, ino, &sidecar)?;
-        let previous = fs::symlink_metadata(&dest).ok().map(|m| m.ino());
+        let (_, identity) =
+            Identity::of(&temp.path).map_err(|e| Error::io(temp.path.display(), e))?;
+        let ino = identity.ino;
+        self.write_sidecar(
+            key,
+            &Sidecar {
+                identity,
+                metadata,
+                website_redirect,
+            },
+        )?;
+        failpoint(&format!("local-placing {key}"));
+        let previous = fs::symlink_metadata(&dest).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        });
         let placed = if exclusive {
-            let linked = fs::hard_link(temp, &dest);
-            let _ = fs::remove_file(temp);
-            linked
+            create_in(&dest, || fs::hard_link(&temp.path, &dest))
         } else {
-            fs::rename(temp, &dest)
+            create_in(&dest, || fs::rename(&temp.path, &dest))
         };
-        match placed {
+        match placed.and_then(|()| fsync_dir(parent(&dest))) {
             Ok(()) => {
-                if let Some(old) = previous.filter(|old| *old != ino) {
-                    let _ = fs::remove_file(self.sidecar_path(key, old));
+                if let Some(old) = previous.filter(|old| !exclusive && *old != ino) {
+                    self.remove_sidecar(key, old);
                 }
                 Ok(Created::Yes)
             }
             Err(e) => {
-                let _ = fs::remove_file(self.sidecar_path(key, ino));
-                let _ = fs::remove_file(temp);
+                self.remove_sidecar(key, ino);
                 if exclusive && e.kind() == io::ErrorKind::AlreadyExists {
                     Ok(Created::AlreadyExists)
                 } else {
@@ -135,13 +223,8 @@ impl LocalStore {
         exclusive: bool,
     ) -> Result<Created> {
         self.path_of(key)?;
-        let temp = self.temp_path()?;
-        write_durably(&temp, body)?;
-        let sidecar = Sidecar {
-            metadata: metadata.clone(),
-            website_redirect: None,
-        };
-        self.place(&temp, key, sidecar, exclusive)
+        let temp = self.write_temp(key, body)?;
+        self.place(temp, key, metadata.clone(), None, exclusive)
     }
 
     fn upload_dir(&self, upload_id: &str) -> Result<PathBuf> {
@@ -171,15 +254,62 @@ impl LocalStore {
         Ok((dir, record))
     }
 
-    /// Remove now-empty directories from `path`'s parent up to the root.
-    fn prune_empty_parents(&self, path: &Path) {
-        let mut dir = path.parent();
-        while let Some(d) = dir {
-            if d == self.root || fs::remove_dir(d).is_err() {
-                break;
-            }
-            dir = d.parent();
+    /// Remove a staged upload's directory, durably; a missing one is fine.
+    fn remove_upload(&self, dir: &Path) -> Result<()> {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("removing {}", dir.display()), e)),
         }
+        fsync_dir(parent(dir)).map_err(|e| Error::io(parent(dir).display(), e))
+    }
+
+    /// Whether `key` holds the object that completing the upload `record`
+    /// from `parts` makes: its metadata (which names the transaction) and
+    /// its size. A retried or concurrent completion of the same upload
+    /// finds it so.
+    async fn holds_upload(
+        &self,
+        key: &str,
+        record: &UploadRecord,
+        parts: &[UploadedPart],
+    ) -> Result<bool> {
+        let size: u64 = parts.iter().map(|p| p.size).sum();
+        Ok(self.head(key).await?.is_some_and(|info| {
+            !record.metadata.is_empty() && info.metadata == record.metadata && info.size == size
+        }))
+    }
+
+    fn taken(&self, key: &str, upload_id: &str) -> Error {
+        Error::conflict(format!(
+            "{key} already exists in the {} and is not the object of staged upload {upload_id}; \
+             the staged upload is kept",
+            self.describe()
+        ))
+    }
+
+    /// Concatenate `parts` into a new file in the upload's directory.
+    fn assemble(&self, dir: &Path, upload_id: &str, parts: &[UploadedPart]) -> Result<Temp> {
+        let path = dir.join(format!("assembling.{}{TEMP_SUFFIX}", crate::random_hex(6)));
+        let mut out = File::create_new(&path).map_err(|e| {
+            Error::store(format!(
+                "staged upload {upload_id} is gone ({e}): completed or aborted meanwhile"
+            ))
+        })?;
+        let temp = Temp::adopt(path, dir);
+        for part in parts {
+            let mut input = File::open(dir.join(part_file_name(part))).map_err(|e| {
+                Error::store(format!(
+                    "part {} of upload {upload_id} is not staged: {e}",
+                    part.number
+                ))
+            })?;
+            io::copy(&mut input, &mut out).map_err(|e| Error::io(temp.path.display(), e))?;
+            failpoint("local-assembling");
+        }
+        out.sync_all()
+            .map_err(|e| Error::io(temp.path.display(), e))?;
+        Ok(temp)
     }
 
     /// Every object under `dir` (key `rel`) whose key starts with `prefix`.
@@ -227,6 +357,33 @@ impl LocalStore {
         }
         Ok(found)
     }
+
+    /// Temporary names of keys under `prefix` untouched for
+    /// [`TEMP_IDLE_LIMIT`]: left by a writer that died.
+    fn leftover_temps(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
+        let mut temps = Vec::new();
+        self.walk(&self.internal("tmp"), "", prefix, &mut temps)?;
+        let idle_since = crate::now_secs() - TEMP_IDLE_LIMIT.as_secs() as i64;
+        Ok(temps
+            .into_iter()
+            .filter_map(|temp| {
+                let (key, hex) = temp.key.strip_suffix(TEMP_SUFFIX)?.rsplit_once('.')?;
+                let modified = temp.last_modified?;
+                (key.starts_with(prefix) && is_hex(hex) && modified <= idle_since).then(|| {
+                    PendingUpload {
+                        key: key.to_string(),
+                        upload_id: format!("{TEMP_UPLOAD_PREFIX}{hex}"),
+                        initiated: Some(modified),
+                    }
+                })
+            })
+            .collect())
+    }
+
+    /// The free space needed to stage and complete an object of `bytes`.
+    fn space_needed(bytes: u64) -> u64 {
+        bytes.saturating_mul(2).saturating_add(SPACE_SLACK)
+    }
 }
 
 #[async_trait]
@@ -250,22 +407,54 @@ impl Store for LocalStore {
                 self.root.display()
             )));
         }
-        create_dir_all(&self.internal("tmp"))
+        let tmp = self.internal("tmp");
+        make_dir(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))
+    }
+
+    /// Staging an object of `bytes` into a local store writes its parts and
+    /// then, on completion, an assembled copy of the same size before the
+    /// parts are dropped: this needs twice `bytes` free (plus 1 MiB for the
+    /// journal, sidecars and links). Parts already staged by an earlier,
+    /// interrupted attempt are counted again: the figure errs on the safe
+    /// side.
+    async fn ensure_space(&self, bytes: u64) -> Result<()> {
+        // The nearest existing directory: the store may not exist yet.
+        let mut probe = self.root.as_path();
+        while !probe.exists() {
+            probe = probe.parent().unwrap_or(Path::new("/"));
+        }
+        let available = free_space(probe)
+            .map_err(|e| Error::io(format!("free space of {}", probe.display()), e))?;
+        let needed = Self::space_needed(bytes);
+        if available < needed {
+            return Err(Error::store(format!(
+                "not enough free space in the {}: staging {bytes} bytes needs {needed} bytes \
+                 ({} MiB: the parts, the copy assembled on completion, 1 MiB of metadata), \
+                 only {available} bytes ({} MiB) are available",
+                self.describe(),
+                needed >> 20,
+                available >> 20
+            )));
+        }
+        Ok(())
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
         let path = self.path_of(key)?;
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_dir() => meta,
-            Ok(_) => return Ok(None),
+        let (meta, identity) = match Identity::of(&path) {
+            Ok((meta, _)) if meta.is_dir() => return Ok(None),
+            Ok(found) => found,
             Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(Error::io(path.display(), e)),
         };
-        let sidecar = self.read_sidecar(key, meta.ino()).unwrap_or_default();
+        let (metadata, website_redirect) = self
+            .read_sidecar(key, &identity)
+            .map(|s| (s.metadata, s.website_redirect))
+            .unwrap_or_default();
         Ok(Some(ObjectInfo {
             size: size_of(&meta, &path)?,
-            metadata: sidecar.metadata,
-            website_redirect: sidecar.website_redirect,
+            metadata,
+            website_redirect,
         }))
     }
 
@@ -316,19 +505,26 @@ impl Store for LocalStore {
 
     async fn put_link_if_absent(&self, link: &Link, metadata: &Metadata) -> Result<Created> {
         self.path_of(&link.key)?;
-        let temp = self.temp_path()?;
-        symlink(&link.symlink_target, &temp).map_err(|e| Error::io(temp.display(), e))?;
-        let sidecar = Sidecar {
-            metadata: metadata.clone(),
-            website_redirect: link.redirect.clone(),
-        };
-        self.place(&temp, &link.key, sidecar, true)
+        let path = self.temp_path(&link.key, &crate::random_hex(6));
+        create_in(&path, || symlink(&link.symlink_target, &path))
+            .map_err(|e| Error::io(path.display(), e))?;
+        let temp = Temp::adopt(path, &self.internal("tmp"));
+        self.place(
+            temp,
+            &link.key,
+            metadata.clone(),
+            link.redirect.clone(),
+            true,
+        )
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path_of(key)?;
         let ino = match fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_dir() => meta.ino(),
+            Ok(meta) if !meta.is_dir() => {
+                use std::os::unix::fs::MetadataExt;
+                meta.ino()
+            }
             Ok(_) => return Ok(()),
             Err(e) if is_missing(&e) => return Ok(()),
             Err(e) => return Err(Error::io(path.display(), e)),
@@ -338,10 +534,10 @@ impl Store for LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io(format!("deleting {}", path.display()), e)),
         }
-        let sidecar = self.sidecar_path(key, ino);
-        let _ = fs::remove_file(&sidecar);
-        self.prune_empty_parents(&sidecar);
-        self.prune_empty_parents(&path);
+        fsync_dir(parent(&path)).map_err(|e| Error::io(parent(&path).display(), e))?;
+        // Ours, or stale (the object was foreign): either way it goes.
+        self.remove_sidecar(key, ino);
+        prune_empty_dirs(&path, &self.root);
         Ok(())
     }
 
@@ -386,16 +582,13 @@ impl Store for LocalStore {
         self.path_of(key)?;
         let upload_id = crate::random_hex(16);
         let dir = self.upload_dir(&upload_id)?;
-        create_dir_all(&dir)?;
         let record = UploadRecord {
             key: key.to_string(),
             metadata: metadata.clone(),
             initiated: crate::now_secs(),
         };
-        write_durably(
-            &dir.join("upload.json"),
-            &serde_json::to_vec(&record).expect("record serialises"),
-        )?;
+        let json = serde_json::to_vec(&record).expect("record serialises");
+        self.write_atomically(key, &dir.join("upload.json"), &json)?;
         Ok(upload_id)
     }
 
@@ -408,8 +601,9 @@ impl Store for LocalStore {
     ) -> Result<UploadedPart> {
         let (dir, _) = self.upload_record(key, upload_id)?;
         let md5 = hex::encode(Md5::digest(&data));
-        let temp = dir.join(format!("{number:05}.tmp"));
-        write_durably(&temp, &data)?;
+        let temp_path = dir.join(format!("{number:05}.{}{TEMP_SUFFIX}", crate::random_hex(6)));
+        let temp = Temp::write(temp_path, &dir, &data)
+            .map_err(|e| Error::io(format!("staging part {number} in {}", dir.display()), e))?;
         for old in part_files(&dir)?.into_iter().filter(|p| p.number == number) {
             let _ = fs::remove_file(dir.join(part_file_name(&old)));
         }
@@ -418,8 +612,9 @@ impl Store for LocalStore {
             size: data.len() as u64,
             md5,
         };
-        fs::rename(&temp, dir.join(part_file_name(&part)))
-            .map_err(|e| Error::io(temp.display(), e))?;
+        fs::rename(&temp.path, dir.join(part_file_name(&part)))
+            .and_then(|()| fsync_dir(&dir))
+            .map_err(|e| Error::io(temp.path.display(), e))?;
         Ok(part)
     }
 
@@ -431,6 +626,8 @@ impl Store for LocalStore {
         part_files(&dir).map(Some)
     }
 
+    /// Put-if-absent: see the module documentation for a key that is
+    /// already taken, by this upload's object or another.
     async fn complete_upload(
         &self,
         key: &str,
@@ -438,45 +635,42 @@ impl Store for LocalStore {
         parts: &[UploadedPart],
     ) -> Result<()> {
         let (dir, record) = self.upload_record(key, upload_id)?;
-        let temp = self.temp_path()?;
-        let mut out = File::create(&temp).map_err(|e| Error::io(temp.display(), e))?;
-        for part in parts {
-            let path = dir.join(part_file_name(part));
-            let mut input = File::open(&path).map_err(|e| {
-                Error::store(format!(
-                    "part {} of upload {upload_id} is not staged: {e}",
-                    part.number
-                ))
-            })?;
-            io::copy(&mut input, &mut out).map_err(|e| Error::io(temp.display(), e))?;
+        if self.head(key).await?.is_some() {
+            if self.holds_upload(key, &record, parts).await? {
+                return self.remove_upload(&dir);
+            }
+            return Err(self.taken(key, upload_id));
         }
-        out.sync_all().map_err(|e| Error::io(temp.display(), e))?;
-        drop(out);
-        let sidecar = Sidecar {
-            metadata: record.metadata,
-            website_redirect: None,
-        };
-        self.place(&temp, key, sidecar, false)?;
-        fs::remove_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))
+        let assembled = self.assemble(&dir, upload_id, parts)?;
+        let created = self.place(assembled, key, record.metadata.clone(), None, true)?;
+        if created == Created::AlreadyExists && !self.holds_upload(key, &record, parts).await? {
+            return Err(self.taken(key, upload_id));
+        }
+        self.remove_upload(&dir)
     }
 
-    async fn abort_upload(&self, _key: &str, upload_id: &str) -> Result<()> {
-        match fs::remove_dir_all(self.upload_dir(upload_id)?) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("aborting upload {upload_id}"), e)),
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        if let Some(hex) = upload_id.strip_prefix(TEMP_UPLOAD_PREFIX) {
+            self.path_of(key)?;
+            if !is_hex(hex) {
+                return Err(Error::store(format!("invalid upload id {upload_id:?}")));
+            }
+            drop(Temp::adopt(self.temp_path(key, hex), &self.internal("tmp")));
+            return Ok(());
         }
+        self.remove_upload(&self.upload_dir(upload_id)?)
+            .map_err(|e| e.context(format!("aborting upload {upload_id}")))
     }
 
     async fn list_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
         let dir = self.internal("uploads");
         let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Ok(entries) => entries.flatten().collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io(dir.display(), e)),
         };
-        let mut uploads = Vec::new();
-        for entry in entries.flatten() {
+        let mut uploads = self.leftover_temps(prefix)?;
+        for entry in entries {
             let Ok(bytes) = fs::read(entry.path().join("upload.json")) else {
                 continue;
             };
@@ -525,6 +719,14 @@ fn part_files(dir: &Path) -> Result<Vec<UploadedPart>> {
     Ok(parts)
 }
 
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().expect("store paths have a parent")
+}
+
 /// A symlink's body as S3 readers see it: the target without leading `../`.
 fn link_body(path: &Path) -> Result<String> {
     let target = fs::read_link(path).map_err(|e| Error::io(path.display(), e))?;
@@ -538,7 +740,8 @@ fn link_body(path: &Path) -> Result<String> {
 /// A listed object's size and modification time, and for a link the MD5 of
 /// its body (a plain file would have to be read for it).
 fn object_meta(key: String, path: &Path) -> Result<ObjectMeta> {
-    let meta = lstat(path)?;
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path.display(), e))?;
     let body = meta
         .file_type()
         .is_symlink()
@@ -569,19 +772,4 @@ fn is_missing(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
     )
-}
-
-fn lstat(path: &Path) -> Result<fs::Metadata> {
-    fs::symlink_metadata(path).map_err(|e| Error::io(path.display(), e))
-}
-
-fn create_dir_all(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
-}
-
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = File::create(path).map_err(|e| Error::io(path.display(), e))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| Error::io(path.display(), e))
 }
