@@ -216,6 +216,8 @@ pub async fn upload(
         return Err(taken_error(revision));
     }
     let whole = whole?;
+    // A full local disk is refused now, with both figures, not half-way.
+    store.ensure_space(local.tarball.size).await?;
 
     // Intent: the journal is the first write; a concurrent writer of the
     // same revision collides here.

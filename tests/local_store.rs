@@ -606,3 +606,82 @@ fn a_full_disk_fails_cleanly_and_abort_and_delete_still_free_space() {
         assert_eq!(store.list("").await.unwrap(), Vec::<String>::new());
     });
 }
+
+/// `upload` arguments for package `i` of `wd` into the store at `path`.
+fn upload_into(wd: &WorkDir, i: usize, path: &Path) -> Vec<String> {
+    let mut all = wd.upload_args(
+        i,
+        &TestStore::Local {
+            dir: tempfile::tempdir().unwrap(),
+        },
+    );
+    let at = all.iter().position(|a| a == "--remote-store").unwrap();
+    all[at + 1] = path.display().to_string();
+    all.extend(args(&["--part-size", "5"]));
+    all
+}
+
+#[test]
+fn on_a_full_disk_upload_is_refused_early_and_a_killed_upload_can_still_be_rolled_back() {
+    let Some(disk) = SmallDisk::mount() else {
+        return;
+    };
+    let store = disk.path().join("store");
+    fs::create_dir(&store).unwrap();
+
+    // Larger than the disk: refused before anything is written, with both
+    // figures.
+    let big = WorkDir::chain(1, 24 << 20);
+    let out = alitx(&upload_into(&big, 0, &store));
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("not enough free space"), "{err}");
+    assert!(err.contains("needs") && err.contains("bytes"), "{err}");
+    assert_eq!(
+        fs::read_dir(&store)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != ".alitx-store")
+            .count(),
+        0,
+        "nothing written"
+    );
+
+    // An upload killed with its parts staged, then the disk fills up:
+    // rollback must still undo it (it frees the staged parts when the
+    // journal rewrite finds no space).
+    let wd = WorkDir::chain(1, 7 << 20);
+    alitx_killed_at(&upload_into(&wd, 0, &store), "after-bulk");
+    let filler = disk.fill();
+    let id = alitx::journal::Journal::id_of(&wd.pkgs[0].revision());
+    let out = alitx(&args(&[
+        "rollback",
+        "--remote-store",
+        &store.display().to_string(),
+        &id,
+    ]));
+    assert_exit(&out, 0);
+    let left: Vec<String> = walk_keys(&store);
+    assert!(left.is_empty(), "left after rollback: {left:?}");
+    fs::remove_file(filler).unwrap();
+}
+
+/// Every object key under a local store (`.alitx-store/` excluded).
+fn walk_keys(root: &Path) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == ".alitx-store") {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                keys.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    keys
+}
