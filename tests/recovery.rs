@@ -263,10 +263,19 @@ fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
             "{kind}: only {held} bytes were staged before the kill"
         );
 
+        let resumed = std::time::Instant::now();
         let out = alitx(&resume_args(&store, &wd, &["--json"]));
+        let took = resumed.elapsed().as_secs_f64();
         assert_exit(&out, 0);
         let outcomes = json(&out);
         assert_eq!(outcomes[0]["action"], "rolled-forward");
+        // The roll forward's own duration (it read and sent megabytes),
+        // within the whole command's.
+        let duration = outcomes[0]["report"]["duration_seconds"].as_f64().unwrap();
+        assert!(
+            (0.05..=took).contains(&duration),
+            "{kind}: reported {duration} s of a {took} s resume"
+        );
         let sent = outcomes[0]["report"]["bytes_sent"].as_u64().unwrap();
         let missing = total - held;
         eprintln!("{kind}: tarball {total} B, staged before kill {held} B, resume sent {sent} B (missing {missing} B)");
