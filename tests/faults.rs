@@ -486,3 +486,52 @@ fn a_stalled_or_silent_server_holds_the_request_until_the_client_gives_up() {
     assert_client_gave_up(head, started, patience);
     assert_eq!(proxy.counts().never_answered, 1, "{}", proxy_report(&proxy));
 }
+
+/// Ambiguous is not absent: a resume whose ListParts keeps failing (503)
+/// fails with the journal and its staged upload kept, and creates no
+/// second staged upload; a later fault-free resume reuses every part.
+#[test]
+fn a_failing_list_parts_keeps_the_staged_upload_instead_of_starting_another() {
+    let rt = runtime();
+    let store = rt.block_on(TestStore::new("s3"));
+    let wd = one_package(24 << 20);
+    let mut direct = wd.upload_args(0, &store);
+    direct.extend(args(&["--part-size", &PART_MIB.to_string()]));
+    alitx_killed_at(&direct, "after-bulk");
+    let staged_before = rt.block_on(staged_uploads(&store, ""));
+    assert_eq!(staged_before.len(), 1, "{staged_before:?}");
+
+    let proxy = Proxy::start(Faults::only(Rule::every(
+        Match::method("GET").query_contains("uploadId"),
+        Fault::SlowDown,
+    )));
+    let out = alitx(&args(&[
+        "resume",
+        "--remote-store",
+        &store.spec(),
+        "--work-dir",
+        &wd.path().display().to_string(),
+        "--endpoint-url",
+        &proxy.url(),
+    ]));
+    assert!(proxy.counts().slow_down > 0, "{}", proxy_report(&proxy));
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("ListParts"), "{}", stderr(&out));
+    assert_eq!(rt.block_on(staged_uploads(&store, "")), staged_before);
+    let journal = Journal::key_of(DEFAULT_PREFIX, &wd.pkgs[0].revision());
+    assert_eq!(rt.block_on(journals(&store)), [journal]);
+
+    let healed = alitx(&args(&[
+        "resume",
+        "--remote-store",
+        &store.spec(),
+        "--work-dir",
+        &wd.path().display().to_string(),
+        "--json",
+    ]));
+    assert_exit(&healed, 0);
+    let report = &json(&healed)[0]["report"];
+    assert_eq!(report["bytes_sent"], 0, "every part was reused: {report}");
+    assert_eq!(rt.block_on(store.snapshot()), wd.expected([0]));
+    assert!(rt.block_on(staged_uploads(&store, "")).is_empty());
+}

@@ -639,3 +639,80 @@ fn a_running_upload_renews_its_lease_and_resume_leaves_it_alone() {
         assert_clean(rt, &store, &wd, 0..1, kind);
     }
 }
+
+/// A running upload whose journal another process retires (as a rollback
+/// does) stops before its commit point, says so, and never brings the
+/// journal back; one whose journal is taken over (`resume --force`) stops
+/// too, and the new owner publishes the revision.
+#[test]
+fn an_upload_that_loses_its_journal_stops_before_publishing_and_never_recreates_it() {
+    let rt = runtime();
+    for kind in backends() {
+        for taken_over in [false, true] {
+            let what = format!("{kind}, taken over: {taken_over}");
+            let store = rt.block_on(TestStore::new(kind));
+            let wd = WorkDir::chain(1, 128 << 20);
+            let mut upload = wd.upload_args(0, &store);
+            upload.extend(args(&[
+                "--lease-seconds",
+                "3",
+                "--concurrency",
+                "1",
+                "--part-size",
+                "5",
+            ]));
+            let child = Command::new(env!("CARGO_BIN_EXE_alitx"))
+                .args(&upload)
+                .env("NO_COLOR", "1")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &wd.pkgs[0].revision());
+            let backend = rt.block_on(store.open());
+            while rt.block_on(backend.get(&key)).unwrap().is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let resume = if taken_over {
+                let force = resume_args(&store, &wd, &["--force", &journal_id(&wd, 0)]);
+                Some(std::thread::spawn(move || alitx(&force)))
+            } else {
+                rt.block_on(backend.delete(&key)).unwrap();
+                None
+            };
+            let out = child.wait_with_output().unwrap();
+            let err = stderr(&out);
+            // Taken over, it stops (4), or finds that its new owner already
+            // published the revision (0).
+            match (taken_over, out.status.code()) {
+                (true, Some(0)) => {
+                    let said = String::from_utf8_lossy(&out.stdout);
+                    assert!(said.contains("already published"), "{what}: {said}");
+                }
+                (true, _) => {
+                    assert_exit(&out, 4);
+                    assert!(err.contains("taken over"), "{what}: {err}");
+                }
+                (false, _) => {
+                    assert_exit(&out, 4);
+                    assert!(err.contains("retired"), "{what}: {err}");
+                }
+            }
+            if let Some(resume) = resume {
+                assert_exit(&resume.join().unwrap(), 0);
+                assert_clean(rt, &store, &wd, 0..1, &what);
+            } else {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                assert!(
+                    rt.block_on(backend.get(&key)).unwrap().is_none(),
+                    "{what}: the journal came back"
+                );
+                assert!(
+                    rt.block_on(backend.head(&wd.pkgs[0].revision().store_key()))
+                        .unwrap()
+                        .is_none(),
+                    "{what}: published without its journal"
+                );
+            }
+        }
+    }
+}
