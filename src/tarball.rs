@@ -77,8 +77,10 @@ pub fn scan(
     };
     let verified = verifier.finish();
     read_result?;
-    let entries =
-        verified.map_err(|e| e.context(format!("{} failed verification", path.display())))?;
+    let entries = verified.map_err(|e| {
+        e.context(format!("{} failed verification", path.display()))
+            .context_after("rebuild the package")
+    })?;
     Ok(Scanned {
         size,
         sha256: hex::encode(sha.finalize()),
@@ -234,7 +236,7 @@ impl EntryRules {
 
 fn broken(e: io::Error) -> Error {
     Error::verification(format!(
-        "not a complete gzip'd tar archive ({e}); the file may be truncated: rebuild the package"
+        "not a complete gzip'd tar archive ({e}); the file may be truncated"
     ))
 }
 

@@ -456,8 +456,6 @@ impl AsRef<[u8]> for Piece {
 
 /// What reading a tarball through the verifier found.
 struct TarballRead {
-    /// Bytes read; all of them unless verification stopped the read.
-    size: u64,
     /// `Some` when every byte was read.
     sha256: Option<String>,
     /// The gzip+tar verdict: entries, or why not.
@@ -629,10 +627,6 @@ impl Reader {
         self.bar.inc_length(size);
         let read = self.read_tarball(&source, size, &revision).await?;
         report.sha256 = read.sha256.clone();
-        match read.verdict {
-            Ok(entries) => report.entries = Some(entries),
-            Err(e) => report.reasons.push(format!("{source}: {}", e.message)),
-        }
         if let Some(record) = &record {
             if record.size != size {
                 report.reasons.push(format!(
@@ -648,7 +642,12 @@ impl Reader {
                 ));
             }
         }
-        debug_assert!(read.size <= size);
+        match read.verdict {
+            Ok(entries) => report.entries = Some(entries),
+            Err(e) => report
+                .reasons
+                .push(format!("the store tarball: {}", e.message)),
+        }
         self.check_links(
             &revision,
             &link_key,
@@ -776,7 +775,6 @@ impl Reader {
             return Err(e);
         }
         Ok(TarballRead {
-            size: read,
             sha256: (read == size).then(|| hex::encode(sha.finalize())),
             verdict,
         })

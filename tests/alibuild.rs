@@ -558,3 +558,129 @@ fn after_repair_a_stock_build_of_a_partial_revision_succeeds() {
         again.expected(0..PACKAGES.len())
     );
 }
+
+/// The helper checks each tarball aliBuild fetches against the record alitx
+/// left when it published it, before aliBuild unpacks it: on RGW (`b3://`)
+/// and from a local-directory store (read as `localhost:/path`, see
+/// above). Intact revisions are reused; one byte flipped (same size) or a
+/// truncated tarball is refused, the fetched file deleted, the build
+/// stopped with the commands that fix the store; a revision without a
+/// record (as stock aliBuild publishes it) passes.
+#[test]
+fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_on_rgw() {
+    fetches_are_checked_against_records("s3");
+}
+
+#[test]
+fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_locally() {
+    fetches_are_checked_against_records("local");
+}
+
+fn fetches_are_checked_against_records(backend: &str) {
+    let Some((python, recipes)) = setup(backend) else {
+        return;
+    };
+    let rt = runtime();
+    let store = match backend {
+        "local" => local_store_in_use(rt),
+        _ => rt.block_on(TestStore::new(backend)),
+    };
+    let writer = tempfile::tempdir().unwrap();
+    let rw = match backend {
+        "local" => format!("{}::rw", store.spec()),
+        _ => store.spec(),
+    };
+    assert_exit(
+        &run(&mut recipes.build(&python, true, writer.path(), &rw)),
+        0,
+    );
+    let writer = built_work_dir(writer);
+    assert_eq!(rt.block_on(store.records()).len(), PACKAGES.len());
+
+    let rsh = recipes.dir.path().join("local-rsh");
+    fs::write(&rsh, "#!/bin/sh\nshift\nexec sh -c \"$*\"\n").unwrap();
+    fs::set_permissions(&rsh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let read_spec = match backend {
+        "local" => format!("localhost:{}", store.spec()),
+        _ => store.spec().replace("::rw", ""),
+    };
+    // A build through the helper that only reads the store, in a fresh work dir.
+    let read = || {
+        let wd = tempfile::tempdir().unwrap();
+        let before = recipes.built();
+        let out = run(recipes
+            .build(&python, true, wd.path(), &read_spec)
+            .env("RSYNC_RSH", &rsh));
+        let built: Vec<String> = recipes.built()[before.len()..].to_vec();
+        (out, wd, built)
+    };
+    let (out, _, built) = read();
+    assert_exit(&out, 0);
+    assert!(built.is_empty(), "every package reused: {}", output(&out));
+
+    let tarball = |i: usize| writer.pkgs[i].revision().store_key();
+    let original = |i: usize| fs::read(writer.tarball_path(i)).unwrap();
+    let (zlibx, midx) = (1, 2);
+    let mut flipped = original(zlibx);
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    rt.block_on(store.put_foreign(&tarball(zlibx), &flipped));
+    let whole = original(midx);
+    rt.block_on(store.put_foreign(&tarball(midx), &whole[..whole.len() - 100]));
+    for (i, damage) in [
+        (zlibx, "its SHA-256 is"),
+        (midx, "bytes, its publication record"),
+    ] {
+        let (out, wd, built) = read();
+        assert_exit(&out, 1);
+        let log = output(&out);
+        let rev = writer.pkgs[i].revision();
+        let id = format!("{ARCH}/{}", rev.full_version());
+        assert!(
+            log.contains(&format!(
+                "the tarball of {id} fetched from {read_spec} does not match what was published"
+            )) && log.contains(damage),
+            "{backend}: {log}"
+        );
+        let names = format!(
+            "--remote-store {read_spec} --architecture {ARCH} --package {} --version {} --revision {}",
+            rev.package, rev.version, rev.revision
+        );
+        assert!(log.contains(&format!("`alitx verify {names}`")), "{log}");
+        assert!(
+            log.contains(&format!("`alitx repair {names} --unpublish`")),
+            "{log}"
+        );
+        assert!(
+            !wd.path().join(rev.store_key()).exists(),
+            "{backend}: the damaged tarball was deleted before unpacking"
+        );
+        assert!(
+            !wd.path()
+                .join(format!(
+                    "{ARCH}/{}/{}-{}",
+                    rev.package, rev.version, rev.revision
+                ))
+                .exists(),
+            "{backend}: nothing of it was unpacked"
+        );
+        assert!(
+            !built.contains(&rev.package),
+            "{backend}: the build stopped: {built:?}"
+        );
+        // Repaired by hand: the next run reaches the next damaged package.
+        rt.block_on(store.put_foreign(&tarball(i), &original(i)));
+    }
+
+    // Without a record (as stock aliBuild publishes), a revision passes.
+    rt.block_on(async {
+        let backend = store.open().await;
+        backend
+            .delete(&alitx::record::key_of(&writer.pkgs[midx].revision()))
+            .await
+            .unwrap();
+    });
+    let (out, _, built) = read();
+    assert_exit(&out, 0);
+    assert!(built.is_empty(), "{backend}: {}", output(&out));
+}

@@ -124,15 +124,31 @@ impl TestStore {
     }
 
     /// Every key readers can see (internal backend state excluded), with
-    /// its body.
+    /// its body; publication records (which hold times and transaction ids)
+    /// are left to [`TestStore::records`].
     pub async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
         let store = self.open().await;
         let mut all = BTreeMap::new();
         for key in store.list("").await.unwrap() {
+            if key.starts_with(alitx::record::PREFIX) {
+                continue;
+            }
             let body = store.get(&key).await.unwrap().unwrap();
             all.insert(key, body.to_vec());
         }
         all
+    }
+
+    /// The publication records in the store, by key, parsed.
+    pub async fn records(&self) -> BTreeMap<String, alitx::record::Record> {
+        let store = self.open().await;
+        let mut records = BTreeMap::new();
+        for key in store.list(alitx::record::PREFIX).await.unwrap() {
+            let body = store.get(&key).await.unwrap().unwrap();
+            let record = alitx::record::parse(&key, &body).unwrap();
+            records.insert(key, record);
+        }
+        records
     }
 
     /// Keys only, for short assertions.

@@ -1,0 +1,523 @@
+//! Publication records and `alitx verify` end to end, on the local-directory
+//! store and on Ceph RGW: every upload leaves a record that matches what it
+//! published; a tarball damaged in the store (one byte flipped, truncated,
+//! gone) is reported corrupt with exit code 6; a revision published without
+//! alitx has no record and passes; the record survives every crash point
+//! after publish; verify's memory stays bounded on a 1 GiB tarball.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use alitx::record::{self, Record};
+use alitx::tarball::sha256_of;
+use common::*;
+use serde_json::Value;
+
+const CORRUPT: i32 = 6;
+
+fn verify_args(store: &TestStore, extra: &[&str]) -> Vec<String> {
+    let mut all = args(&["verify", "--remote-store", &store.spec(), "--json"]);
+    all.extend(args(extra));
+    all
+}
+
+/// `alitx verify --json` with `extra` arguments: its exit code and, by
+/// revision id, its verdicts.
+fn verify(store: &TestStore, extra: &[&str]) -> (i32, BTreeMap<String, Value>, Value) {
+    let out = alitx(&verify_args(store, extra));
+    let report = json(&out);
+    let by_id = report["revisions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no revisions: {report}"))
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r.clone()))
+        .collect();
+    (out.status.code().unwrap(), by_id, report["summary"].clone())
+}
+
+fn id(wd: &WorkDir, i: usize) -> String {
+    let rev = wd.pkgs[i].revision();
+    format!("{ARCH}/{}", rev.full_version())
+}
+
+fn reasons(verdict: &Value) -> String {
+    verdict["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Replace the store tarball of package `i` with `bytes`, as a foreign tool
+/// (or a bad disk) would.
+fn overwrite_tarball(
+    rt: &tokio::runtime::Runtime,
+    store: &TestStore,
+    wd: &WorkDir,
+    i: usize,
+    bytes: &[u8],
+) {
+    let key = wd.pkgs[i].revision().store_key();
+    rt.block_on(store.put_foreign(&key, bytes));
+}
+
+fn upload_all(wd: &WorkDir, store: &TestStore) {
+    for i in 0..wd.pkgs.len() {
+        assert_exit(&alitx(&wd.upload_args(i, store)), 0);
+    }
+}
+
+/// The record of package `i`: what was published, by which transaction.
+fn assert_record_matches(
+    rt: &tokio::runtime::Runtime,
+    store: &TestStore,
+    wd: &WorkDir,
+    i: usize,
+    what: &str,
+) -> Record {
+    let rev = wd.pkgs[i].revision();
+    let records = rt.block_on(store.records());
+    let record = records
+        .get(&record::key_of(&rev))
+        .unwrap_or_else(|| panic!("{what}: no record of {}: {:?}", id(wd, i), records.keys()))
+        .clone();
+    assert_eq!(record.revision, rev, "{what}");
+    assert_eq!(record.key, rev.store_key(), "{what}");
+    let tarball = wd.tarball_path(i);
+    assert_eq!(
+        record.size,
+        std::fs::metadata(&tarball).unwrap().len(),
+        "{what}"
+    );
+    assert_eq!(record.sha256, sha256_of(&tarball).unwrap(), "{what}");
+    let links: Vec<String> = wd
+        .expected([i])
+        .into_keys()
+        .filter(|k| *k != rev.store_key())
+        .collect();
+    assert_eq!(
+        record.links,
+        record::LinksDigest::of(links.iter().map(String::as_str)),
+        "{what}: the digest of the revision's link keys"
+    );
+    let txn = rt.block_on(async {
+        let info = store
+            .open()
+            .await
+            .head(&rev.store_key())
+            .await
+            .unwrap()
+            .unwrap();
+        info.metadata.get("alitx-txn").cloned()
+    });
+    assert_eq!(
+        Some(&record.txn),
+        txn.as_ref(),
+        "{what}: the publishing transaction"
+    );
+    assert_eq!(
+        record.owner.tool,
+        format!("alitx {}", env!("CARGO_PKG_VERSION"))
+    );
+    let now = alitx::now_secs();
+    assert!(
+        (now - 600..=now + 60).contains(&record.published_at),
+        "{what}"
+    );
+    record
+}
+
+#[test]
+fn every_upload_leaves_a_record_and_verifies() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::sample();
+        upload_all(&wd, &store);
+        for i in 0..wd.pkgs.len() {
+            assert_record_matches(rt, &store, &wd, i, kind);
+        }
+        assert_eq!(
+            rt.block_on(store.records()).len(),
+            wd.pkgs.len(),
+            "{kind}: one record per revision"
+        );
+
+        let (code, verdicts, summary) = verify(&store, &[]);
+        assert_eq!(code, 0, "{kind}: {verdicts:?}");
+        assert_eq!(verdicts.len(), wd.pkgs.len());
+        for i in 0..wd.pkgs.len() {
+            let verdict = &verdicts[&id(&wd, i)];
+            assert_eq!(verdict["class"], "verified", "{kind}: {verdict}");
+            assert_eq!(
+                verdict["sha256"],
+                sha256_of(&wd.tarball_path(i)).unwrap().as_str()
+            );
+            assert_eq!(verdict["hash"], wd.pkgs[i].hash.as_str());
+        }
+        assert_eq!(summary["verified"], 4);
+        assert_eq!(summary["corrupt"], 0);
+
+        // Human output: the counts, nothing to report.
+        let out = alitx(&args(&["verify", "--remote-store", &store.spec()]));
+        assert_exit(&out, 0);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("4 revisions: 4 verified, 0 corrupt"),
+            "{kind}: {text}"
+        );
+        assert!(!text.contains("corrupt  "), "{kind}: {text}");
+
+        // Filters select exactly one revision; names that match nothing or
+        // are not names are clear errors.
+        let zlibx = &wd.pkgs[1];
+        let (code, one, _) = verify(
+            &store,
+            &[
+                "--architecture",
+                ARCH,
+                "--package",
+                &zlibx.name,
+                "--version",
+                &zlibx.version,
+                "--revision",
+                "1",
+            ],
+        );
+        assert_eq!(
+            (code, one.keys().collect::<Vec<_>>()),
+            (0, vec![&id(&wd, 1)]),
+            "{kind}"
+        );
+        for (flags, message) in [
+            (&["--package", "nosuchpkg"][..], "no revision in"),
+            (
+                &["--architecture", "other_arch"],
+                "unknown architecture \"other_arch\"",
+            ),
+            (&["--package", "../etc"], "invalid package"),
+        ] {
+            let out = alitx(&verify_args(&store, flags));
+            assert_exit(&out, 1);
+            assert!(
+                stderr(&out).contains(message),
+                "{kind} {flags:?}: {}",
+                stderr(&out)
+            );
+        }
+    }
+}
+
+#[test]
+fn flipped_truncated_and_missing_tarballs_are_corrupt() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(5, 100_000);
+        upload_all(&wd, &store);
+        let original = |i: usize| std::fs::read(wd.tarball_path(i)).unwrap();
+
+        let mut flipped = original(0);
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x01;
+        overwrite_tarball(rt, &store, &wd, 0, &flipped);
+        let whole = original(1);
+        overwrite_tarball(rt, &store, &wd, 1, &whole[..whole.len() * 3 / 4]);
+        rt.block_on(async {
+            let backend = store.open().await;
+            backend
+                .delete(&wd.pkgs[2].revision().store_key())
+                .await
+                .unwrap();
+            let rev = wd.pkgs[3].revision();
+            let own = rev.dist_link("dist-runtime", &rev.store_key()).unwrap();
+            backend.delete(&own.key).await.unwrap();
+        });
+
+        let (code, verdicts, summary) = verify(&store, &[]);
+        assert_eq!(code, CORRUPT, "{kind}: {verdicts:?}");
+        let corrupt = |i: usize, expected: &str| {
+            let verdict = &verdicts[&id(&wd, i)];
+            assert_eq!(verdict["class"], "corrupt", "{kind} {i}: {verdict}");
+            assert!(
+                reasons(verdict).contains(expected),
+                "{kind} {i}: {}",
+                reasons(verdict)
+            );
+        };
+        corrupt(0, "the store tarball's SHA-256 is");
+        assert_eq!(
+            verdicts[&id(&wd, 0)]["size"],
+            original(0).len(),
+            "same size"
+        );
+        corrupt(1, &format!("its publication record {}", whole.len()));
+        corrupt(1, "not a complete gzip'd tar archive");
+        corrupt(2, "its store tarball");
+        corrupt(2, "is missing");
+        corrupt(3, "its own dist-runtime link");
+        assert_eq!(verdicts[&id(&wd, 4)]["class"], "verified", "{kind}");
+        assert_eq!(
+            (summary["corrupt"].as_u64(), summary["verified"].as_u64()),
+            (Some(4), Some(1))
+        );
+
+        let out = alitx(&args(&["verify", "--remote-store", &store.spec()]));
+        assert_exit(&out, CORRUPT);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!(
+                "corrupt  {}  the store tarball's SHA-256 is",
+                id(&wd, 0)
+            )),
+            "{kind}: {text}"
+        );
+        assert!(
+            text.contains("--unpublish"),
+            "{kind}: says how to remove it: {text}"
+        );
+
+        // verify changed nothing.
+        let expected_sha = sha256_of(&wd.tarball_path(4)).unwrap();
+        assert_eq!(verdicts[&id(&wd, 4)]["sha256"], expected_sha.as_str());
+        let key = wd.pkgs[0].revision().store_key();
+        assert_eq!(rt.block_on(store.snapshot())[&key], flipped, "{kind}");
+    }
+}
+
+/// A revision published without alitx (as stock aliBuild does: tarball and
+/// links, no record) is "no-record", with its SHA-256; its structure is
+/// still checked. A record that cannot be trusted, or one whose revision
+/// lost its package link, makes its revision corrupt.
+#[test]
+fn stock_revisions_have_no_record_and_bad_records_are_corrupt() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(4, 0);
+        for (key, body) in wd.expected(0..2) {
+            rt.block_on(store.put_foreign(&key, &body));
+        }
+        // Package 2 by alitx, then its record replaced by garbage; package
+        // 3 by alitx, then its package link removed.
+        for i in 2..4 {
+            assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
+        }
+        rt.block_on(async {
+            let backend = store.open().await;
+            let key = record::key_of(&wd.pkgs[2].revision());
+            backend
+                .put(
+                    &key,
+                    "{\"format\": 1, \"sha256\": \"00\"}".into(),
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
+            backend
+                .delete(&wd.pkgs[3].revision().package_link().key)
+                .await
+                .unwrap();
+        });
+        let (code, verdicts, _) = verify(&store, &[]);
+        assert_eq!(code, CORRUPT, "{kind}: {verdicts:?}");
+        for i in 0..2 {
+            let verdict = &verdicts[&id(&wd, i)];
+            assert_eq!(verdict["class"], "no-record", "{kind}: {verdict}");
+            assert_eq!(
+                verdict["sha256"],
+                sha256_of(&wd.tarball_path(i)).unwrap().as_str()
+            );
+            assert_eq!(verdict["record"], Value::Null);
+        }
+        let bad = &verdicts[&id(&wd, 2)];
+        assert_eq!(bad["class"], "corrupt");
+        assert!(reasons(bad).contains("cannot be trusted"), "{kind}: {bad}");
+        let unlinked = &verdicts[&id(&wd, 3)];
+        assert_eq!(unlinked["class"], "corrupt");
+        assert!(
+            reasons(unlinked).contains("its package link"),
+            "{kind}: {unlinked}"
+        );
+        assert!(
+            reasons(unlinked).contains("is missing"),
+            "{kind}: {unlinked}"
+        );
+
+        // A stock revision whose tarball is truncated is corrupt too, and
+        // the stock revisions alone pass.
+        let (code, _, summary) = verify(&store, &["--package", &wd.pkgs[0].name]);
+        assert_eq!(
+            (code, summary["no_record"].as_u64()),
+            (0, Some(1)),
+            "{kind}"
+        );
+        let whole = std::fs::read(wd.tarball_path(0)).unwrap();
+        overwrite_tarball(rt, &store, &wd, 0, &whole[..whole.len() / 2]);
+        let (code, verdicts, _) = verify(&store, &["--package", &wd.pkgs[0].name]);
+        assert_eq!(code, CORRUPT, "{kind}");
+        let verdict = &verdicts[&id(&wd, 0)];
+        assert!(
+            reasons(verdict).contains("not a complete gzip'd tar"),
+            "{kind}: {verdict}"
+        );
+    }
+}
+
+/// A package link without tarball or record (an upload in flight, or the
+/// leftovers `check` reports) is not published: counted, not verified.
+#[test]
+fn unpublished_revisions_are_counted_not_verified() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(2, 0);
+        assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
+        let link = wd.pkgs[1].revision().package_link();
+        rt.block_on(store.put_foreign(&link.key, link.body.as_bytes()));
+        let (code, verdicts, summary) = verify(&store, &[]);
+        assert_eq!(code, 0, "{kind}");
+        assert_eq!(verdicts.keys().collect::<Vec<_>>(), [&id(&wd, 0)]);
+        assert_eq!(summary["not_published"], 1);
+    }
+}
+
+const FAILPOINTS_AFTER_PUBLISH: [&str; 3] = ["after-publish", "after-commit-mark", "after-record"];
+
+/// An upload killed at any point after its tarball is published leaves a
+/// record once it is healed, whichever way: `resume` with the work dir,
+/// `resume` without it (an operator elsewhere), or the job run again. For
+/// a multi-part tarball and one published by a single PUT.
+#[test]
+fn the_record_survives_every_crash_point_after_publish() {
+    let rt = runtime();
+    let mut failures = Vec::new();
+    for kind in backends() {
+        for payload in [12u64 << 20, 0] {
+            for point in FAILPOINTS_AFTER_PUBLISH {
+                for heal in ["resume", "resume-without-work-dir", "upload-again"] {
+                    let what = format!("{kind}, payload {payload}, killed {point}, {heal}");
+                    let store = rt.block_on(TestStore::new(kind));
+                    let wd = WorkDir::chain(1, payload);
+                    let mut upload = wd.upload_args(0, &store);
+                    upload.extend(args(&["--part-size", "5"]));
+                    alitx_killed_at(&upload, point);
+                    let mut resume = args(&["resume", "--remote-store", &store.spec()]);
+                    let out = match heal {
+                        "resume" => {
+                            resume.extend(args(&["--work-dir", &wd.path().display().to_string()]));
+                            alitx(&resume)
+                        }
+                        "resume-without-work-dir" => alitx(&resume),
+                        _ => alitx(&upload),
+                    };
+                    if let Err(why) = healed_with_record(rt, &store, &wd, &out) {
+                        failures.push(format!("{what}: {why}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases fail: {failures:#?}",
+        failures.len()
+    );
+}
+
+/// Whether the healing command succeeded, the revision is published exactly,
+/// and its record matches it and verifies; if not, why.
+fn healed_with_record(
+    rt: &tokio::runtime::Runtime,
+    store: &TestStore,
+    wd: &WorkDir,
+    healing: &std::process::Output,
+) -> Result<(), String> {
+    if healing.status.code() != Some(0) {
+        return Err(format!(
+            "healing exited {:?}: {}",
+            healing.status,
+            stderr(healing)
+        ));
+    }
+    let keys = rt.block_on(store.keys());
+    let expected: Vec<String> = wd.expected([0]).into_keys().collect();
+    if keys != expected {
+        return Err(format!("the store holds {keys:?}"));
+    }
+    let rev = wd.pkgs[0].revision();
+    let records = rt.block_on(store.records());
+    let Some(record) = records.get(&record::key_of(&rev)) else {
+        return Err("no record".into());
+    };
+    if record.sha256 != sha256_of(&wd.tarball_path(0)).unwrap() {
+        return Err(format!("the record says SHA-256 {}", record.sha256));
+    }
+    let (code, verdicts, _) = verify(store, &[]);
+    if code != 0 {
+        return Err(format!("verify exited {code}: {verdicts:?}"));
+    }
+    Ok(())
+}
+
+/// Run alitx; its exit code, stdout, and its own peak RSS in MiB.
+fn alitx_measured(args: &[String]) -> (i32, String, i64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_alitx"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+        text
+    });
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointers; the pid is our own unwaited child.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t);
+    let code = std::process::ExitStatus::from_raw(status)
+        .code()
+        .unwrap_or(-1);
+    (code, reader.join().unwrap(), usage.ru_maxrss / 1024)
+}
+
+const RSS_LIMIT_MIB: i64 = 200;
+
+#[test]
+fn verify_memory_stays_bounded_on_a_one_gib_tarball() {
+    let rt = runtime();
+    let wd = WorkDir::chain(1, 1 << 30);
+    let size = std::fs::metadata(wd.tarball_path(0)).unwrap().len();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
+        let started = Instant::now();
+        let (code, stdout, peak) = alitx_measured(&verify_args(&store, &[]));
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(code, 0, "{kind}: {stdout}");
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["revisions"][0]["class"], "verified", "{kind}");
+        assert_eq!(report["summary"]["bytes_read"], size);
+        eprintln!("{kind}: verified {size} B in {seconds:.1}s, peak RSS {peak} MiB");
+        assert!(peak < RSS_LIMIT_MIB, "{kind}: peak RSS {peak} MiB");
+        // Free the gateway's in-memory OSD for the next test.
+        rt.block_on(async {
+            store
+                .open()
+                .await
+                .delete(&wd.pkgs[0].revision().store_key())
+                .await
+                .unwrap();
+        });
+    }
+}
