@@ -354,6 +354,17 @@ async fn drive(
         Ok(report) => return Ok(report),
         Err(err) => err,
     };
+    // Failing because another owner took over (its completion removed our
+    // staged upload, say) is losing the journal, whatever the request said.
+    let err = match handle.confirm().await {
+        Err(lost)
+            if lost.kind == ErrorKind::LostOwnership && err.kind != ErrorKind::LostOwnership =>
+        {
+            debug!("{err}");
+            lost
+        }
+        _ => err,
+    };
     // What the store holds now decides what the error leaves behind.
     let now = match store.head(&journal.tarball.key).await {
         Ok(now) => now,
