@@ -8,6 +8,7 @@
 
 mod local;
 mod s3;
+mod s3_http;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -156,6 +157,17 @@ pub async fn open(spec: &str, endpoint: Option<&str>) -> Result<Arc<dyn Store>> 
             Ok(Arc::new(S3Store::connect(config).await?))
         }
         StoreSpec::Local { root } => Ok(Arc::new(LocalStore::new(root.into()))),
+    }
+}
+
+/// How `spec` reads in messages, with the S3 endpoint it resolves to,
+/// without opening it.
+pub fn describe(spec: &str, endpoint: Option<&str>) -> String {
+    match parse_spec(spec) {
+        Ok(StoreSpec::S3 { bucket }) => S3Config::from_env(bucket, endpoint)
+            .map(|config| config.describe())
+            .unwrap_or_else(|_| spec.to_string()),
+        _ => spec.to_string(),
     }
 }
 
