@@ -137,6 +137,34 @@ pub(super) enum Command {
     },
 }
 
+impl Command {
+    /// The output flags, for commands that have them.
+    pub(super) fn output(&self) -> Option<&OutputArgs> {
+        match self {
+            Command::Completions { .. } => None,
+            Command::Upload(a) => Some(&a.output),
+            Command::Journals { output, .. }
+            | Command::Resume { output, .. }
+            | Command::Rollback { output, .. }
+            | Command::Check { output, .. }
+            | Command::Repair { output, .. } => Some(output),
+        }
+    }
+
+    /// The store flags, for commands that talk to a store.
+    pub(super) fn store(&self) -> Option<&StoreArgs> {
+        match self {
+            Command::Completions { .. } => None,
+            Command::Upload(a) => Some(&a.store),
+            Command::Journals { store, .. }
+            | Command::Resume { store, .. }
+            | Command::Rollback { store, .. }
+            | Command::Check { store, .. }
+            | Command::Repair { store, .. } => Some(store),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub(super) struct ScanArgs {
     /// Only this architecture (default: every TARS/<arch>/ in the store).
@@ -208,6 +236,13 @@ pub(super) struct StoreArgs {
     /// Seconds an uploader's lease lasts without renewal.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub(super) lease_seconds: u64,
+    /// Stop with exit 1 when the command has not finished after this long
+    /// (e.g. 90s, 10m, 2h; 0: no limit). An upload stopped so keeps its
+    /// journal: the same upload, or `resume`, finishes it. Each S3 request
+    /// also has its own limits: 10 s to connect, an attempt that sends
+    /// nothing and receives nothing for 20 s ends, 4 attempts.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub(super) timeout: Duration,
 }
 
 #[derive(Args, Debug)]
