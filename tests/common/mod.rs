@@ -8,6 +8,8 @@
 //! says so explicitly.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
