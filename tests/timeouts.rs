@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use common::proxy::{Fault, Faults, Match, Proxy, Rule};
 use common::*;
 
 /// Credentials for a server that never checks them.
@@ -182,4 +183,72 @@ fn an_answer_that_cannot_be_parsed_is_reported_with_its_cause() {
         "{err}"
     );
     assert!(err.contains("error parsing XML"), "no cause: {err}");
+}
+
+#[test]
+fn an_upload_whose_server_stalls_ends_within_two_minutes_and_resume_finishes_it() {
+    for kind in backends().into_iter().filter(|kind| *kind == "s3") {
+        let rt = runtime();
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(1, 12 << 20);
+        // The server takes the journal, the links and the staged upload's
+        // creation, then stops answering once each part is 1 MiB in.
+        let proxy = Proxy::start(Faults::only(Rule::every(
+            Match::method("PUT").query_contains("partNumber="),
+            Fault::Stall {
+                after_body_bytes: 1 << 20,
+            },
+        )));
+        let mut upload = with_endpoint(wd.upload_args(0, &store), &proxy.url());
+        upload.extend(args(&["--part-size", "5", "-v"]));
+        let started = Instant::now();
+        let out = alitx(&upload);
+        let took = started.elapsed();
+        let err = stderr(&out);
+        assert_exit(&out, 1);
+        assert!(took < Duration::from_secs(120), "took {took:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the S3 endpoint {} did not answer UploadPart",
+                proxy.url()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("retrying S3 UploadPart"), "{err}");
+        assert!(err.contains("`alitx resume`"), "{err}");
+        assert!(proxy.counts().stalled >= 4, "{:?}", proxy.counts());
+
+        // Its journal stays; nothing is published yet.
+        let journal = wd.pkgs[0].revision();
+        let listed = alitx(&args(&[
+            "journals",
+            "--remote-store",
+            &store.spec(),
+            "--json",
+        ]));
+        assert_exit(&listed, 0);
+        let listed = json(&listed);
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+        assert_eq!(listed[0]["state"], "pending");
+        assert_eq!(listed[0]["package"], journal.package.as_str());
+        let tarball = journal.store_key();
+        assert!(!rt.block_on(store.keys()).contains(&tarball));
+
+        // Straight to the server, resume finishes it exactly.
+        let resumed = alitx(&args(&[
+            "resume",
+            "--remote-store",
+            &store.spec(),
+            "--work-dir",
+            &wd.path().display().to_string(),
+        ]));
+        assert_exit(&resumed, 0);
+        // Exactly the revision: its journal retired, nothing else.
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            wd.expected([0]),
+            "the store after resume"
+        );
+        assert_eq!(rt.block_on(store.pending_uploads()), 0);
+    }
 }
