@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::check;
 use crate::error::{Error, Result};
 use crate::journal::DEFAULT_PREFIX;
-use crate::storage;
+use crate::storage::{self, LocalRoot};
 use crate::txn::Options;
 
 const AFTER_HELP: &str = "\
@@ -312,7 +312,15 @@ impl StoreArgs {
         })
     }
 
-    pub(super) async fn open(&self) -> Result<std::sync::Arc<dyn storage::Store>> {
+    /// Open the store; a local one must exist, except for `upload`
+    /// (`LocalRoot::MayCreate`), which says when it started a new one.
+    pub(super) async fn open(
+        &self,
+        local_root: LocalRoot,
+    ) -> Result<std::sync::Arc<dyn storage::Store>> {
+        if let Some(created) = storage::prepare_local_root(&self.remote_store, local_root)? {
+            eprintln!("alitx: started a new local store in {}", created.display());
+        }
         storage::open(&self.remote_store, self.endpoint_url.as_deref()).await
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{exit, Error, Result};
 use crate::layout::Revision;
 use crate::recovery::{self, Selection};
 use crate::repair;
-use crate::storage;
+use crate::storage::{self, LocalRoot};
 use crate::txn::{self, Options};
 use crate::workdir;
 
@@ -99,8 +99,11 @@ async fn run(command: Command) -> Result<i32> {
         }
         Command::Journals { store, output } => {
             let options = store.options()?;
-            let entries =
-                recovery::list_journals(&*store.open().await?, &options.journal_prefix).await?;
+            let entries = recovery::list_journals(
+                &*store.open(LocalRoot::MustExist).await?,
+                &options.journal_prefix,
+            )
+            .await?;
             print_journals(&entries, output.json);
             Ok(exit::OK)
         }
@@ -119,7 +122,7 @@ async fn run(command: Command) -> Result<i32> {
                 force,
             };
             let outcomes = recovery::resume(
-                store.open().await?,
+                store.open(LocalRoot::MustExist).await?,
                 &options,
                 work_dir.as_deref(),
                 &selection,
@@ -143,7 +146,12 @@ async fn run(command: Command) -> Result<i32> {
                 architecture: None,
                 force,
             };
-            let outcomes = recovery::rollback(store.open().await?, &options, &selection).await?;
+            let outcomes = recovery::rollback(
+                store.open(LocalRoot::MustExist).await?,
+                &options,
+                &selection,
+            )
+            .await?;
             Ok(report_outcomes(
                 &outcomes,
                 output.json,
@@ -157,7 +165,7 @@ async fn run(command: Command) -> Result<i32> {
         } => {
             let options = store.options()?;
             let report = check::scan(
-                &*store.open().await?,
+                &*store.open(LocalRoot::MustExist).await?,
                 &scan.options(&options.journal_prefix),
             )
             .await?;
@@ -179,7 +187,7 @@ async fn run(command: Command) -> Result<i32> {
             output,
         } => {
             let options = store.options()?;
-            let backend = store.open().await?;
+            let backend = store.open(LocalRoot::MustExist).await?;
             let found = check::scan(&*backend, &scan.options(&options.journal_prefix)).await?;
             let report =
                 repair::repair(backend, found, &options, dry_run, scan.concurrency as usize)
@@ -216,7 +224,7 @@ async fn upload(args: UploadArgs) -> Result<i32> {
         progress: !args.output.json && std::io::stderr().is_terminal(),
         ..args.store.options()?
     };
-    let store = args.store.open().await?;
+    let store = args.store.open(LocalRoot::MayCreate).await?;
     let report = txn::upload(store, local, &options).await?;
     if args.output.json {
         print_json(&report);
