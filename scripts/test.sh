@@ -3,23 +3,62 @@
 # tests against the local-directory store and a real Ceph RADOS Gateway that
 # this script starts (installing Ceph from Debian's packages if needed).
 # aliBuild (PyPI `alibuild`) goes into .venv for tests/alibuild.rs.
-# Extra arguments go to `cargo test` (e.g. a test name filter).
-# KEEP_RGW=1 leaves the gateway running afterwards.
-set -euo pipefail
+#
+# Usage: scripts/test.sh [CARGO TEST ARGUMENTS]
+#   Arguments go to `cargo test --release --no-fail-fast`. Without a target
+#   selection it runs every unit and integration test (--lib --bins --tests);
+#   `--test upload` runs only tests/upload.rs, a trailing name filters tests
+#   (`scripts/test.sh --test check -- partial`).
+# Environment: KEEP_RGW=1 leaves the gateway running afterwards (the next run
+#   reuses it; `scripts/rgw.sh stop` ends it).
+#
+# Every step runs even when an earlier one failed. The last line is always
+# `tests: N passed, N failed`; the exit status is 0 only when every step
+# (fmt, clippy, setup, build, every test) succeeded.
+set -uo pipefail
 cd "$(dirname "$0")/.."
+
+log=$(mktemp "${TMPDIR:-/tmp}/alitx-test.XXXXXX")
+failed=()
+rgw_started=0
+
+finish() {
+  local status=$?
+  # A setup step that stopped the script (set -e below) is a failure too.
+  [ "$status" -ne 0 ] && [ ${#failed[@]} -eq 0 ] && failed+=("setup (exit $status)")
+  if [ "$rgw_started" = 1 ] && [ "${KEEP_RGW:-0}" != 1 ]; then
+    scripts/rgw.sh stop || failed+=("stopping the gateway")
+  fi
+  # One closing line for the whole suite, summed over every test binary.
+  local counts
+  counts=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$log")
+  rm -f "$log"
+  echo
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "failed: ${failed[*]}"
+  fi
+  echo "tests: $counts"
+  [ ${#failed[@]} -eq 0 ] || exit 1
+  exit 0
+}
+trap finish EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Setup: stop at the first failure (the closing line still comes).
+set -e
 step "toolchain components"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+set +e
 
 step "cargo fmt --check"
-cargo fmt --check
+cargo fmt --check || failed+=("fmt")
 
 step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --all-targets --quiet -- -D warnings || failed+=("clippy")
 
+set -e
 step "aliBuild for the end-to-end tests (.venv, from PyPI; rsync for its local stores)"
 command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync; }
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -28,16 +67,23 @@ command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rs
 export ALITX_ALIBUILD_PYTHON="$PWD/.venv/bin/python"
 
 step "starting Ceph RGW (scripts/rgw.sh)"
+rgw_started=1
 scripts/rgw.sh start
-if [ "${KEEP_RGW:-0}" != 1 ]; then
-  trap 'scripts/rgw.sh stop' EXIT
-fi
 eval "$(scripts/rgw.sh env)"
 unset ALITX_SKIP_S3
+set +e
+
+# Which targets: the caller's selection if any, else every unit and
+# integration test.
+targets=(--lib --bins --tests)
+for arg in "$@"; do
+  [ "$arg" = -- ] && break
+  case $arg in
+  --lib | --bins | --bin | --bin=* | --tests | --test | --test=* | --examples | --example | \
+    --example=* | --benches | --bench | --bench=* | --all-targets | --doc) targets=() ;;
+  esac
+done
 
 step "cargo test --release (local store and RGW at $AWS_ENDPOINT_URL)"
-log=$(mktemp)
-cargo test --release --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$log"
-# One closing line for the whole suite, summed over every test binary.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
-rm -f "$log"
+cargo test --release --no-fail-fast ${targets[@]+"${targets[@]}"} "$@" 2>&1 | tee "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || failed+=("cargo test")

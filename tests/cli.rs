@@ -39,3 +39,83 @@ fn completions_cover_every_command_and_flag_in_bash_zsh_and_fish() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_local_store_that_does_not_exist_is_an_error_naming_it() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("stroe");
+    let spec = missing.display().to_string();
+    for command in [
+        args(&["check", "--remote-store", &spec]),
+        args(&["journals", "--remote-store", &spec]),
+        args(&["resume", "--remote-store", &spec]),
+        args(&["rollback", "--remote-store", &spec, "slc9_x86-64/zlib-v1-1"]),
+        args(&["repair", "--remote-store", &spec]),
+        args(&[
+            "repair",
+            "--remote-store",
+            &format!("file://{spec}"),
+            "--dry-run",
+        ]),
+    ] {
+        let out = alitx(&command);
+        assert_exit(&out, 1);
+        assert!(
+            stderr(&out).contains(&format!(
+                "the local store {spec} does not exist: check --remote-store"
+            )),
+            "{command:?}: {}",
+            stderr(&out)
+        );
+        assert!(!missing.exists(), "{command:?} created {spec}");
+    }
+}
+
+#[test]
+fn upload_starts_a_new_local_store_only_in_an_existing_directory() {
+    let wd = WorkDir::chain(1, 0);
+    let parent = tempfile::tempdir().unwrap();
+    let upload_to = |store: &std::path::Path| {
+        let mut upload = wd.upload_args(0, &runtime().block_on(TestStore::new("local")));
+        let at = upload.iter().position(|a| a == "--remote-store").unwrap();
+        upload[at + 1] = store.display().to_string();
+        alitx(&upload)
+    };
+
+    let deep = parent.path().join("no-such-dir/store");
+    let out = upload_to(&deep);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains(&format!(
+            "the local store {} does not exist, nor does {}",
+            deep.display(),
+            parent.path().join("no-such-dir").display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!parent.path().join("no-such-dir").exists());
+
+    let new = parent.path().join("store");
+    let out = upload_to(&new);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains(&format!("started a new local store in {}", new.display())),
+        "{}",
+        stderr(&out)
+    );
+    let tarball = new.join(wd.pkgs[0].revision().store_key());
+    assert_eq!(
+        std::fs::read(tarball).unwrap(),
+        std::fs::read(wd.tarball_path(0)).unwrap()
+    );
+
+    // The second upload finds the store: nothing to say about it.
+    let out = upload_to(&new);
+    assert_exit(&out, 0);
+    assert!(
+        !stderr(&out).contains("new local store"),
+        "{}",
+        stderr(&out)
+    );
+}

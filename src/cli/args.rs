@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::check;
 use crate::error::{Error, Result};
 use crate::journal::DEFAULT_PREFIX;
-use crate::storage;
+use crate::storage::{self, LocalRoot};
 use crate::txn::Options;
 use crate::verify;
 
@@ -167,6 +167,36 @@ pub(super) enum Command {
     },
 }
 
+impl Command {
+    /// The output flags, for commands that have them.
+    pub(super) fn output(&self) -> Option<&OutputArgs> {
+        match self {
+            Command::Completions { .. } => None,
+            Command::Upload(a) => Some(&a.output),
+            Command::Journals { output, .. }
+            | Command::Resume { output, .. }
+            | Command::Rollback { output, .. }
+            | Command::Check { output, .. }
+            | Command::Repair { output, .. } => Some(output),
+            Command::Verify(a) => Some(&a.output),
+        }
+    }
+
+    /// The store flags, for commands that talk to a store.
+    pub(super) fn store(&self) -> Option<&StoreArgs> {
+        match self {
+            Command::Completions { .. } => None,
+            Command::Upload(a) => Some(&a.store),
+            Command::Journals { store, .. }
+            | Command::Resume { store, .. }
+            | Command::Rollback { store, .. }
+            | Command::Check { store, .. }
+            | Command::Repair { store, .. } => Some(store),
+            Command::Verify(a) => Some(&a.store),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub(super) struct ScanArgs {
     /// Only this architecture (default: every TARS/<arch>/ in the store).
@@ -238,6 +268,13 @@ pub(super) struct StoreArgs {
     /// Seconds an uploader's lease lasts without renewal.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub(super) lease_seconds: u64,
+    /// Stop with exit 1 when the command has not finished after this long
+    /// (e.g. 90s, 10m, 2h; 0: no limit). An upload stopped so keeps its
+    /// journal: the same upload, or `resume`, finishes it. Each S3 request
+    /// also has its own limits: 10 s to connect, an attempt that sends
+    /// nothing and receives nothing for 20 s ends, 4 attempts.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub(super) timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -345,7 +382,15 @@ impl StoreArgs {
         })
     }
 
-    pub(super) async fn open(&self) -> Result<std::sync::Arc<dyn storage::Store>> {
+    /// Open the store; a local one must exist, except for `upload`
+    /// (`LocalRoot::MayCreate`), which says when it started a new one.
+    pub(super) async fn open(
+        &self,
+        local_root: LocalRoot,
+    ) -> Result<std::sync::Arc<dyn storage::Store>> {
+        if let Some(created) = storage::prepare_local_root(&self.remote_store, local_root)? {
+            eprintln!("alitx: started a new local store in {}", created.display());
+        }
         storage::open(&self.remote_store, self.endpoint_url.as_deref()).await
     }
 }

@@ -11,10 +11,11 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::check;
-use crate::error::{exit, Result};
+use crate::error::{exit, Error, Result};
 use crate::layout::Revision;
 use crate::recovery::{self, Selection};
 use crate::repair;
+use crate::storage::{self, LocalRoot};
 use crate::txn::{self, Options};
 use crate::workdir;
 
@@ -27,23 +28,14 @@ use output::{
 /// Parse the command line, run the command, and return the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let output = match &cli.command {
-        Command::Completions { .. } => None,
-        Command::Upload(a) => Some(&a.output),
-        Command::Journals { output, .. }
-        | Command::Resume { output, .. }
-        | Command::Rollback { output, .. }
-        | Command::Check { output, .. }
-        | Command::Repair { output, .. } => Some(output),
-        Command::Verify(a) => Some(&a.output),
-    };
+    let output = cli.command.output();
     init_logging(output.map_or(0, |o| o.verbose));
     let json = output.is_some_and(|o| o.json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("starting the async runtime");
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run_within_timeout(cli.command)) {
         Ok(code) => code,
         Err(err) => {
             if json {
@@ -59,14 +51,38 @@ pub fn main() -> i32 {
     }
 }
 
+/// Run the command, stopping it when its `--timeout` passes.
+async fn run_within_timeout(command: Command) -> Result<i32> {
+    let limit = command.store().filter(|s| !s.timeout.is_zero()).map(|s| {
+        let store = storage::describe(&s.remote_store, s.endpoint_url.as_deref());
+        (s.timeout, store)
+    });
+    let Some((limit, store)) = limit else {
+        return run(command).await;
+    };
+    tokio::time::timeout(limit, run(command))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::store(format!(
+                "stopped after --timeout {}s: the command on {store} had not finished; \
+                 an upload stopped here keeps its journal (the same upload, or `alitx resume`, finishes it)",
+                limit.as_secs()
+            )))
+        })
+}
+
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
+    // Colour only for a person at a terminal (https://no-color.org).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // Only our own events: the SDK's debug logs would show request headers.
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
             "warn,alitx={level}"
         )))
@@ -85,8 +101,11 @@ async fn run(command: Command) -> Result<i32> {
         }
         Command::Journals { store, output } => {
             let options = store.options()?;
-            let entries =
-                recovery::list_journals(&*store.open().await?, &options.journal_prefix).await?;
+            let entries = recovery::list_journals(
+                &*store.open(LocalRoot::MustExist).await?,
+                &options.journal_prefix,
+            )
+            .await?;
             print_journals(&entries, output.json);
             Ok(exit::OK)
         }
@@ -105,7 +124,7 @@ async fn run(command: Command) -> Result<i32> {
                 force,
             };
             let outcomes = recovery::resume(
-                store.open().await?,
+                store.open(LocalRoot::MustExist).await?,
                 &options,
                 work_dir.as_deref(),
                 &selection,
@@ -129,7 +148,12 @@ async fn run(command: Command) -> Result<i32> {
                 architecture: None,
                 force,
             };
-            let outcomes = recovery::rollback(store.open().await?, &options, &selection).await?;
+            let outcomes = recovery::rollback(
+                store.open(LocalRoot::MustExist).await?,
+                &options,
+                &selection,
+            )
+            .await?;
             Ok(report_outcomes(
                 &outcomes,
                 output.json,
@@ -143,7 +167,7 @@ async fn run(command: Command) -> Result<i32> {
         } => {
             let options = store.options()?;
             let report = check::scan(
-                &*store.open().await?,
+                &*store.open(LocalRoot::MustExist).await?,
                 &scan.options(&options.journal_prefix),
             )
             .await?;
@@ -168,7 +192,7 @@ async fn run(command: Command) -> Result<i32> {
             output,
         } => {
             let options = store.options()?;
-            let backend = store.open().await?;
+            let backend = store.open(LocalRoot::MustExist).await?;
             let found = check::scan(&*backend, &scan.options(&options.journal_prefix)).await?;
             let report = match (unpublish, scan.package.clone(), version, revision) {
                 (true, Some(package), Some(version), Some(revision)) => {
@@ -216,7 +240,7 @@ async fn upload(args: UploadArgs) -> Result<i32> {
         progress: !args.output.json && std::io::stderr().is_terminal(),
         ..args.store.options()?
     };
-    let store = args.store.open().await?;
+    let store = args.store.open(LocalRoot::MayCreate).await?;
     let report = txn::upload(store, local, &options).await?;
     if args.output.json {
         print_json(&report);
@@ -228,7 +252,7 @@ async fn upload(args: UploadArgs) -> Result<i32> {
 
 async fn verify(args: VerifyArgs) -> Result<i32> {
     let options = args.options();
-    let report = crate::verify::verify(args.store.open().await?, &options).await?;
+    let report = crate::verify::verify(args.store.open(LocalRoot::MustExist).await?, &options).await?;
     if args.output.json {
         print_json(&report);
     } else {

@@ -8,9 +8,11 @@
 
 mod local;
 mod s3;
+mod s3_http;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -174,6 +176,70 @@ pub async fn open(spec: &str, endpoint: Option<&str>) -> Result<Arc<dyn Store>> 
         }
         StoreSpec::Local { root } => Ok(Arc::new(LocalStore::new(root.into()))),
     }
+}
+
+/// How `spec` reads in messages, with the S3 endpoint it resolves to,
+/// without opening it.
+pub fn describe(spec: &str, endpoint: Option<&str>) -> String {
+    match parse_spec(spec) {
+        Ok(StoreSpec::S3 { bucket }) => S3Config::from_env(bucket, endpoint)
+            .map(|config| config.describe())
+            .unwrap_or_else(|_| spec.to_string()),
+        _ => spec.to_string(),
+    }
+}
+
+/// Whether a command may start a new local store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalRoot {
+    /// The directory must exist: checking, resuming or repairing a store
+    /// that is not there is a mistyped path.
+    MustExist,
+    /// `upload` may start a new store, inside a directory that exists.
+    MayCreate,
+}
+
+/// Before a local store is opened: check that its directory exists, or
+/// create it (`MayCreate`, and only in an existing parent). Returns the
+/// directory it created; S3 stores pass unchecked.
+pub fn prepare_local_root(spec: &str, mode: LocalRoot) -> Result<Option<PathBuf>> {
+    let StoreSpec::Local { root } = parse_spec(spec)? else {
+        return Ok(None);
+    };
+    let root = PathBuf::from(root);
+    match std::fs::metadata(&root) {
+        Ok(meta) if meta.is_dir() => return Ok(None),
+        Ok(_) => {
+            return Err(Error::input(format!(
+                "the local store {} is not a directory: check --remote-store",
+                root.display()
+            )))
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io(format!("the local store {}", root.display()), e))
+        }
+        Err(_) => {}
+    }
+    if mode == LocalRoot::MustExist {
+        return Err(Error::input(format!(
+            "the local store {} does not exist: check --remote-store (`alitx upload` starts a new store)",
+            root.display()
+        )));
+    }
+    let parent = match root.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::input(format!(
+            "the local store {} does not exist, nor does {}: check --remote-store (a new store is created only in an existing directory)",
+            root.display(),
+            parent.display()
+        )));
+    }
+    std::fs::create_dir(&root)
+        .map_err(|e| Error::io(format!("creating the local store {}", root.display()), e))?;
+    Ok(Some(root))
 }
 
 #[derive(Debug, PartialEq, Eq)]

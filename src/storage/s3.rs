@@ -2,8 +2,6 @@
 //! path-style addressing, a custom endpoint, credentials from the
 //! environment or the shared credentials file, never from the network.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
 use aws_config::meta::credentials::CredentialsProviderChain;
@@ -13,6 +11,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{
     ProvideCredentials, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -22,6 +21,7 @@ use base64::Engine;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
+use super::s3_http;
 use super::{
     Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Store, UploadedPart,
 };
@@ -59,6 +59,11 @@ impl S3Config {
                 .unwrap_or_else(|| "us-east-1".into()),
         })
     }
+
+    /// `s3://BUCKET at ENDPOINT`.
+    pub fn describe(&self) -> String {
+        format!("s3://{} at {}", self.bucket, self.endpoint)
+    }
 }
 
 #[derive(Debug)]
@@ -83,17 +88,27 @@ impl S3Store {
             .region(Region::new(config.region.clone()))
             .credentials_provider(credentials())
             .endpoint_url(&config.endpoint)
-            .retry_config(RetryConfig::standard().with_max_attempts(4))
+            .http_client(s3_http::client())
+            .retry_config(RetryConfig::standard().with_max_attempts(s3_http::ATTEMPTS))
+            // No attempt timeout: the stall limit ends an attempt that stopped
+            // moving, however long a large part legitimately takes.
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .connect_timeout(s3_http::CONNECT_LIMIT)
+                    .build(),
+            )
+            // A response body that stops arriving (a journal, a listing page).
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .upload_enabled(false)
+                    .grace_period(s3_http::STALL_LIMIT)
                     .build(),
             )
             .load()
             .await;
         let s3 = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(true)
+            .interceptor(s3_http::RetryLog)
             // Ceph RGW predates the SDK's default flexible checksums; we send
             // Content-MD5 on every write instead.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -110,6 +125,16 @@ impl S3Store {
         &self.config.bucket
     }
 
+    /// Every attempt of `op` timed out.
+    fn no_answer(&self, op: &str, target: &str, err: &dyn std::error::Error) -> Error {
+        Error::store(format!(
+            "the S3 endpoint {} did not answer {op} {target} ({}; {} attempts); check that the server is up and --endpoint-url / AWS_ENDPOINT_URL",
+            self.config.endpoint,
+            source_chain(err),
+            s3_http::ATTEMPTS
+        ))
+    }
+
     /// Turn an SDK error into a message that says what to do.
     fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
         &self,
@@ -120,7 +145,11 @@ impl S3Store {
         let endpoint = &self.config.endpoint;
         let target = format!("s3://{}/{key}", self.bucket());
         match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::store(format!(
+            SdkError::TimeoutError(_) => self.no_answer(op, &target, &err),
+            SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+                self.no_answer(op, &target, &err)
+            }
+            SdkError::DispatchFailure(_) => Error::store(format!(
                 "cannot reach the S3 endpoint {endpoint} ({op} {target}: {}); check --endpoint-url / AWS_ENDPOINT_URL and that the server is up",
                 source_chain(&err)
             )),
@@ -140,6 +169,13 @@ impl S3Store {
                         "bucket {} does not exist at {endpoint}: check --remote-store and --endpoint-url",
                         self.bucket()
                     )),
+                    // No S3 error code (an answer the SDK could not parse, a
+                    // proxy's page): the cause is in the error's sources.
+                    ("", _) => Error::store(format!(
+                        "S3 {op} {target} failed at {endpoint}: {}{}",
+                        status.map(|s| format!("HTTP {s}: ")).unwrap_or_default(),
+                        source_chain(&err)
+                    )),
                     _ => Error::store(format!(
                         "S3 {op} {target} failed at {endpoint}: {} {code} {detail}",
                         status.map(|s| format!("HTTP {s}")).unwrap_or_default()
@@ -150,7 +186,8 @@ impl S3Store {
     }
 }
 
-fn source_chain(err: &dyn std::error::Error) -> String {
+/// Every cause under `err`, outermost first (`err` itself when it has none).
+pub(super) fn source_chain(err: &dyn std::error::Error) -> String {
     let mut parts = vec![];
     let mut current = err.source();
     while let Some(e) = current {
@@ -183,7 +220,7 @@ async fn content_md5(data: &Bytes) -> (String, String) {
 #[async_trait]
 impl Store for S3Store {
     fn describe(&self) -> String {
-        format!("s3://{} at {}", self.bucket(), self.config.endpoint)
+        self.config.describe()
     }
 
     async fn preflight(&self) -> Result<()> {
@@ -238,7 +275,12 @@ impl Store for S3Store {
         {
             Ok(out) => {
                 let body = out.body.collect().await.map_err(|e| {
-                    Error::store(format!("reading s3://{}/{key}: {e}", self.bucket()))
+                    Error::store(format!(
+                        "reading s3://{}/{key} from {}: {}",
+                        self.bucket(),
+                        self.config.endpoint,
+                        source_chain(&e)
+                    ))
                 })?;
                 Ok(Some(body.into_bytes()))
             }

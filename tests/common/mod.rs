@@ -252,8 +252,7 @@ impl WorkDir {
     /// The real aliBuild 1.17.48 work dir in `examples/sw-example.tar.gz`.
     pub fn sample() -> WorkDir {
         let dir = tempfile::tempdir().unwrap();
-        let archive =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sw-example.tar.gz");
+        let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sw-example.tar.gz");
         let status = Command::new("tar")
             .arg("xzf")
             .arg(&archive)

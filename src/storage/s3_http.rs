@@ -1,0 +1,259 @@
+//! How alitx's S3 requests meet the network. An attempt that makes no
+//! progress for [`STALL_LIMIT`] — no byte of the request sent, no answer
+//! received — ends with a timeout, which the SDK retries: for a HEAD, a link
+//! PUT or a journal read that is a first-byte limit of seconds; for a part
+//! upload it ends only an attempt that stopped moving, however long the part
+//! takes to send. With `-v` every retry is logged as it happens.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use aws_smithy_http_client::Connector;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, Metadata};
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
+use aws_smithy_types::retry::RetryConfig;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+use tracing::info;
+
+/// How long an attempt may go without progress before it ends and is retried.
+pub const STALL_LIMIT: Duration = Duration::from_secs(20);
+
+/// How long opening a connection (TCP and TLS) may take.
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Attempts per request, the first included.
+pub const ATTEMPTS: u32 = 4;
+
+/// The SDK's default HTTPS client (hyper 1, rustls, proxies from the
+/// environment) with every attempt under a [`StallGuard`].
+pub fn client() -> SharedHttpClient {
+    SharedHttpClient::new(GuardedClient {
+        inner: aws_smithy_http_client::Builder::new().build_with_connector_fn(
+            |settings, components| {
+                let mut builder = Connector::builder()
+                    .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                    .proxy_config(ProxyConfig::from_env());
+                builder.set_connector_settings(settings.cloned());
+                if let Some(components) = components {
+                    builder.set_sleep_impl(components.sleep_impl());
+                }
+                builder.build()
+            },
+        ),
+    })
+}
+
+#[derive(Debug)]
+struct GuardedClient {
+    inner: SharedHttpClient,
+}
+
+impl HttpClient for GuardedClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(StallGuard {
+            inner: self.inner.http_connector(settings, components),
+        })
+    }
+}
+
+/// Ends an attempt that has sent nothing and received no answer for
+/// [`STALL_LIMIT`].
+#[derive(Debug)]
+struct StallGuard {
+    inner: SharedHttpConnector,
+}
+
+impl HttpConnector for StallGuard {
+    fn call(&self, mut request: HttpRequest) -> HttpConnectorFuture {
+        let progress = Arc::new(Progress::new());
+        let body = std::mem::replace(request.body_mut(), SdkBody::taken());
+        *request.body_mut() = SdkBody::from_body_1_x(ProgressBody {
+            inner: body,
+            pending: Bytes::new(),
+            progress: progress.clone(),
+        });
+        let response = self.inner.call(request);
+        HttpConnectorFuture::new(async move {
+            tokio::pin!(response);
+            loop {
+                tokio::select! {
+                    answer = &mut response => return answer,
+                    _ = tokio::time::sleep_until(progress.last() + STALL_LIMIT) => {
+                        if progress.last() + STALL_LIMIT <= Instant::now() {
+                            return Err(ConnectorError::timeout(
+                                format!(
+                                    "no progress for {}s (nothing sent, no answer)",
+                                    STALL_LIMIT.as_secs()
+                                )
+                                .into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// When the request last moved: its start, or the last body chunk the
+/// connection took.
+struct Progress {
+    start: Instant,
+    millis: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            start: Instant::now(),
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let elapsed = self.start.elapsed().as_millis() as u64;
+        self.millis.store(elapsed, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+}
+
+/// The request body, handed to the connection in chunks of at most
+/// [`CHUNK`] bytes: the connection takes the next one only when its buffers
+/// have room, so each chunk taken is progress on the wire.
+struct ProgressBody {
+    inner: SdkBody,
+    pending: Bytes,
+    progress: Arc<Progress>,
+}
+
+const CHUNK: usize = 64 << 10;
+
+impl Body for ProgressBody {
+    type Data = Bytes;
+    type Error = aws_smithy_types::body::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.pending.is_empty() {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.pending = data,
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                other => return other,
+            }
+        }
+        let n = self.pending.len().min(CHUNK);
+        let chunk = self.pending.split_to(n);
+        self.progress.touch();
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + pending);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
+    }
+}
+
+/// Logs (at `-v`) each retry as it starts, with why the attempt before it
+/// failed.
+#[derive(Debug)]
+pub struct RetryLog;
+
+/// The last failed attempt's URL and why it failed, for the next one's log
+/// line (the next request's URL is resolved only after it is logged).
+#[derive(Debug, Clone)]
+struct LastFailure {
+    url: String,
+    why: String,
+}
+
+impl Storable for LastFailure {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for RetryLog {
+    fn name(&self) -> &'static str {
+        "RetryLog"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(Err(err)) = context.output_or_error() {
+            let status = context
+                .response()
+                .map(|r| format!("HTTP {}: ", r.status().as_u16()))
+                .unwrap_or_default();
+            let url = context
+                .request()
+                .map(|r| r.uri().to_string())
+                .unwrap_or_default();
+            let why = format!("{status}{}", super::s3::source_chain(err));
+            cfg.interceptor_state().store_put(LastFailure { url, why });
+        }
+        Ok(())
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let attempt = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
+        if let (true, Some(last)) = (attempt > 1, cfg.load::<LastFailure>()) {
+            let operation = cfg.load::<Metadata>().map_or("request", |m| m.name());
+            let attempts = cfg
+                .load::<RetryConfig>()
+                .map_or(ATTEMPTS, |r| r.max_attempts());
+            info!(
+                "retrying S3 {operation} {} (attempt {attempt} of {attempts}): the last one failed: {}",
+                last.url, last.why
+            );
+        }
+        Ok(())
+    }
+}
