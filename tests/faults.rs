@@ -498,18 +498,16 @@ fn a_stalled_or_silent_server_holds_the_request_until_the_client_gives_up() {
     )));
     let client = rt.block_on(impatient_client(&proxy, patience));
     let put = |key: &str| {
-        rt.block_on(
-            client
-                .put_object()
-                .bucket(bucket)
-                .key(key)
-                .body(vec![7u8; 1 << 20].into())
-                .send(),
-        )
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(vec![7u8; 1 << 20].into())
+            .send()
     };
-    put("passed").unwrap();
+    rt.block_on(put("passed")).unwrap();
     let started = Instant::now();
-    assert_client_gave_up(put("stalled"), started, patience);
+    assert_client_gave_up(rt.block_on(put("stalled")), started, patience);
     assert_eq!(proxy.counts().stalled, 1, "{}", proxy_report(&proxy));
     assert_eq!(rt.block_on(store.keys()), ["passed"]);
 
