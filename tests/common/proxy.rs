@@ -153,9 +153,16 @@ impl Rule {
 
     /// Every request matching `matcher` gets `fault`.
     pub fn every(matcher: Match, fault: Fault) -> Rule {
+        Rule::from_nth(1, matcher, fault)
+    }
+
+    /// The `n`th request matching `matcher` and every one after it get
+    /// `fault` (a server that stops answering mid-upload).
+    pub fn from_nth(n: usize, matcher: Match, fault: Fault) -> Rule {
+        assert!(n >= 1, "requests are counted from 1");
         Rule {
             matcher,
-            first: 1,
+            first: n,
             count: None,
             fault,
         }
