@@ -121,12 +121,19 @@ impl Run {
         self.out.status.code().unwrap_or(-1)
     }
 
-    /// One line: label, exit code, times, the action on each journal.
+    /// One line: label, exit code, times, the action on each journal (and
+    /// why, if it failed).
     fn line(&self) -> String {
         let actions: Vec<String> = self
             .outcomes()
             .iter()
-            .map(|(id, (action, _))| format!("{}: {action}", id.rsplit('/').next().unwrap()))
+            .map(|(id, (action, message))| {
+                let id = id.rsplit('/').next().unwrap();
+                match action.as_str() {
+                    "failed" => format!("{id}: failed: {message}"),
+                    _ => format!("{id}: {action}"),
+                }
+            })
             .collect();
         format!(
             "{} exit {} at {:.2}s for {:.2}s [{}]",
@@ -230,16 +237,16 @@ fn assert_exact(store: &TestStore, wd: &WorkDir, published: &[usize], what: &str
     for (key, body) in &expected {
         assert!(snapshot[key] == *body, "{what}: the body of {key} differs");
     }
-    let record_keys: Vec<String> = published
+    let record_keys: BTreeMap<String, usize> = published
         .iter()
-        .map(|&i| alitx::record::key_of(&wd.pkgs[i].revision()))
+        .map(|&i| (alitx::record::key_of(&wd.pkgs[i].revision()), i))
         .collect();
     assert_eq!(
         records.keys().collect::<Vec<_>>(),
-        record_keys.iter().collect::<Vec<_>>(),
+        record_keys.keys().collect::<Vec<_>>(),
         "{what}: publication records"
     );
-    for (&i, key) in published.iter().zip(&record_keys) {
+    for (key, &i) in &record_keys {
         let record = alitx::record::parse(key, &records[key]).unwrap();
         let store_key = wd.pkgs[i].revision().store_key();
         let tarball = &expected[&store_key];
@@ -350,7 +357,7 @@ fn two_resumes_sharing_a_journal_publish_both_revisions_exactly() {
 #[test]
 fn two_rollbacks_of_one_journal_undo_it_once() {
     let rt = runtime();
-    let wd = work_dir(&[("undone", 12 << 20)], 20);
+    let wd = work_dir(&[("undone", 12 << 20)], 8);
     let id = journal_id(&wd, 0);
     let mut tally = BTreeMap::<String, usize>::new();
     for kind in backends() {
@@ -410,7 +417,7 @@ fn two_rollbacks_of_one_journal_undo_it_once() {
 #[test]
 fn resume_racing_rollback_ends_published_or_without_trace() {
     let rt = runtime();
-    let wd = work_dir(&[("contested", 12 << 20)], 20);
+    let wd = work_dir(&[("contested", 12 << 20)], 8);
     let id = journal_id(&wd, 0);
     let store_key = wd.pkgs[0].revision().store_key();
     let mut tally = BTreeMap::<String, usize>::new();
