@@ -18,9 +18,8 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use alitx::journal::{Journal, TXN_METADATA};
+use alitx::journal::Journal;
 use common::*;
-use sha2::{Digest, Sha256};
 
 const PART_MIB: &str = "5";
 /// How long the second process of a race starts after the first.
@@ -211,65 +210,6 @@ fn assert_lost_clearly(run: &Run, other: &Run, what: &str) {
         ),
         code => panic!("{what}: {} exited {code}: {said}", run.label),
     }
-}
-
-/// The store holds exactly revisions `published` of `wd`: every key and
-/// body readers see, each revision's publication record (its tarball's
-/// size, SHA-256 and transaction), no journal, no staged upload.
-#[track_caller]
-fn assert_exact(store: &TestStore, wd: &WorkDir, published: &[usize], what: &str) {
-    let rt = runtime();
-    let mut snapshot = rt.block_on(store.snapshot());
-    let records: BTreeMap<String, Vec<u8>> = snapshot
-        .iter()
-        .filter(|(key, _)| key.starts_with(alitx::record::PREFIX))
-        .map(|(key, body)| (key.clone(), body.clone()))
-        .collect();
-    snapshot.retain(|key, _| !records.contains_key(key));
-    let expected = wd.expected(published.iter().copied());
-    // Keys first, then bodies by key: a tarball's bytes make no readable
-    // message.
-    assert_eq!(
-        snapshot.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "{what}: keys"
-    );
-    for (key, body) in &expected {
-        assert!(snapshot[key] == *body, "{what}: the body of {key} differs");
-    }
-    let record_keys: BTreeMap<String, usize> = published
-        .iter()
-        .map(|&i| (alitx::record::key_of(&wd.pkgs[i].revision()), i))
-        .collect();
-    assert_eq!(
-        records.keys().collect::<Vec<_>>(),
-        record_keys.keys().collect::<Vec<_>>(),
-        "{what}: publication records"
-    );
-    for (key, &i) in &record_keys {
-        let record = alitx::record::parse(key, &records[key]).unwrap();
-        let store_key = wd.pkgs[i].revision().store_key();
-        let tarball = &expected[&store_key];
-        let txn = rt.block_on(async {
-            let info = store.open().await.head(&store_key).await.unwrap().unwrap();
-            info.metadata.get(TXN_METADATA).cloned()
-        });
-        assert_eq!(
-            (&record.key, record.size, &record.sha256, Some(&record.txn)),
-            (
-                &store_key,
-                tarball.len() as u64,
-                &hex::encode(Sha256::digest(tarball)),
-                txn.as_ref()
-            ),
-            "{what}: the record of {store_key}"
-        );
-    }
-    assert_eq!(
-        rt.block_on(store.pending_uploads()),
-        0,
-        "{what}: staged upload left"
-    );
 }
 
 /// Issue 11, point 1: one upload killed after staging its whole tarball,
