@@ -101,23 +101,37 @@ impl Recipes {
             }
             fs::write(alidist.join(format!("{name}.sh")), recipe).unwrap();
         }
-        for git in [
-            &["init", "-q"][..],
-            &["add", "-A"],
-            &["commit", "-q", "-m", "recipes"],
-        ] {
-            let status = Command::new("git")
-                .args(git)
-                .current_dir(&alidist)
-                .env("GIT_AUTHOR_NAME", "test")
-                .env("GIT_AUTHOR_EMAIL", "test@example.org")
-                .env("GIT_COMMITTER_NAME", "test")
-                .env("GIT_COMMITTER_EMAIL", "test@example.org")
-                .status()
-                .unwrap();
-            assert!(status.success(), "git {git:?}");
-        }
+        recipes.git(&["init", "-q"]);
+        recipes.commit("recipes");
         recipes
+    }
+
+    /// Make `name`'s build also install `bytes` random bytes, so that its
+    /// tarball takes a while to upload.
+    fn add_payload(&self, name: &str, bytes: u64) {
+        let recipe = self.alidist().join(format!("{name}.sh"));
+        let mut text = fs::read_to_string(&recipe).unwrap();
+        text += &format!("head -c {bytes} /dev/urandom > \"$INSTALLROOT/share/payload\"\n");
+        fs::write(&recipe, text).unwrap();
+        self.commit(&format!("{name} with a payload"));
+    }
+
+    fn commit(&self, message: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+    }
+
+    fn git(&self, args: &[&str]) {
+        let status = Command::new("git")
+            .args(args)
+            .current_dir(self.alidist())
+            .env("GIT_AUTHOR_NAME", "test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.org")
+            .env("GIT_COMMITTER_NAME", "test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.org")
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
     }
 
     fn alidist(&self) -> PathBuf {
@@ -355,6 +369,175 @@ fn killed_upload_heals_when_the_job_runs_again() {
         wd.expected(0..PACKAGES.len())
     );
     assert_eq!(rt.block_on(store.pending_uploads()), 0);
+}
+
+/// A Jenkins job killed with SIGKILL to its whole process group while
+/// alitx uploads topx, on an agent whose init does not reap orphans (a
+/// container's PID 1; this test process, made a subreaper, stands for it):
+/// the killed alitx stays a zombie, which `kill(pid, 0)` still finds. The
+/// same job run again at once takes the journal over all the same (a zombie
+/// is dead), rolls topx forward and succeeds, with the store exact, while
+/// the zombie is still there. On RGW and on a local-directory store.
+#[test]
+fn a_job_killed_as_a_process_group_heals_at_once_though_alitx_is_a_zombie() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let Some(python) = alibuild_python() else {
+        return;
+    };
+    // SAFETY: only sets this process's child-subreaper flag.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+    let rt = runtime();
+    for backend in ["s3", "local"] {
+        if !backends().contains(&backend) {
+            continue;
+        }
+        let recipes = Recipes::new();
+        recipes.add_payload("topx", 48 << 20);
+        let (store, spec) = match backend {
+            "s3" => {
+                let store = rt.block_on(TestStore::new("s3"));
+                let spec = store.spec();
+                (store, spec)
+            }
+            _ => {
+                let store = local_store_in_use(rt);
+                let spec = format!("{}::rw", store.spec());
+                (store, spec)
+            }
+        };
+        let wd = tempfile::tempdir().unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut job = recipes
+            .build(&python, true, wd.path(), &spec)
+            .process_group(0)
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let group = KillOnDrop(job.id());
+        let job_log = || fs::read_to_string(log.path()).unwrap();
+        let upload = stop_upload_mid_bulk(&store, job.id(), "topx", &job_log);
+        let keys = rt.block_on(store.keys());
+        assert!(
+            !keys
+                .iter()
+                .any(|k| k.contains("/store/") && k.contains("/topx-")),
+            "{backend}: topx was published before its upload could be stopped: {keys:?}"
+        );
+        drop(group);
+        assert_eq!(job.wait().unwrap().signal(), Some(9));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_state(upload) != Some('Z') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend}: alitx did not die"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            proc_stat(upload).unwrap().parent,
+            std::process::id(),
+            "{backend}: the zombie is this process's to reap"
+        );
+        let listed = alitx(&args(&["journals", "--remote-store", &spec, "--json"]));
+        assert_exit(&listed, 0);
+        let listed = json(&listed);
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{backend}: {listed}");
+        assert_eq!(listed[0]["package"], "topx");
+        assert_eq!(listed[0]["state"], "pending");
+        assert_eq!(listed[0]["owner"]["pid"], upload);
+        assert_eq!(listed[0]["lease"], "owner-dead", "{backend}: {listed}");
+
+        let again = run(&mut recipes.build(&python, true, wd.path(), &spec));
+        assert_exit(&again, 0);
+        let said = output(&again);
+        assert!(
+            said.contains(&format!("resume {ARCH}/topx-v3.0-1: rolled-forward")),
+            "{backend}: {said}"
+        );
+        assert_eq!(
+            process_state(upload),
+            Some('Z'),
+            "{backend}: the zombie went away before the job ran again"
+        );
+        let mut status = 0;
+        // SAFETY: waits for our own child, the zombie, and reaps it.
+        let reaped = unsafe { libc::waitpid(upload as libc::pid_t, &mut status, 0) };
+        assert_eq!(reaped, upload as libc::pid_t);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+        let wd = built_work_dir(wd);
+        assert_exact(&store, &wd, &[0, 1, 2, 3], backend);
+    }
+}
+
+/// Kills a process group with SIGKILL when dropped: a failing test leaves
+/// no job running.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signals a process group this test started.
+        unsafe { libc::kill(-(self.0 as libc::pid_t), libc::SIGKILL) };
+    }
+}
+
+/// Wait until `parent`'s `alitx upload` of `package` has recorded its
+/// staged upload in its journal (it is sending the tarball's parts), then
+/// stop it (SIGSTOP) there; its pid.
+fn stop_upload_mid_bulk(
+    store: &TestStore,
+    parent: u32,
+    package: &str,
+    log: &dyn Fn() -> String,
+) -> u32 {
+    let rt = runtime();
+    let backend = rt.block_on(store.open());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload of {package} seen: {}",
+            log()
+        );
+        if let Some(pid) = upload_child(parent, package) {
+            let staged = rt.block_on(async {
+                for key in backend.list(".alitx/journals/").await.unwrap() {
+                    let Some(bytes) = backend.get(&key).await.unwrap() else {
+                        continue;
+                    };
+                    let journal: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    if journal["revision"]["package"] == package
+                        && journal["tarball"]["upload_id"].is_string()
+                    {
+                        return true;
+                    }
+                }
+                false
+            });
+            if staged {
+                // SAFETY: stops our own descendant.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+                return pid;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The pid of `parent`'s child running `alitx upload` of `package`.
+fn upload_child(parent: u32, package: &str) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        if proc_stat(pid)?.parent != parent {
+            return None;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        (words.contains(&&b"upload"[..]) && words.contains(&package.as_bytes())).then_some(pid)
+    })
 }
 
 /// An empty local-directory store as stock aliBuild can use it: its rsync

@@ -568,3 +568,85 @@ pub fn assert_exit(out: &Output, code: i32) {
         stderr(out)
     );
 }
+
+/// What /proc/<pid>/stat tells about a process.
+pub struct ProcStat {
+    /// `R`, `S`, `T` (stopped), ...; `Z` for a zombie.
+    pub state: char,
+    pub parent: u32,
+}
+
+/// Process `pid` as /proc shows it, or `None` once it is gone.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may itself hold spaces.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some(ProcStat { state, parent })
+}
+
+/// The state of process `pid` (`Z` for a zombie), or `None` once it is gone.
+pub fn process_state(pid: u32) -> Option<char> {
+    proc_stat(pid).map(|stat| stat.state)
+}
+
+/// The store holds exactly revisions `published` of `wd`: every key and
+/// body readers see, each revision's publication record (its tarball's
+/// size, SHA-256 and transaction), no journal, no staged upload.
+#[track_caller]
+pub fn assert_exact(store: &TestStore, wd: &WorkDir, published: &[usize], what: &str) {
+    use sha2::Digest;
+    let rt = runtime();
+    let mut snapshot = rt.block_on(store.snapshot());
+    let records: BTreeMap<String, Vec<u8>> = snapshot
+        .iter()
+        .filter(|(key, _)| key.starts_with(alitx::record::PREFIX))
+        .map(|(key, body)| (key.clone(), body.clone()))
+        .collect();
+    snapshot.retain(|key, _| !records.contains_key(key));
+    let expected = wd.expected(published.iter().copied());
+    // Keys first, then bodies by key: a tarball's bytes make no readable
+    // message.
+    assert_eq!(
+        snapshot.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{what}: keys"
+    );
+    for (key, body) in &expected {
+        assert!(snapshot[key] == *body, "{what}: the body of {key} differs");
+    }
+    let record_keys: BTreeMap<String, usize> = published
+        .iter()
+        .map(|&i| (alitx::record::key_of(&wd.pkgs[i].revision()), i))
+        .collect();
+    assert_eq!(
+        records.keys().collect::<Vec<_>>(),
+        record_keys.keys().collect::<Vec<_>>(),
+        "{what}: publication records"
+    );
+    for (key, &i) in &record_keys {
+        let record = alitx::record::parse(key, &records[key]).unwrap();
+        let store_key = wd.pkgs[i].revision().store_key();
+        let tarball = &expected[&store_key];
+        let txn = rt.block_on(async {
+            let info = store.open().await.head(&store_key).await.unwrap().unwrap();
+            info.metadata.get(alitx::journal::TXN_METADATA).cloned()
+        });
+        assert_eq!(
+            (&record.key, record.size, &record.sha256, Some(&record.txn)),
+            (
+                &store_key,
+                tarball.len() as u64,
+                &hex::encode(sha2::Sha256::digest(tarball)),
+                txn.as_ref()
+            ),
+            "{what}: the record of {store_key}"
+        );
+    }
+    assert_eq!(
+        rt.block_on(store.pending_uploads()),
+        0,
+        "{what}: staged upload left"
+    );
+}

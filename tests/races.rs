@@ -1,0 +1,470 @@
+//! Processes racing to recover the same transactions, each race run many
+//! times with varied delays between the two processes and varied takeover
+//! settle times (`ALITX_TAKEOVER_SETTLE_MS`): two `resume`s sharing a
+//! journal (issue 11, point 1), two `rollback`s of one journal, a `resume`
+//! against a `rollback`; and a killed upload whose parent does not reap it,
+//! a zombie, whose journal is dead (issue 10, point 3).
+//!
+//! Every round ends with the store exact: each revision published with
+//! every key, body and its publication record, or without any trace; no
+//! journal and no staged upload. Each round prints its outcome (exit codes,
+//! actions, times); run with `--nocapture` to see them.
+//! `ALITX_RACE_ROUNDS=N` runs each grid of delays and settle times N times
+//! (default 1, a few minutes in all on both backends).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use alitx::journal::Journal;
+use common::*;
+
+const PART_MIB: &str = "5";
+/// How long the second process of a race starts after the first.
+const DELAYS_MS: [u64; 6] = [0, 50, 200, 400, 800, 1500];
+/// `ALITX_TAKEOVER_SETTLE_MS` of both processes.
+const SETTLES_MS: [u64; 2] = [200, 1000];
+/// Where the abandoned upload of a rollback race was killed.
+const KILL_POINTS: [&str; 3] = ["after-create-upload", "after-links", "after-bulk"];
+
+/// Each (settle time, delay) of the grid, `ALITX_RACE_ROUNDS` times.
+fn grid() -> Vec<(u64, u64)> {
+    let rounds: usize = std::env::var("ALITX_RACE_ROUNDS")
+        .ok()
+        .map(|n| n.parse().expect("ALITX_RACE_ROUNDS is a number"))
+        .unwrap_or(1);
+    let once = SETTLES_MS
+        .iter()
+        .flat_map(|&settle| DELAYS_MS.iter().map(move |&delay| (settle, delay)));
+    std::iter::repeat_n(once, rounds).flatten().collect()
+}
+
+/// Independent packages with these names, each with a multipart tarball
+/// `payload` bytes larger, and `extra_links` more dist links per dist
+/// directory.
+fn work_dir(packages: &[(&str, u64)], extra_links: usize) -> WorkDir {
+    let names: Vec<&str> = packages.iter().map(|(name, _)| *name).collect();
+    let wd = WorkDir::named(&names);
+    for (i, (_, payload)) in packages.iter().enumerate() {
+        write_tarball(&wd.tarball_path(i), &wd.pkgs[i].revision(), *payload);
+        wd.add_dist_links(i, extra_links);
+    }
+    wd
+}
+
+fn journal_id(wd: &WorkDir, i: usize) -> String {
+    Journal::id_of(&wd.pkgs[i].revision())
+}
+
+fn upload_args(wd: &WorkDir, i: usize, store: &TestStore) -> Vec<String> {
+    let mut args = wd.upload_args(i, store);
+    args.extend(["--part-size".into(), PART_MIB.into()]);
+    args
+}
+
+/// `alitx resume --json` of packages `ids` with `wd`'s files.
+fn resume_args(store: &TestStore, wd: &WorkDir, ids: &[usize]) -> Vec<String> {
+    let mut all = args(&[
+        "resume",
+        "--remote-store",
+        &store.spec(),
+        "--work-dir",
+        &wd.path().display().to_string(),
+        "--json",
+    ]);
+    all.extend(ids.iter().map(|&i| journal_id(wd, i)));
+    all
+}
+
+fn rollback_args(store: &TestStore, wd: &WorkDir, i: usize) -> Vec<String> {
+    args(&[
+        "rollback",
+        "--remote-store",
+        &store.spec(),
+        "--json",
+        &journal_id(wd, i),
+    ])
+}
+
+/// One alitx process of a race, as it ended.
+struct Run {
+    label: &'static str,
+    pid: u32,
+    out: Output,
+    /// Since the race started.
+    started: Duration,
+    took: Duration,
+}
+
+impl Run {
+    /// What it did to each journal: id → (action, message).
+    fn outcomes(&self) -> BTreeMap<String, (String, String)> {
+        let Ok(serde_json::Value::Array(list)) = serde_json::from_slice(&self.out.stdout) else {
+            return BTreeMap::new();
+        };
+        list.iter()
+            .map(|o| {
+                let field = |name: &str| o[name].as_str().unwrap_or_default().to_string();
+                (field("id"), (field("action"), field("message")))
+            })
+            .collect()
+    }
+
+    fn action(&self, id: &str) -> Option<String> {
+        self.outcomes().get(id).map(|(action, _)| action.clone())
+    }
+
+    fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+
+    /// One line: label, exit code, times, the action on each journal (and
+    /// why, if it failed).
+    fn line(&self) -> String {
+        let actions: Vec<String> = self
+            .outcomes()
+            .iter()
+            .map(|(id, (action, message))| {
+                let id = id.rsplit('/').next().unwrap();
+                match action.as_str() {
+                    "failed" => format!("{id}: failed: {message}"),
+                    _ => format!("{id}: {action}"),
+                }
+            })
+            .collect();
+        format!(
+            "{} exit {} at {:.2}s for {:.2}s [{}]",
+            self.label,
+            self.code(),
+            self.started.as_secs_f64(),
+            self.took.as_secs_f64(),
+            actions.join(", ")
+        )
+    }
+
+    fn said(&self) -> String {
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&self.out.stdout),
+            stderr(&self.out)
+        )
+    }
+}
+
+/// Start `first`, then `second` `delay` later, both with the takeover
+/// settle time `settle_ms`; wait for both.
+fn race(
+    first: (&'static str, Vec<String>),
+    second: (&'static str, Vec<String>),
+    delay: u64,
+    settle_ms: u64,
+) -> [Run; 2] {
+    let t0 = Instant::now();
+    let start = |(label, args): (&'static str, Vec<String>)| {
+        let started = t0.elapsed();
+        let child = Command::new(env!("CARGO_BIN_EXE_alitx"))
+            .args(args)
+            .env("ALITX_TAKEOVER_SETTLE_MS", settle_ms.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        std::thread::spawn(move || {
+            let out = child.wait_with_output().unwrap();
+            Run {
+                label,
+                pid,
+                out,
+                started,
+                took: t0.elapsed() - started,
+            }
+        })
+    };
+    let a = start(first);
+    std::thread::sleep(Duration::from_millis(delay));
+    let b = start(second);
+    [a.join().unwrap(), b.join().unwrap()]
+}
+
+/// How a process of a race may end when the other one did the work: a
+/// refusal (exit 4) naming the other process as owner, or (started after
+/// the other one had finished) no journal left to act on (exit 1).
+#[track_caller]
+fn assert_lost_clearly(run: &Run, other: &Run, what: &str) {
+    let said = run.said();
+    match run.code() {
+        4 => assert!(
+            said.contains(&format!("pid {} ", other.pid))
+                || said.contains("left the transaction to its new owner"),
+            "{what}: {} exited 4 without naming the other owner (pid {}): {said}",
+            run.label,
+            other.pid
+        ),
+        1 => assert!(
+            said.contains("no journal"),
+            "{what}: {} failed: {said}",
+            run.label
+        ),
+        code => panic!("{what}: {} exited {code}: {said}", run.label),
+    }
+}
+
+/// Issue 11, point 1: one upload killed after staging its whole tarball,
+/// another right after creating its staged upload; `resume small big`,
+/// and a little later `resume big`. Each process either finishes what it
+/// took or stops saying who has it; no one rolls anything back; both
+/// revisions end published exactly.
+#[test]
+fn two_resumes_sharing_a_journal_publish_both_revisions_exactly() {
+    const SMALL: usize = 0;
+    const BIG: usize = 1;
+    let rt = runtime();
+    let wd = work_dir(&[("small", 8 << 20), ("big", 40 << 20)], 0);
+    let (small, big) = (journal_id(&wd, SMALL), journal_id(&wd, BIG));
+    let mut tally = BTreeMap::<String, usize>::new();
+    for kind in backends() {
+        for (round, (settle, delay)) in grid().into_iter().enumerate() {
+            let what = format!("{kind} round {round}: settle {settle} ms, delay {delay} ms");
+            let store = rt.block_on(TestStore::new(kind));
+            alitx_killed_at(&upload_args(&wd, BIG, &store), "after-bulk");
+            alitx_killed_at(&upload_args(&wd, SMALL, &store), "after-create-upload");
+            let [both, big_only] = race(
+                ("resume small big", resume_args(&store, &wd, &[SMALL, BIG])),
+                ("resume big", resume_args(&store, &wd, &[BIG])),
+                delay,
+                settle,
+            );
+            eprintln!("{what}: {}; {}", both.line(), big_only.line());
+
+            assert_eq!(
+                both.action(&small).as_deref(),
+                Some("rolled-forward"),
+                "{what}: {}",
+                both.said()
+            );
+            for run in [&both, &big_only] {
+                assert!(
+                    run.outcomes()
+                        .values()
+                        .all(|(action, message)| action == "rolled-forward"
+                            || (action == "skipped" && message.contains("retired meanwhile"))
+                            || action == "failed"),
+                    "{what}: {}: {}",
+                    run.label,
+                    run.said()
+                );
+            }
+            // Who published big: the other one exits 0 having found it
+            // finished, or says who had it.
+            let big_published_by =
+                |run: &Run| run.action(&big).as_deref() == Some("rolled-forward");
+            match (both.code(), big_only.code()) {
+                (0, 0) => {}
+                (_, 0) => assert_lost_clearly(&both, &big_only, &what),
+                (0, _) => assert_lost_clearly(&big_only, &both, &what),
+                _ => panic!("{what}: both failed:\n{}\n{}", both.said(), big_only.said()),
+            }
+            assert!(
+                big_published_by(&both) || big_published_by(&big_only),
+                "{what}: neither resume finished big:\n{}\n{}",
+                both.said(),
+                big_only.said()
+            );
+            let outcome = format!(
+                "exit {}/{}, big by {}",
+                both.code(),
+                big_only.code(),
+                if big_published_by(&both) && big_published_by(&big_only) {
+                    "both"
+                } else if big_published_by(&both) {
+                    "first"
+                } else {
+                    "second"
+                }
+            );
+            *tally.entry(outcome).or_default() += 1;
+            assert_exact(&store, &wd, &[SMALL, BIG], &what);
+        }
+    }
+    eprintln!("two resumes: {tally:?}");
+}
+
+/// Two `rollback`s of one abandoned journal at once: exactly one undoes
+/// it; the other finds it retired, or names its owner; nothing is left.
+#[test]
+fn two_rollbacks_of_one_journal_undo_it_once() {
+    let rt = runtime();
+    let wd = work_dir(&[("undone", 12 << 20)], 8);
+    let id = journal_id(&wd, 0);
+    let mut tally = BTreeMap::<String, usize>::new();
+    for kind in backends() {
+        for (round, (settle, delay)) in grid().into_iter().enumerate() {
+            let point = KILL_POINTS[round % KILL_POINTS.len()];
+            let what = format!(
+                "{kind} round {round}: killed {point}, settle {settle} ms, delay {delay} ms"
+            );
+            let store = rt.block_on(TestStore::new(kind));
+            alitx_killed_at(&upload_args(&wd, 0, &store), point);
+            let runs = race(
+                ("rollback A", rollback_args(&store, &wd, 0)),
+                ("rollback B", rollback_args(&store, &wd, 0)),
+                delay,
+                settle,
+            );
+            eprintln!("{what}: {}; {}", runs[0].line(), runs[1].line());
+            let undid: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.code() == 0 && r.action(&id).as_deref() == Some("rolled-back"))
+                .collect();
+            assert_eq!(
+                undid.len(),
+                1,
+                "{what}: {} processes rolled it back:\n{}\n{}",
+                undid.len(),
+                runs[0].said(),
+                runs[1].said()
+            );
+            let [a, b] = &runs;
+            for (run, other) in [(a, b), (b, a)] {
+                if std::ptr::eq(run, undid[0]) {
+                    continue;
+                }
+                let retired = run.code() == 0
+                    && run.outcomes().get(&id).is_some_and(|(action, message)| {
+                        action == "skipped" && message.contains("retired meanwhile")
+                    });
+                if !retired {
+                    assert_lost_clearly(run, other, &what);
+                }
+                *tally
+                    .entry(format!("other exit {}", run.code()))
+                    .or_default() += 1;
+            }
+            assert_exact(&store, &wd, &[], &what);
+        }
+    }
+    eprintln!("two rollbacks: {tally:?}");
+}
+
+/// A `resume` with the work dir against a `rollback` of the same abandoned
+/// journal, either one first: the revision ends published exactly or
+/// without trace, never partly; a process that says it rolled back leaves
+/// no tarball, one that says it published (or that it stays published)
+/// leaves it complete.
+#[test]
+fn resume_racing_rollback_ends_published_or_without_trace() {
+    let rt = runtime();
+    let wd = work_dir(&[("contested", 12 << 20)], 8);
+    let id = journal_id(&wd, 0);
+    let store_key = wd.pkgs[0].revision().store_key();
+    let mut tally = BTreeMap::<String, usize>::new();
+    for kind in backends() {
+        for (round, (settle, delay)) in grid().into_iter().enumerate() {
+            let point = KILL_POINTS[round % KILL_POINTS.len()];
+            // Each delay sees both orders over the two settle times.
+            let resume_first = (round + round / DELAYS_MS.len()) % 2 == 0;
+            let what = format!(
+                "{kind} round {round}: killed {point}, {} first, settle {settle} ms, delay {delay} ms",
+                if resume_first { "resume" } else { "rollback" }
+            );
+            let store = rt.block_on(TestStore::new(kind));
+            alitx_killed_at(&upload_args(&wd, 0, &store), point);
+            let resume = ("resume", resume_args(&store, &wd, &[0]));
+            let rollback = ("rollback", rollback_args(&store, &wd, 0));
+            let runs = if resume_first {
+                race(resume, rollback, delay, settle)
+            } else {
+                race(rollback, resume, delay, settle)
+            };
+            eprintln!("{what}: {}; {}", runs[0].line(), runs[1].line());
+            let published = rt.block_on(store.keys()).contains(&store_key);
+            assert_exact(&store, &wd, if published { &[0] } else { &[] }, &what);
+
+            let [a, b] = &runs;
+            for (run, other) in [(a, b), (b, a)] {
+                if run.code() != 0 {
+                    assert_lost_clearly(run, other, &what);
+                    continue;
+                }
+                let (action, message) = run.outcomes().remove(&id).unwrap_or_default();
+                let consistent = match action.as_str() {
+                    "rolled-back" => !published,
+                    // resume published it; rollback found it published
+                    // and finished it ("is published and stays").
+                    "rolled-forward" | "retired" => published,
+                    "skipped" => message.contains("retired meanwhile"),
+                    _ => false,
+                };
+                assert!(
+                    consistent,
+                    "{what}: {} exited 0 saying {action} ({message}), but the revision is {}published",
+                    run.label,
+                    if published { "" } else { "not " }
+                );
+            }
+            let outcome = format!(
+                "{} ({} exit {}, {} exit {})",
+                if published { "published" } else { "undone" },
+                a.label,
+                a.code(),
+                b.label,
+                b.code()
+            );
+            *tally.entry(outcome).or_default() += 1;
+        }
+    }
+    eprintln!("resume against rollback: {tally:?}");
+}
+
+/// Issue 10, point 3: a killed upload whose parent does not reap it stays
+/// a zombie, which `kill(pid, 0)` still finds. Its journal is dead all the
+/// same: `journals` says so and `resume` rolls it forward at once, while
+/// the zombie is still there.
+#[test]
+fn a_zombie_owner_is_dead_and_resume_rolls_its_upload_forward() {
+    use std::os::unix::process::ExitStatusExt;
+    let rt = runtime();
+    let wd = work_dir(&[("zombie", 12 << 20)], 0);
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        // This test process is the parent, and does not wait for it yet.
+        let mut upload = Command::new(env!("CARGO_BIN_EXE_alitx"))
+            .args(upload_args(&wd, 0, &store))
+            .env("ALITX_FAILPOINT", "after-links")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = upload.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while process_state(pid) != Some('Z') {
+            assert!(Instant::now() < deadline, "{kind}: alitx never died");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        let listed = alitx(&args(&[
+            "journals",
+            "--remote-store",
+            &store.spec(),
+            "--json",
+        ]));
+        assert_exit(&listed, 0);
+        let listed = json(&listed);
+        assert_eq!(listed[0]["owner"]["pid"], pid, "{kind}: {listed}");
+        assert_eq!(listed[0]["lease"], "owner-dead", "{kind}: {listed}");
+
+        let out = alitx(&resume_args(&store, &wd, &[]));
+        assert_exit(&out, 0);
+        let outcomes = json(&out);
+        assert_eq!(outcomes[0]["id"], journal_id(&wd, 0), "{kind}: {outcomes}");
+        assert_eq!(
+            outcomes[0]["action"], "rolled-forward",
+            "{kind}: {outcomes}"
+        );
+        assert_eq!(process_state(pid), Some('Z'), "{kind}: the zombie is gone");
+        assert_eq!(upload.wait().unwrap().signal(), Some(9));
+        assert_exact(&store, &wd, &[0], kind);
+    }
+}
