@@ -598,13 +598,8 @@ pub fn process_state(pid: u32) -> Option<char> {
 pub fn assert_exact(store: &TestStore, wd: &WorkDir, published: &[usize], what: &str) {
     use sha2::Digest;
     let rt = runtime();
-    let mut snapshot = rt.block_on(store.snapshot());
-    let records: BTreeMap<String, Vec<u8>> = snapshot
-        .iter()
-        .filter(|(key, _)| key.starts_with(alitx::record::PREFIX))
-        .map(|(key, body)| (key.clone(), body.clone()))
-        .collect();
-    snapshot.retain(|key, _| !records.contains_key(key));
+    let snapshot = rt.block_on(store.snapshot());
+    let records = rt.block_on(store.records());
     let expected = wd.expected(published.iter().copied());
     // Keys first, then bodies by key: a tarball's bytes make no readable
     // message.
@@ -626,7 +621,7 @@ pub fn assert_exact(store: &TestStore, wd: &WorkDir, published: &[usize], what: 
         "{what}: publication records"
     );
     for (key, &i) in &record_keys {
-        let record = alitx::record::parse(key, &records[key]).unwrap();
+        let record = &records[key];
         let store_key = wd.pkgs[i].revision().store_key();
         let tarball = &expected[&store_key];
         let txn = rt.block_on(async {
