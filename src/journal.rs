@@ -361,29 +361,35 @@ impl ProcStat {
     }
 }
 
+/// A small journal for unit tests: revision `a/p-v-1` with one dist link.
+#[cfg(test)]
+pub(crate) fn test_journal() -> Journal {
+    let revision = Revision::new("a", "p", "v", "1", &"cd".repeat(20)).unwrap();
+    let dep = crate::layout::store_key("a", &"ef".repeat(20), "dep-1-1.a.tar.gz");
+    let links = vec![
+        revision.package_link(),
+        revision.dist_link("dist", &dep).unwrap(),
+    ];
+    let identity = FileIdentity {
+        size: 10,
+        mtime_ns: 1,
+    };
+    Journal::new(
+        "t1".into(),
+        &revision,
+        identity,
+        &links,
+        8,
+        Duration::from_secs(60),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn journal() -> Journal {
-        let revision = Revision::new("a", "p", "v", "1", &"cd".repeat(20)).unwrap();
-        let dep = crate::layout::store_key("a", &"ef".repeat(20), "dep-1-1.a.tar.gz");
-        let links = vec![
-            revision.package_link(),
-            revision.dist_link("dist", &dep).unwrap(),
-        ];
-        let identity = FileIdentity {
-            size: 10,
-            mtime_ns: 1,
-        };
-        Journal::new(
-            "t1".into(),
-            &revision,
-            identity,
-            &links,
-            8,
-            Duration::from_secs(60),
-        )
+        test_journal()
     }
 
     #[test]

@@ -233,28 +233,9 @@ pub fn parse(key: &str, bytes: &[u8]) -> Result<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workdir::FileIdentity;
-    use std::time::Duration;
 
     fn journal() -> Journal {
-        let revision = Revision::new("a", "p", "v", "1", &"cd".repeat(20)).unwrap();
-        let dep = crate::layout::store_key("a", &"ef".repeat(20), "dep-1-1.a.tar.gz");
-        let links = vec![
-            revision.package_link(),
-            revision.dist_link("dist", &dep).unwrap(),
-        ];
-        let identity = FileIdentity {
-            size: 10,
-            mtime_ns: 1,
-        };
-        Journal::new(
-            "t1".into(),
-            &revision,
-            identity,
-            &links,
-            8,
-            Duration::from_secs(60),
-        )
+        crate::journal::test_journal()
     }
 
     #[test]
