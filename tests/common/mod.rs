@@ -79,6 +79,48 @@ pub async fn s3_client() -> Client {
     Client::from_conf(conf)
 }
 
+/// A test's bucket goes when the test is done, whatever its outcome: the
+/// test gateway keeps every object in memory, and the whole suite's
+/// tarballs would not fit.
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let TestStore::S3 { bucket, client } = self else {
+            return;
+        };
+        // From a thread of its own: a drop may happen inside the runtime.
+        std::thread::scope(|scope| {
+            scope.spawn(|| runtime().block_on(delete_bucket(client, bucket)));
+        });
+    }
+}
+
+/// Delete a bucket with everything in it; failures only leave garbage.
+async fn delete_bucket(client: &Client, bucket: &str) {
+    if let Ok(uploads) = client.list_multipart_uploads().bucket(bucket).send().await {
+        for u in uploads.uploads() {
+            let _ = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(u.key().unwrap_or_default())
+                .upload_id(u.upload_id().unwrap_or_default())
+                .send()
+                .await;
+        }
+    }
+    let mut pages = client.list_objects_v2().bucket(bucket).into_paginator().send();
+    while let Some(Ok(page)) = pages.next().await {
+        for object in page.contents() {
+            let _ = client
+                .delete_object()
+                .bucket(bucket)
+                .key(object.key().unwrap_or_default())
+                .send()
+                .await;
+        }
+    }
+    let _ = client.delete_bucket().bucket(bucket).send().await;
+}
+
 impl TestStore {
     pub async fn new(kind: &str) -> TestStore {
         match kind {
