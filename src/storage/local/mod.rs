@@ -323,7 +323,7 @@ impl LocalStore {
             if is_dir {
                 self.walk(&path, &key, prefix, out)?;
             } else if key.starts_with(prefix) {
-                out.push(object_meta(key, &path)?);
+                out.extend(object_meta(key, &path)?);
             }
         }
         Ok(())
@@ -545,7 +545,7 @@ impl Store for LocalStore {
                 if is_dir {
                     listing.prefixes.push(format!("{key}/"));
                 } else {
-                    listing.objects.push(object_meta(key, &path)?);
+                    listing.objects.extend(object_meta(key, &path)?);
                 }
             }
         }
@@ -714,21 +714,32 @@ fn link_body(path: &Path) -> Result<String> {
 }
 
 /// A listed object's size and modification time, and for a link the MD5 of
-/// its body (a plain file would have to be read for it).
-fn object_meta(key: String, path: &Path) -> Result<ObjectMeta> {
+/// its body (a plain file would have to be read for it); `None` if it was
+/// deleted since the directory was read.
+fn object_meta(key: String, path: &Path) -> Result<Option<ObjectMeta>> {
     use std::os::unix::fs::MetadataExt;
-    let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path.display(), e))?;
-    let body = meta
+    let vanished =
+        |e: &Error| e.kind == crate::error::ErrorKind::Io && fs::symlink_metadata(path).is_err();
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(Error::io(path.display(), e)),
+    };
+    let body = match meta
         .file_type()
         .is_symlink()
         .then(|| link_body(path))
-        .transpose()?;
-    Ok(ObjectMeta {
+        .transpose()
+    {
+        Err(e) if vanished(&e) => return Ok(None),
+        body => body?,
+    };
+    Ok(Some(ObjectMeta {
         key,
         size: body.as_ref().map_or(meta.len(), |b| b.len() as u64),
         last_modified: Some(meta.mtime()),
         md5: body.map(|b| hex::encode(Md5::digest(b.as_bytes()))),
-    })
+    }))
 }
 
 /// An object's size; for a link, its body's, as S3 readers see it.
