@@ -38,7 +38,7 @@ mod identity;
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,7 +53,10 @@ use super::{
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::layout::Link;
-use durable::{create_in, free_space, fsync_dir, make_dir, prune_empty_dirs, Temp};
+use durable::{
+    create_in, create_temp_in, free_space, fsync_dir, make_dir, prune_empty_dirs, write_durably,
+    Temp,
+};
 use identity::Identity;
 
 /// Internal state of the backend, outside the key space.
@@ -133,19 +136,14 @@ impl LocalStore {
             .map_err(|e| Error::io(path.display(), e))
     }
 
-    /// Replace `dest` (internal state of `key`) with `bytes`, atomically
-    /// and durably.
-    fn write_atomically(&self, key: &str, dest: &Path, bytes: &[u8]) -> Result<()> {
-        let temp = self.write_temp(key, bytes)?;
-        create_in(dest, || fs::rename(&temp.path, dest))
-            .and_then(|()| fsync_dir(parent(dest)))
-            .map_err(|e| Error::io(format!("writing {}", dest.display()), e))
-    }
-
+    /// Write the sidecar of an inode that is not published yet. Written in
+    /// place, not atomically: nothing reads `<key>@<ino>` before an object
+    /// with that inode is at the key, which happens only after this, and an
+    /// older file of that name is stale (it describes a freed inode).
     fn write_sidecar(&self, key: &str, sidecar: &Sidecar) -> Result<()> {
         let path = self.sidecar_path(key, sidecar.identity.ino);
         let json = serde_json::to_vec(sidecar).expect("sidecar serialises");
-        self.write_atomically(key, &path, &json)
+        write_durably(&path, &json).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
     /// The metadata of the object at `key` whose inode is `identity`: none
@@ -188,17 +186,15 @@ impl LocalStore {
             },
         )?;
         failpoint(&format!("local-placing {key}"));
-        let previous = fs::symlink_metadata(&dest).ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.ino()
-        });
+        let previous = fs::symlink_metadata(&dest).ok().map(|m| m.ino());
         let placed = if exclusive {
             create_in(&dest, || fs::hard_link(&temp.path, &dest))
         } else {
             create_in(&dest, || fs::rename(&temp.path, &dest))
         };
-        match placed.and_then(|()| fsync_dir(parent(&dest))) {
+        match placed {
             Ok(()) => {
+                fsync_dir(parent(&dest)).map_err(|e| Error::io(parent(&dest).display(), e))?;
                 if let Some(old) = previous.filter(|old| !exclusive && *old != ino) {
                     self.remove_sidecar(key, old);
                 }
@@ -482,7 +478,7 @@ impl Store for LocalStore {
     async fn put_link_if_absent(&self, link: &Link, metadata: &Metadata) -> Result<Created> {
         self.path_of(&link.key)?;
         let path = self.temp_path(&link.key, &crate::random_hex(6));
-        create_in(&path, || symlink(&link.symlink_target, &path))
+        create_temp_in(&path, || symlink(&link.symlink_target, &path))
             .map_err(|e| Error::io(path.display(), e))?;
         let temp = Temp::adopt(path, &self.internal("tmp"));
         self.place(
@@ -497,10 +493,7 @@ impl Store for LocalStore {
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path_of(key)?;
         let ino = match fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_dir() => {
-                use std::os::unix::fs::MetadataExt;
-                meta.ino()
-            }
+            Ok(meta) if !meta.is_dir() => meta.ino(),
             Ok(_) => return Ok(()),
             Err(e) if is_missing(&e) => return Ok(()),
             Err(e) => return Err(Error::io(path.display(), e)),
@@ -564,7 +557,10 @@ impl Store for LocalStore {
             initiated: crate::now_secs(),
         };
         let json = serde_json::to_vec(&record).expect("record serialises");
-        self.write_atomically(key, &dir.join("upload.json"), &json)?;
+        // Unreadable until complete: `list_uploads` skips it till then.
+        let path = dir.join("upload.json");
+        write_durably(&path, &json)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         Ok(upload_id)
     }
 
@@ -717,7 +713,6 @@ fn link_body(path: &Path) -> Result<String> {
 /// its body (a plain file would have to be read for it); `None` if it was
 /// deleted since the directory was read.
 fn object_meta(key: String, path: &Path) -> Result<Option<ObjectMeta>> {
-    use std::os::unix::fs::MetadataExt;
     let vanished =
         |e: &Error| e.kind == crate::error::ErrorKind::Io && fs::symlink_metadata(path).is_err();
     let meta = match fs::symlink_metadata(path) {
