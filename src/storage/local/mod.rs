@@ -23,12 +23,14 @@
 //!   killed completion's full-size copy belongs to the staged upload, and
 //!   aborting or completing it again frees it), links it to the key
 //!   put-if-absent, and only then drops the parts. If the key is taken by
-//!   another object the parts stay and completion fails with a conflict;
-//!   if it holds this very upload's object (same metadata, same size), a
-//!   retried completion, completion succeeds. Completing needs free space
-//!   for a second copy of the object: see [`Store::ensure_space`].
+//!   another object the parts stay and completion fails with a conflict.
+//!   If it holds this very upload's object (same metadata, which names the
+//!   transaction, and same size), as a retried completion or another staged
+//!   upload of the same transaction finds it, completion succeeds and drops
+//!   the parts. Completing needs free space for a second copy of the
+//!   object: see [`Store::ensure_space`].
 //! - **Temporary names** are `.alitx-store/tmp/<key>.<12 hex>.tmp`. One left
-//!   by a killed writer, once untouched for [`TEMP_IDLE_LIMIT`], is listed
+//!   by a killed writer, once untouched for ten minutes, is listed
 //!   by `list_uploads` as a staged upload of its key with the id
 //!   `tmp-<12 hex>` (so `check` reports it and `repair` aborts it), and
 //!   `abort_upload` of that id removes it.
@@ -65,7 +67,7 @@ const INTERNAL_DIR: &str = ".alitx-store";
 /// How long a temporary name must sit untouched before `list_uploads`
 /// reports it: every write renews its mtime, and publishing one takes
 /// milliseconds, so only a dead (or frozen) writer's temporary gets there.
-pub const TEMP_IDLE_LIMIT: Duration = Duration::from_secs(600);
+const TEMP_IDLE_LIMIT: Duration = Duration::from_secs(600);
 
 /// Upload ids `list_uploads` gives to leftover temporary names.
 const TEMP_UPLOAD_PREFIX: &str = "tmp-";
@@ -417,7 +419,10 @@ impl Store for LocalStore {
         // The nearest existing directory: the store may not exist yet.
         let mut probe = self.root.as_path();
         while !probe.exists() {
-            probe = probe.parent().unwrap_or(Path::new("/"));
+            probe = probe
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
         }
         let available = free_space(probe)
             .map_err(|e| Error::io(format!("free space of {}", probe.display()), e))?;
