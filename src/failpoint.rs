@@ -2,7 +2,10 @@
 //! `ALITX_FAILPOINT` names a point the upload passes (e.g. `after-claim`;
 //! `bulk-part-3` as part 3 is read; `part-sent-3` once it is stored), the
 //! process kills itself with SIGKILL there, exactly as a killed Jenkins job
-//! would die. Never set it in production.
+//! would die. The local-directory store adds `local-placing <key>` (an
+//! object prepared under its temporary name, not yet linked to `<key>`) and
+//! `local-assembling` (a completion half-way through concatenating the
+//! parts). Never set it in production.
 
 use std::sync::OnceLock;
 

@@ -685,3 +685,152 @@ fn walk_keys(root: &Path) -> Vec<String> {
     }
     keys
 }
+
+// ---------------------------------------------------------------- durability
+
+/// One system call of an `strace -f -y` log: its name, its arguments' path
+/// strings (a relative one joined to its directory descriptor's path), and
+/// whether it succeeded.
+struct Syscall {
+    name: String,
+    paths: Vec<String>,
+    removes_dir: bool,
+}
+
+fn parse_strace(log: &str) -> Vec<Syscall> {
+    let mut calls = Vec::new();
+    for line in log.lines() {
+        let Some((_, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((name, args)) = call.split_once('(') else {
+            continue;
+        };
+        if !args.ends_with("= 0") {
+            continue;
+        }
+        // Descriptors print as `N</path>`, strings as `"path"`.
+        let mut paths = Vec::new();
+        let mut dir = None;
+        let mut rest = args;
+        while let Some(start) = rest.find(['<', '"']) {
+            let closing = if rest.as_bytes()[start] == b'<' {
+                '>'
+            } else {
+                '"'
+            };
+            let Some(len) = rest[start + 1..].find(closing) else {
+                break;
+            };
+            let text = rest[start + 1..start + 1 + len].to_string();
+            if closing == '>' {
+                dir = Some(text.clone());
+                if name.starts_with("fsync") {
+                    paths.push(text);
+                }
+            } else if text.starts_with('/') {
+                paths.push(text);
+            } else if let Some(dir) = &dir {
+                paths.push(format!("{dir}/{text}"));
+            }
+            rest = &rest[start + len + 2..];
+        }
+        calls.push(Syscall {
+            name: name.trim().to_string(),
+            paths,
+            removes_dir: args.contains("AT_REMOVEDIR"),
+        });
+    }
+    calls
+}
+
+/// Run alitx under `strace`; `None` (the test then says it is skipped)
+/// without strace.
+fn traced(args: &[String]) -> Option<(std::process::Output, String)> {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-y", "-qq", "-o"])
+        .arg(log.path())
+        .args([
+            "-e",
+            "trace=link,linkat,rename,renameat,renameat2,unlink,unlinkat,fsync",
+        ])
+        .arg(env!("CARGO_BIN_EXE_alitx"))
+        .args(args);
+    match cmd.output() {
+        Ok(out) if out.status.code() != Some(127) => {
+            Some((out, fs::read_to_string(log.path()).unwrap()))
+        }
+        _ => {
+            eprintln!("skipped: strace is not installed");
+            None
+        }
+    }
+}
+
+/// Every `link`/`rename` into the store (but into its temporary directory),
+/// every `unlink` of a key, and every removal of a staged upload is
+/// followed by an fsync of the directory it changed.
+fn assert_parent_dirs_fsynced(root: &Path, log: &str) -> usize {
+    let root = root.display().to_string();
+    let tmp = format!("{root}/.alitx-store/tmp/");
+    let internal = format!("{root}/.alitx-store/");
+    let uploads = format!("{root}/.alitx-store/uploads/");
+    let calls = parse_strace(log);
+    let mut checked = 0;
+    for (i, call) in calls.iter().enumerate() {
+        let changed = match call.name.as_str() {
+            "link" | "linkat" | "rename" | "renameat" | "renameat2" => call.paths.last(),
+            "unlink" | "unlinkat" => call.paths.last().filter(|p| {
+                if call.removes_dir {
+                    p.starts_with(&uploads) && !p[uploads.len()..].contains('/')
+                } else {
+                    !p.starts_with(&internal)
+                }
+            }),
+            _ => None,
+        };
+        let Some(path) = changed.filter(|p| p.starts_with(&root) && !p.starts_with(&tmp)) else {
+            continue;
+        };
+        let dir = Path::new(path).parent().unwrap().display().to_string();
+        assert!(
+            calls[i..]
+                .iter()
+                .any(|c| c.name == "fsync" && c.paths.first() == Some(&dir)),
+            "{} {path}: no fsync of {dir} follows",
+            call.name
+        );
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn every_publishing_link_rename_and_unlink_is_followed_by_a_directory_fsync() {
+    let rt = runtime();
+    let store = rt.block_on(TestStore::new("local"));
+    let wd = WorkDir::chain(2, 12 << 20);
+    assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
+    let mut upload = wd.upload_args(1, &store);
+    upload.extend(args(&["--part-size", "5"]));
+
+    // Deletes and an aborted staged upload: a killed upload rolled back.
+    alitx_killed_at(&upload, "after-links");
+    let journal = alitx::journal::Journal::id_of(&wd.pkgs[1].revision());
+    let rollback = args(&["rollback", "--remote-store", &store.spec(), &journal]);
+    let Some((out, log)) = traced(&rollback) else {
+        return;
+    };
+    assert_exit(&out, 0);
+    let retired = assert_parent_dirs_fsynced(store.root(), &log);
+    assert_eq!(rt.block_on(store.snapshot()), wd.expected(0..1));
+
+    // A journal, its rewrites, links, parts and a completed upload.
+    let (out, log) = traced(&upload).unwrap();
+    assert_exit(&out, 0);
+    let published = assert_parent_dirs_fsynced(store.root(), &log);
+    assert_eq!(rt.block_on(store.snapshot()), wd.expected(0..2));
+    eprintln!("{published} publishing and {retired} retiring calls checked");
+    assert!(published >= 12 && retired >= 8, "{published} {retired}");
+}

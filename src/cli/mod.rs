@@ -252,7 +252,8 @@ async fn upload(args: UploadArgs) -> Result<i32> {
 
 async fn verify(args: VerifyArgs) -> Result<i32> {
     let options = args.options();
-    let report = crate::verify::verify(args.store.open(LocalRoot::MustExist).await?, &options).await?;
+    let report =
+        crate::verify::verify(args.store.open(LocalRoot::MustExist).await?, &options).await?;
     if args.output.json {
         print_json(&report);
     } else {

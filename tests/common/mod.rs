@@ -107,7 +107,11 @@ async fn delete_bucket(client: &Client, bucket: &str) {
                 .await;
         }
     }
-    let mut pages = client.list_objects_v2().bucket(bucket).into_paginator().send();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .into_paginator()
+        .send();
     while let Some(Ok(page)) = pages.next().await {
         for object in page.contents() {
             let _ = client

@@ -16,11 +16,17 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// `mkdir -p`, fsyncing the parent of every directory it creates.
 pub fn make_dir(dir: &Path) -> io::Result<()> {
+    make_dirs(dir, true)
+}
+
+/// `mkdir -p`; with `sync`, the parent of every directory it creates is
+/// fsynced (not needed for temporary names: nothing survives by them).
+fn make_dirs(dir: &Path, sync: bool) -> io::Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            make_dir(dir.parent().ok_or(e)?)?;
+            make_dirs(dir.parent().ok_or(e)?, sync)?;
             match fs::create_dir(dir) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
                 _ => {}
@@ -28,21 +34,50 @@ pub fn make_dir(dir: &Path) -> io::Result<()> {
         }
         Err(e) => return Err(e),
     }
-    fsync_dir(dir.parent().expect("a created directory has a parent"))
+    if sync {
+        fsync_dir(dir.parent().expect("a created directory has a parent"))?;
+    }
+    Ok(())
 }
 
-/// Run `create`, which makes the name `path`, after making its directory;
-/// again if a concurrent delete pruned that directory in between.
-pub fn create_in<T>(path: &Path, mut create: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+/// Run `create`, which makes the name `path`, after making its directory
+/// durably; again if a concurrent delete pruned that directory in between.
+pub fn create_in<T>(path: &Path, create: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    create_after_mkdir(path, true, create)
+}
+
+/// `create_in` for a temporary name: its directories need no fsync.
+pub fn create_temp_in<T>(path: &Path, create: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    create_after_mkdir(path, false, create)
+}
+
+fn create_after_mkdir<T>(
+    path: &Path,
+    sync: bool,
+    mut create: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
     let dir = path.parent().expect("created paths have a parent");
     let mut attempts = 0;
     loop {
-        make_dir(dir)?;
+        make_dirs(dir, sync)?;
         match create() {
             Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
             done => return done,
         }
     }
+}
+
+/// Create or overwrite `path` with `bytes`, then fsync it and its
+/// directory; on failure (a full disk) nothing of it stays.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let written = create_in(path, || File::create(path)).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    written.and_then(|()| fsync_dir(path.parent().expect("written paths have a parent")))
 }
 
 /// Remove the now-empty directories from `path`'s parent up to, not
@@ -77,7 +112,7 @@ impl Temp {
 
     /// Create `path` as a new empty file, for the caller to fill.
     pub fn create(path: PathBuf, prune_up_to: &Path) -> io::Result<(Temp, File)> {
-        let file = create_in(&path, || File::create_new(&path))?;
+        let file = create_temp_in(&path, || File::create_new(&path))?;
         Ok((Temp::adopt(path, prune_up_to), file))
     }
 

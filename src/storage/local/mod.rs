@@ -23,12 +23,14 @@
 //!   killed completion's full-size copy belongs to the staged upload, and
 //!   aborting or completing it again frees it), links it to the key
 //!   put-if-absent, and only then drops the parts. If the key is taken by
-//!   another object the parts stay and completion fails with a conflict;
-//!   if it holds this very upload's object (same metadata, same size), a
-//!   retried completion, completion succeeds. Completing needs free space
-//!   for a second copy of the object: see [`Store::ensure_space`].
+//!   another object the parts stay and completion fails with a conflict.
+//!   If it holds this very upload's object (same metadata, which names the
+//!   transaction, and same size), as a retried completion or another staged
+//!   upload of the same transaction finds it, completion succeeds and drops
+//!   the parts. Completing needs free space for a second copy of the
+//!   object: see [`Store::ensure_space`].
 //! - **Temporary names** are `.alitx-store/tmp/<key>.<12 hex>.tmp`. One left
-//!   by a killed writer, once untouched for [`TEMP_IDLE_LIMIT`], is listed
+//!   by a killed writer, once untouched for ten minutes, is listed
 //!   by `list_uploads` as a staged upload of its key with the id
 //!   `tmp-<12 hex>` (so `check` reports it and `repair` aborts it), and
 //!   `abort_upload` of that id removes it.
@@ -38,7 +40,7 @@ mod identity;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,7 +55,10 @@ use super::{
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::layout::Link;
-use durable::{create_in, free_space, fsync_dir, make_dir, prune_empty_dirs, Temp};
+use durable::{
+    create_in, create_temp_in, free_space, fsync_dir, make_dir, prune_empty_dirs, write_durably,
+    Temp,
+};
 use identity::Identity;
 
 /// Internal state of the backend, outside the key space.
@@ -62,7 +67,7 @@ const INTERNAL_DIR: &str = ".alitx-store";
 /// How long a temporary name must sit untouched before `list_uploads`
 /// reports it: every write renews its mtime, and publishing one takes
 /// milliseconds, so only a dead (or frozen) writer's temporary gets there.
-pub const TEMP_IDLE_LIMIT: Duration = Duration::from_secs(600);
+const TEMP_IDLE_LIMIT: Duration = Duration::from_secs(600);
 
 /// Upload ids `list_uploads` gives to leftover temporary names.
 const TEMP_UPLOAD_PREFIX: &str = "tmp-";
@@ -133,19 +138,14 @@ impl LocalStore {
             .map_err(|e| Error::io(path.display(), e))
     }
 
-    /// Replace `dest` (internal state of `key`) with `bytes`, atomically
-    /// and durably.
-    fn write_atomically(&self, key: &str, dest: &Path, bytes: &[u8]) -> Result<()> {
-        let temp = self.write_temp(key, bytes)?;
-        create_in(dest, || fs::rename(&temp.path, dest))
-            .and_then(|()| fsync_dir(parent(dest)))
-            .map_err(|e| Error::io(format!("writing {}", dest.display()), e))
-    }
-
+    /// Write the sidecar of an inode that is not published yet. Written in
+    /// place, not atomically: nothing reads `<key>@<ino>` before an object
+    /// with that inode is at the key, which happens only after this, and an
+    /// older file of that name is stale (it describes a freed inode).
     fn write_sidecar(&self, key: &str, sidecar: &Sidecar) -> Result<()> {
         let path = self.sidecar_path(key, sidecar.identity.ino);
         let json = serde_json::to_vec(sidecar).expect("sidecar serialises");
-        self.write_atomically(key, &path, &json)
+        write_durably(&path, &json).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
     /// The metadata of the object at `key` whose inode is `identity`: none
@@ -188,17 +188,15 @@ impl LocalStore {
             },
         )?;
         failpoint(&format!("local-placing {key}"));
-        let previous = fs::symlink_metadata(&dest).ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.ino()
-        });
+        let previous = fs::symlink_metadata(&dest).ok().map(|m| m.ino());
         let placed = if exclusive {
             create_in(&dest, || fs::hard_link(&temp.path, &dest))
         } else {
             create_in(&dest, || fs::rename(&temp.path, &dest))
         };
-        match placed.and_then(|()| fsync_dir(parent(&dest))) {
+        match placed {
             Ok(()) => {
+                fsync_dir(parent(&dest)).map_err(|e| Error::io(parent(&dest).display(), e))?;
                 if let Some(old) = previous.filter(|old| !exclusive && *old != ino) {
                     self.remove_sidecar(key, old);
                 }
@@ -323,7 +321,7 @@ impl LocalStore {
             if is_dir {
                 self.walk(&path, &key, prefix, out)?;
             } else if key.starts_with(prefix) {
-                out.push(object_meta(key, &path)?);
+                out.extend(object_meta(key, &path)?);
             }
         }
         Ok(())
@@ -421,7 +419,10 @@ impl Store for LocalStore {
         // The nearest existing directory: the store may not exist yet.
         let mut probe = self.root.as_path();
         while !probe.exists() {
-            probe = probe.parent().unwrap_or(Path::new("/"));
+            probe = probe
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
         }
         let available = free_space(probe)
             .map_err(|e| Error::io(format!("free space of {}", probe.display()), e))?;
@@ -506,7 +507,7 @@ impl Store for LocalStore {
     async fn put_link_if_absent(&self, link: &Link, metadata: &Metadata) -> Result<Created> {
         self.path_of(&link.key)?;
         let path = self.temp_path(&link.key, &crate::random_hex(6));
-        create_in(&path, || symlink(&link.symlink_target, &path))
+        create_temp_in(&path, || symlink(&link.symlink_target, &path))
             .map_err(|e| Error::io(path.display(), e))?;
         let temp = Temp::adopt(path, &self.internal("tmp"));
         self.place(
@@ -521,10 +522,7 @@ impl Store for LocalStore {
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path_of(key)?;
         let ino = match fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_dir() => {
-                use std::os::unix::fs::MetadataExt;
-                meta.ino()
-            }
+            Ok(meta) if !meta.is_dir() => meta.ino(),
             Ok(_) => return Ok(()),
             Err(e) if is_missing(&e) => return Ok(()),
             Err(e) => return Err(Error::io(path.display(), e)),
@@ -569,7 +567,7 @@ impl Store for LocalStore {
                 if is_dir {
                     listing.prefixes.push(format!("{key}/"));
                 } else {
-                    listing.objects.push(object_meta(key, &path)?);
+                    listing.objects.extend(object_meta(key, &path)?);
                 }
             }
         }
@@ -588,7 +586,10 @@ impl Store for LocalStore {
             initiated: crate::now_secs(),
         };
         let json = serde_json::to_vec(&record).expect("record serialises");
-        self.write_atomically(key, &dir.join("upload.json"), &json)?;
+        // Unreadable until complete: `list_uploads` skips it till then.
+        let path = dir.join("upload.json");
+        write_durably(&path, &json)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         Ok(upload_id)
     }
 
@@ -738,21 +739,31 @@ fn link_body(path: &Path) -> Result<String> {
 }
 
 /// A listed object's size and modification time, and for a link the MD5 of
-/// its body (a plain file would have to be read for it).
-fn object_meta(key: String, path: &Path) -> Result<ObjectMeta> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path.display(), e))?;
-    let body = meta
+/// its body (a plain file would have to be read for it); `None` if it was
+/// deleted since the directory was read.
+fn object_meta(key: String, path: &Path) -> Result<Option<ObjectMeta>> {
+    let vanished =
+        |e: &Error| e.kind == crate::error::ErrorKind::Io && fs::symlink_metadata(path).is_err();
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(Error::io(path.display(), e)),
+    };
+    let body = match meta
         .file_type()
         .is_symlink()
         .then(|| link_body(path))
-        .transpose()?;
-    Ok(ObjectMeta {
+        .transpose()
+    {
+        Err(e) if vanished(&e) => return Ok(None),
+        body => body?,
+    };
+    Ok(Some(ObjectMeta {
         key,
         size: body.as_ref().map_or(meta.len(), |b| b.len() as u64),
         last_modified: Some(meta.mtime()),
         md5: body.map(|b| hex::encode(Md5::digest(b.as_bytes()))),
-    })
+    }))
 }
 
 /// An object's size; for a link, its body's, as S3 readers see it.
