@@ -521,3 +521,69 @@ fn verify_memory_stays_bounded_on_a_one_gib_tarball() {
         });
     }
 }
+
+/// Writing the record is idempotent for its own transaction (a retried
+/// request, a second roll forward) and replaces a stale record of another
+/// transaction (a revision removed without its record, published again).
+#[test]
+fn the_record_is_created_once_and_a_stale_one_is_replaced() {
+    use alitx::journal::Journal;
+    let rt = runtime();
+    for kind in backends() {
+        rt.block_on(async {
+            let store = TestStore::new(kind).await;
+            let backend = store.open().await;
+            let wd = WorkDir::chain(1, 0);
+            let rev = wd.pkgs[0].revision();
+            let journal = |txn: &str| {
+                let identity = alitx::workdir::FileIdentity::of(&wd.tarball_path(0)).unwrap();
+                let links = vec![rev.package_link()];
+                Journal::new(
+                    txn.into(),
+                    &rev,
+                    identity,
+                    &links,
+                    8 << 20,
+                    std::time::Duration::from_secs(60),
+                )
+            };
+            let sha = sha256_of(&wd.tarball_path(0)).unwrap();
+            let first = journal("txn-one");
+            record::write(&*backend, &first, &sha).await.unwrap();
+            let written = record::read(&*backend, &rev).await.unwrap().unwrap();
+            assert_eq!(
+                (written.txn.as_str(), written.sha256.as_str()),
+                ("txn-one", sha.as_str())
+            );
+            let key = record::key_of(&rev);
+            let info = backend.head(&key).await.unwrap().unwrap();
+            assert_eq!(
+                info.metadata.get("alitx-txn").map(String::as_str),
+                Some("txn-one"),
+                "{kind}"
+            );
+
+            // Again, as a retry would: success, the record untouched.
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            record::write(&*backend, &first, &sha).await.unwrap();
+            assert_eq!(
+                record::read(&*backend, &rev).await.unwrap().unwrap(),
+                written,
+                "{kind}"
+            );
+
+            // Another transaction's publication of the same revision.
+            let other_sha = "ab".repeat(32);
+            record::write(&*backend, &journal("txn-two"), &other_sha)
+                .await
+                .unwrap();
+            let replaced = record::read(&*backend, &rev).await.unwrap().unwrap();
+            assert_eq!(
+                (replaced.txn.as_str(), replaced.sha256.as_str()),
+                ("txn-two", other_sha.as_str()),
+                "{kind}"
+            );
+            assert_eq!(backend.list(record::PREFIX).await.unwrap(), [key], "{kind}");
+        });
+    }
+}
