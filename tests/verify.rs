@@ -467,6 +467,8 @@ fn healed_with_record(
 }
 
 /// Run alitx; its exit code, stdout, and its own peak RSS in MiB.
+// The child is reaped by `wait4`, which also reports its resource usage.
+#[allow(clippy::zombie_processes)]
 fn alitx_measured(args: &[String]) -> (i32, String, i64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_alitx"))
         .args(args)
