@@ -278,10 +278,19 @@ fn flipped_truncated_and_missing_tarballs_are_corrupt() {
             )),
             "{kind}: {text}"
         );
-        assert!(
-            text.contains("--unpublish"),
-            "{kind}: says how to remove it: {text}"
-        );
+        for i in 0..4 {
+            let pkg = &wd.pkgs[i];
+            let remove = format!(
+                "alitx repair --remote-store {} --architecture {ARCH} --package {} --version {} --revision 1 --unpublish",
+                store.spec(),
+                pkg.name,
+                pkg.version
+            );
+            assert!(
+                text.contains(&remove),
+                "{kind}: says how to remove it: {text}"
+            );
+        }
 
         // verify changed nothing.
         let expected_sha = sha256_of(&wd.tarball_path(4)).unwrap();
