@@ -313,6 +313,32 @@ fn stock_revisions_have_no_record_and_bad_records_are_corrupt() {
         for (key, body) in wd.expected(0..2) {
             rt.block_on(store.put_foreign(&key, &body));
         }
+        // Package 1's store object is a redirect stub naming the blob that
+        // holds its bytes, which aliBuild's fetch follows.
+        rt.block_on(async {
+            let backend = store.open().await;
+            let stub = wd.pkgs[1].revision().store_key();
+            let blob = format!(
+                "TARS/{ARCH}/blobs/{}",
+                sha256_of(&wd.tarball_path(1)).unwrap()
+            );
+            let bytes = std::fs::read(wd.tarball_path(1)).unwrap();
+            backend
+                .put(&blob, bytes.into(), &Default::default())
+                .await
+                .unwrap();
+            backend.delete(&stub).await.unwrap();
+            let link = alitx::layout::Link {
+                key: stub,
+                symlink_target: format!("../../../../../{blob}"),
+                redirect: Some(format!("/{blob}")),
+                body: blob,
+            };
+            backend
+                .put_link_if_absent(&link, &Default::default())
+                .await
+                .unwrap();
+        });
         // Package 2 by alitx, then its record replaced by garbage; package
         // 3 by alitx, then its package link removed.
         for i in 2..4 {
@@ -344,6 +370,8 @@ fn stock_revisions_have_no_record_and_bad_records_are_corrupt() {
                 sha256_of(&wd.tarball_path(i)).unwrap().as_str()
             );
             assert_eq!(verdict["record"], Value::Null);
+            let size = std::fs::metadata(wd.tarball_path(i)).unwrap().len();
+            assert_eq!(verdict["size"], size, "{kind} {i}");
         }
         let bad = &verdicts[&id(&wd, 2)];
         assert_eq!(bad["class"], "corrupt");
