@@ -257,7 +257,7 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
     if args.output.json {
         print_json(&report);
     } else {
-        print_verify(&report);
+        print_verify(&report, &args.store.remote_store);
     }
     Ok(if report.summary.corrupt > 0 {
         exit::CORRUPT

@@ -167,9 +167,9 @@ pub(super) fn print_repair(report: &repair::RepairReport) {
     }
 }
 
-/// One line per corrupt or unreadable revision with its reasons, what to
-/// do about them, then the counts.
-pub(super) fn print_verify(report: &VerifyReport) {
+/// One line per corrupt or unreadable revision with its reasons, then the
+/// counts, then for each corrupt revision the command that removes it.
+pub(super) fn print_verify(report: &VerifyReport, remote_store: &str) {
     for r in &report.revisions {
         let class = match r.class {
             Class::Corrupt => "corrupt",
@@ -191,16 +191,24 @@ pub(super) fn print_verify(report: &VerifyReport) {
         s.bytes_read,
         s.seconds
     );
-    if s.corrupt > 0 {
+    let corrupt: Vec<_> = report
+        .revisions
+        .iter()
+        .filter(|r| r.class == Class::Corrupt)
+        .collect();
+    if !corrupt.is_empty() {
         println!(
-            "a corrupt revision must not be used: remove it with \
-             `alitx repair --architecture ARCH --package PKG --version VER --revision REV --unpublish`, \
-             then build it again (its next build publishes it anew)"
+            "a corrupt revision must not be used: remove it, then build it again (its next build publishes it anew):"
+        );
+    }
+    for r in corrupt {
+        println!(
+            "  alitx repair --remote-store {remote_store} --architecture {} --package {} --version {} --revision {} --unpublish",
+            r.architecture, r.package, r.version, r.revision
         );
     }
 }
 
-/// Print per-journal outcomes; the exit code is the worst one's.
 pub(super) fn report_outcomes(outcomes: &[Outcome], json: bool, nothing: &str) -> i32 {
     if json {
         print_json(&outcomes);
