@@ -70,6 +70,9 @@ pub struct RevisionReport {
     /// tarball no other revision's dist link needs), or roll it back
     /// (abandoned).
     pub repairable: bool,
+    /// Its tarball is a dependency (a dist link's target) of other
+    /// revisions: repair leaves it alone whatever its age.
+    pub needed_by_others: bool,
     /// Seconds since its newest key was written.
     pub age_seconds: Option<i64>,
     pub reasons: Vec<String>,
@@ -499,6 +502,7 @@ fn classify(
                 state: State::Partial,
                 recent: false,
                 repairable: false,
+                needed_by_others: false,
                 age_seconds: None,
                 reasons: Vec::new(),
                 journal: None,
@@ -536,6 +540,7 @@ fn classify(
                     .join(", ")
             ));
         }
+        report.needed_by_others = needed_by.is_some();
         report.repairable = match report.state {
             State::Partial => !report.recent && needed_by.is_none(),
             State::Abandoned => true,
@@ -649,6 +654,7 @@ fn report_for(
         state,
         recent: false,
         repairable: false,
+        needed_by_others: false,
         age_seconds: newest,
         reasons,
         journal: None,

@@ -340,13 +340,13 @@ async fn retire_committed(store: &dyn Store, journal: &Journal, options: &Option
 pub fn summary(report: &Report) -> String {
     match report.status {
         txn::Status::Committed => format!(
-            "published {} ({} keys written, {} of {} bytes sent, {} of {} parts reused) in {:.1}s",
+            "published {} ({} written, {} of {} bytes sent, {} of {} reused) in {:.1}s",
             report.revision.full_version(),
-            report.keys_written.len(),
+            crate::counted(report.keys_written.len(), "key"),
             report.bytes_sent,
             report.tarball_bytes,
             report.parts_reused,
-            report.parts_total,
+            crate::counted(report.parts_total as usize, "part"),
             report.duration_seconds
         ),
         txn::Status::AlreadyPublished => format!(
@@ -355,9 +355,9 @@ pub fn summary(report: &Report) -> String {
             report.store
         ),
         txn::Status::RolledBack => format!(
-            "rolled back {}: deleted {} keys, aborted the staged upload, retired the journal",
+            "rolled back {}: deleted {}, aborted the staged upload, retired the journal",
             report.revision.full_version(),
-            report.keys_deleted.len()
+            crate::counted(report.keys_deleted.len(), "key")
         ),
     }
 }

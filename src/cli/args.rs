@@ -110,16 +110,17 @@ pub(super) enum Command {
     /// abandoned journals back exactly as `rollback` does, and aborts stale
     /// staged uploads no journal references. Never touches a complete
     /// revision, one a live journal covers, or one touched less than
-    /// --min-age ago. Exit 0 when everything was repaired (or --dry-run),
-    /// 5 when something was left alone (said why), 1 on an error.
+    /// --min-age ago. Exit 0 when everything was repaired, 5 when something
+    /// was left alone (said why), 1 on an error; --dry-run exits as the real
+    /// run would.
     #[command(after_help = AFTER_HELP)]
     Repair {
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
         scan: ScanArgs,
-        /// Print every key it would delete and every upload it would abort;
-        /// change nothing.
+        /// Print every key it would delete and every upload it would abort,
+        /// and what --min-age 0 would add; change nothing.
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
