@@ -14,7 +14,8 @@
 # Environment: KEEP_RGW=1 leaves the gateway running afterwards (the next run
 #   reuses it; `scripts/rgw.sh stop` ends it).
 #
-# Every step runs even when an earlier one failed. The last line is always
+# fmt, clippy and the tests run even when one of them failed; a setup failure
+# (toolchain, aliBuild, gateway) stops the run. The last line is always
 # `tests: N passed, N failed`; the exit status is 0 only when every step
 # (fmt, clippy, setup, build, every test) succeeded.
 set -uo pipefail
