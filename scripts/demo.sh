@@ -6,7 +6,11 @@
 # Usage: scripts/demo.sh [OUTPUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+if [ ! -x target/release/alitx ]; then
+  echo "First run: compiling alitx and its dependencies in release mode, about 5 minutes"
+  echo "on 2 cores (later runs only rebuild what changed). Cargo's progress follows."
+fi
+cargo build --release
 alitx=$PWD/target/release/alitx
 out=${1:-$(mktemp -d /tmp/alitx-demo.XXXXXX)}
 mkdir -p "$out"

@@ -2,7 +2,9 @@
 # The whole test suite: formatting, lints, unit tests, and the integration
 # tests against the local-directory store and a real Ceph RADOS Gateway that
 # this script starts (installing Ceph from Debian's packages if needed).
-# aliBuild (PyPI `alibuild`) goes into .venv for tests/alibuild.rs.
+# aliBuild (PyPI `alibuild`) goes into .venv (the newest supported) and
+# .venv-alibuild-1.17.43 (the oldest; tests/alibuild.rs runs with both) and
+# .venv-alibuild-1.17.20 (unsupported: the helper must refuse it).
 #
 # Usage: scripts/test.sh [CARGO TEST ARGUMENTS]
 #   Arguments go to `cargo test --release --no-fail-fast`. Without a target
@@ -12,7 +14,8 @@
 # Environment: KEEP_RGW=1 leaves the gateway running afterwards (the next run
 #   reuses it; `scripts/rgw.sh stop` ends it).
 #
-# Every step runs even when an earlier one failed. The last line is always
+# fmt, clippy and the tests run even when one of them failed; a setup failure
+# (toolchain, aliBuild, gateway) stops the run. The last line is always
 # `tests: N passed, N failed`; the exit status is 0 only when every step
 # (fmt, clippy, setup, build, every test) succeeded.
 set -uo pipefail
@@ -59,12 +62,17 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings || failed+=("clippy")
 
 set -e
-step "aliBuild for the end-to-end tests (.venv, from PyPI; rsync for its local stores)"
+step "aliBuild from PyPI for the end-to-end tests: the newest (.venv) and oldest supported, 1.17.20 (refused); rsync for its local stores"
 command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync; }
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -c 'import alibuild_helpers' 2>/dev/null ||
-  .venv/bin/python -m pip install -q 'alibuild>=1.17.48,<1.18'
+alibuild_venv() { # DIR PIP-REQUIREMENT
+  [ -x "$1/bin/python" ] || python3 -m venv "$1"
+  "$1/bin/python" -c 'import alibuild_helpers' 2>/dev/null || "$1/bin/python" -m pip install -q "$2"
+}
+alibuild_venv .venv 'alibuild>=1.17.43,<1.18'
+alibuild_venv .venv-alibuild-1.17.43 'alibuild==1.17.43'
+alibuild_venv .venv-alibuild-1.17.20 'alibuild==1.17.20'
 export ALITX_ALIBUILD_PYTHON="$PWD/.venv/bin/python"
+export ALITX_ALIBUILD_UNSUPPORTED_PYTHON="$PWD/.venv-alibuild-1.17.20/bin/python"
 
 step "starting Ceph RGW (scripts/rgw.sh)"
 rgw_started=1
@@ -87,3 +95,11 @@ done
 step "cargo test --release (local store and RGW at $AWS_ENDPOINT_URL)"
 cargo test --release --no-fail-fast ${targets[@]+"${targets[@]}"} "$@" 2>&1 | tee "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=("cargo test")
+
+# The whole suite also runs tests/alibuild.rs with the oldest supported aliBuild.
+if [ ${#targets[@]} -gt 0 ]; then
+  step "tests/alibuild.rs with the oldest supported aliBuild (1.17.43)"
+  ALITX_ALIBUILD_PYTHON="$PWD/.venv-alibuild-1.17.43/bin/python" \
+    cargo test --release --no-fail-fast --test alibuild "$@" 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=("aliBuild 1.17.43")
+fi

@@ -360,17 +360,17 @@ pub fn summary(report: &Report) -> String {
         txn::Status::Committed if report.parts_total == 0 => format!(
             "{} is published and stays (readers may already use it): {} restored, journal retired, in {:.1}s",
             report.revision.full_version(),
-            plural(report.keys_written.len(), "missing link"),
+            crate::counted(report.keys_written.len(), "missing link"),
             report.duration_seconds
         ),
         txn::Status::Committed => format!(
-            "published {} ({} written, {} of {} bytes sent, {} of {} parts reused) in {:.1}s",
+            "published {} ({} written, {} of {} bytes sent, {} of {} reused) in {:.1}s",
             report.revision.full_version(),
-            plural(report.keys_written.len(), "key"),
+            crate::counted(report.keys_written.len(), "key"),
             report.bytes_sent,
             report.tarball_bytes,
             report.parts_reused,
-            report.parts_total,
+            crate::counted(report.parts_total as usize, "part"),
             report.duration_seconds
         ),
         txn::Status::AlreadyPublished => format!(
@@ -381,12 +381,7 @@ pub fn summary(report: &Report) -> String {
         txn::Status::RolledBack => format!(
             "rolled back {}: deleted {}, aborted the staged upload, retired the journal",
             report.revision.full_version(),
-            plural(report.keys_deleted.len(), "key")
+            crate::counted(report.keys_deleted.len(), "key")
         ),
     }
-}
-
-/// `1 key`, `2 keys`.
-pub fn plural(n: usize, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }

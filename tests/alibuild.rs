@@ -658,7 +658,7 @@ fn helper_help_and_what_it_needs() {
     assert_exit(&no_alibuild, 1);
     assert!(
         stderr(&no_alibuild).contains("cannot import aliBuild")
-            && stderr(&no_alibuild).contains("-m pip install 'alibuild>=1.17.48,<1.18'"),
+            && stderr(&no_alibuild).contains("-m pip install 'alibuild>=1.17.43,<1.18'"),
         "{}",
         stderr(&no_alibuild)
     );

@@ -415,12 +415,50 @@ fn repair_leaves_recent_partial_revisions_alone_and_says_how_to_override() {
             },
         ));
         let before = rt.block_on(store.snapshot());
-        let out = alitx(&args(&["repair", "--remote-store", &store.spec()]));
-        assert_exit(&out, 5);
+        // The dry run says exactly what the real run does, with its exit
+        // code, and what --min-age 0 would add: every key of the revision.
+        for dry_run in [true, false] {
+            let mut repair = args(&["repair", "--remote-store", &store.spec()]);
+            if dry_run {
+                repair.push("--dry-run".into());
+            }
+            let out = alitx(&repair);
+            assert_exit(&out, 5);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("left-alone"), "{kind}: {text}");
+            assert!(
+                text.contains(&format!(
+                    "with --min-age 0 it would also delete {} keys of 1 partial revision younger than --min-age:\n",
+                    before.len()
+                )),
+                "{kind}: {text}"
+            );
+            for key in before.keys() {
+                assert!(
+                    text.contains(&format!("  {key}\n")),
+                    "{kind}: {key}: {text}"
+                );
+            }
+            assert!(text.contains("0 keys and 0 staged uploads would go") == dry_run);
+            assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
+        }
+        let out = alitx(&args(&[
+            "repair",
+            "--remote-store",
+            &store.spec(),
+            "--dry-run",
+            "--min-age",
+            "0",
+        ]));
+        assert_exit(&out, 0);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("left-alone"), "{kind}: {text}");
-        assert!(text.contains("--min-age 0"), "{kind}: {text}");
-        assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
+        assert!(
+            text.contains(&format!(
+                "{} keys and 0 staged uploads would go",
+                before.len()
+            )),
+            "{kind}: {text}"
+        );
         let check = alitx(&args(&["check", "--remote-store", &store.spec()]));
         assert_exit(&check, 5);
         assert!(String::from_utf8_lossy(&check.stdout).contains("partial (recent)"));
@@ -491,9 +529,28 @@ fn bad_input_is_refused_clearly_and_an_empty_store_is_clean() {
             "{kind}: {}",
             stderr(&out)
         );
+        // A package the store does not hold: said so, nothing to repair.
+        for command in ["check", "repair"] {
+            let out = alitx(&args(&[
+                command,
+                "--remote-store",
+                &store.spec(),
+                "--package",
+                "nosuch",
+            ]));
+            assert_exit(&out, 0);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("package nosuch is absent from "),
+                "{kind} {command}: {text}"
+            );
+        }
         assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
         let clean = alitx(&args(&["check", "--remote-store", &store.spec()]));
         assert_exit(&clean, 0);
+        let text = String::from_utf8_lossy(&clean.stdout);
+        assert!(text.contains("1 revision: 1 complete"), "{kind}: {text}");
+        assert!(!text.contains("is absent"), "{kind}: {text}");
     }
 }
 

@@ -75,12 +75,8 @@ fn a_local_store_that_does_not_exist_is_an_error_naming_it() {
 fn upload_starts_a_new_local_store_only_in_an_existing_directory() {
     let wd = WorkDir::chain(1, 0);
     let parent = tempfile::tempdir().unwrap();
-    let upload_to = |store: &std::path::Path| {
-        let mut upload = wd.upload_args(0, &runtime().block_on(TestStore::new("local")));
-        let at = upload.iter().position(|a| a == "--remote-store").unwrap();
-        upload[at + 1] = store.display().to_string();
-        alitx(&upload)
-    };
+    let upload_to =
+        |store: &std::path::Path| alitx(&wd.upload_args_to(0, &store.display().to_string()));
 
     let deep = parent.path().join("no-such-dir/store");
     let out = upload_to(&deep);
@@ -118,4 +114,46 @@ fn upload_starts_a_new_local_store_only_in_an_existing_directory() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn usage_errors_exit_2_and_the_help_says_so() {
+    let out = alitx(&args(&["upload", "--no-such-flag"]));
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("--no-such-flag"), "{}", stderr(&out));
+    let help = alitx(&args(&["--help"]));
+    assert_exit(&help, 0);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("2 usage (a bad\ncommand line)"));
+}
+
+/// Log lines are coloured for a person at a terminal, unless NO_COLOR is
+/// set; never in a pipe (tests/timeouts.rs checks that). `script` gives
+/// alitx a terminal.
+#[test]
+fn log_colour_only_on_a_terminal_without_no_color() {
+    let wd = WorkDir::chain(1, 0);
+    for (no_color, coloured) in [(None, true), (Some("1"), false), (Some(""), true)] {
+        let store = tempfile::tempdir().unwrap();
+        let mut upload = wd.upload_args_to(0, &store.path().display().to_string());
+        upload.push("-v".into());
+        let command = std::iter::once(env!("CARGO_BIN_EXE_alitx").to_string())
+            .chain(upload)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = std::process::Command::new("script");
+        script.args(["-qec", &command, "/dev/null"]);
+        match no_color {
+            Some(value) => script.env("NO_COLOR", value),
+            None => script.env_remove("NO_COLOR"),
+        };
+        let out = script.output().expect("running `script` (util-linux)");
+        assert_exit(&out, 0);
+        let terminal = String::from_utf8_lossy(&out.stdout);
+        assert!(terminal.contains("INFO"), "{no_color:?}: {terminal}");
+        assert_eq!(
+            terminal.contains("\u{1b}["),
+            coloured,
+            "NO_COLOR={no_color:?}: {terminal}"
+        );
+    }
 }

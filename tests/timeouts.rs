@@ -67,9 +67,7 @@ fn a_server_that_never_answers_ends_upload_resume_check_and_journals_within_two_
     let endpoint = silent_server();
     let wd = WorkDir::chain(1, 0);
     let store = "b3://alitx-silent";
-    let mut upload = wd.upload_args(0, &runtime().block_on(TestStore::new("local")));
-    let at = upload.iter().position(|a| a == "--remote-store").unwrap();
-    upload[at + 1] = store.to_string();
+    let upload = wd.upload_args_to(0, store);
     let work_dir = wd.path().display().to_string();
     let commands = [
         upload,

@@ -15,9 +15,10 @@ use crate::txn::Options;
 use crate::verify;
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success (also: already published), 1 error, 3 conflict (another
-object or build holds one of the revision's keys), 4 a live upload owns the
-journal, 5 `check` found something to repair (`repair`: left something for
+Exit codes: 0 success (also: already published), 1 error, 2 usage (a bad
+command line), 3 conflict (another object or build holds one of the
+revision's keys), 4 a live upload owns the journal (or took it over from
+this one), 5 `check` found something to repair (`repair`: left something for
 a later run or a person, and said why), 6 `verify` found a corrupt revision.
 
 S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
@@ -117,16 +118,17 @@ pub(super) enum Command {
     /// one a live journal covers, or one touched less than --min-age ago.
     /// The one exception: `--unpublish` with --package, --version and
     /// --revision removes that revision, tarball included.
-    /// Exit 0 when everything was repaired (or --dry-run), 5 when
-    /// something was left alone (said why), 1 on an error.
+    /// Exit 0 when everything was repaired, 5 when something was left
+    /// alone (said why), 1 on an error; --dry-run exits as the real run
+    /// would.
     #[command(after_help = AFTER_HELP)]
     Repair {
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
         scan: ScanArgs,
-        /// Print every key it would delete and every upload it would abort;
-        /// change nothing.
+        /// Print every key it would delete and every upload it would abort,
+        /// and what --min-age 0 would add; change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Remove the one revision named by --package, --version and

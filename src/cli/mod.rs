@@ -174,7 +174,7 @@ async fn run(command: Command) -> Result<i32> {
             if output.json {
                 print_json(&report);
             } else {
-                print_check(&report);
+                print_check(&report, scan.package.as_deref());
             }
             Ok(if report.clean {
                 exit::OK
@@ -211,11 +211,11 @@ async fn run(command: Command) -> Result<i32> {
             if output.json {
                 print_json(&report);
             } else {
-                print_repair(&report);
+                print_repair(&report, scan.package.as_deref());
             }
             Ok(if report.actions.iter().any(|a| a.action == "failed") {
                 exit::ERROR
-            } else if report.left_over && !dry_run {
+            } else if report.left_over {
                 exit::NEEDS_REPAIR
             } else {
                 exit::OK

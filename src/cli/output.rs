@@ -5,6 +5,7 @@ use clap::CommandFactory;
 use serde::Serialize;
 
 use crate::check;
+use crate::counted;
 use crate::error::exit;
 use crate::recovery::{self, Outcome};
 use crate::repair;
@@ -41,7 +42,7 @@ pub(super) fn print_journals(entries: &[recovery::JournalEntry], json: bool) {
 
 /// One line per revision that is not complete, per journal and per stale
 /// upload, then the counts.
-pub(super) fn print_check(report: &check::CheckReport) {
+pub(super) fn print_check(report: &check::CheckReport, package: Option<&str>) {
     for r in &report.revisions {
         let state = serde_json::to_value(r.state).expect("state serialises");
         if r.state != check::State::Complete {
@@ -82,10 +83,10 @@ pub(super) fn print_check(report: &check::CheckReport) {
         );
     }
     let s = &report.summary;
-    say_if_empty(report);
+    say_if_empty(report, package);
     println!(
-        "{} revisions: {} complete, {} partial ({} recent), {} published-incomplete, {} in flight, {} abandoned, {} with warnings; {} journals ({} invalid), {} stale uploads; {} keys listed in {:.1}s",
-        s.revisions,
+        "{}: {} complete, {} partial ({} recent), {} published-incomplete, {} in flight, {} abandoned, {} with warnings; {} ({} invalid), {}; {} listed in {:.1}s",
+        counted(s.revisions, "revision"),
         s.complete,
         s.partial,
         s.recent,
@@ -93,10 +94,10 @@ pub(super) fn print_check(report: &check::CheckReport) {
         s.in_flight,
         s.abandoned,
         s.warnings,
-        s.journals,
+        counted(s.journals, "journal"),
         s.invalid_journals,
-        s.stale_uploads,
-        s.keys_listed,
+        counted(s.stale_uploads, "stale upload"),
+        counted(s.keys_listed, "key"),
         s.seconds
     );
     if !report.clean {
@@ -104,15 +105,23 @@ pub(super) fn print_check(report: &check::CheckReport) {
     }
 }
 
-pub(super) fn say_if_empty(report: &check::CheckReport) {
+/// Say so when the walk found nothing to look at: no architecture at all,
+/// or no trace of the `--package` asked for.
+pub(super) fn say_if_empty(report: &check::CheckReport, package: Option<&str>) {
     if report.architectures.is_empty() {
         println!("{} has no TARS/<arch>/: nothing to check", report.store);
+    } else if let Some(package) = package.filter(|_| report.revisions.is_empty()) {
+        println!(
+            "package {package} is absent from {} ({}): no package link, dist link, tarball or journal of it; check --package",
+            report.store,
+            report.architectures.join(", ")
+        );
     }
 }
 
 /// Every key deleted (or that would be), what was left alone and why.
-pub(super) fn print_repair(report: &repair::RepairReport) {
-    say_if_empty(&report.check);
+pub(super) fn print_repair(report: &repair::RepairReport, package: Option<&str>) {
+    say_if_empty(&report.check, package);
     let verb = if report.dry_run {
         "would delete"
     } else {
@@ -153,17 +162,28 @@ pub(super) fn print_repair(report: &repair::RepairReport) {
         };
         println!("{verb} staged upload {} {}", u.key, u.upload_id);
     }
-    let keys: usize = report.actions.iter().map(|a| a.keys.len()).sum();
+    // Left alone only for being younger than --min-age: what --min-age 0
+    // would add, key by key.
+    let young: Vec<_> = report.check.revisions.iter().filter(|r| r.recent).collect();
+    if !young.is_empty() {
+        let keys: usize = young.iter().map(|r| r.keys.len()).sum();
+        println!(
+            "with --min-age 0 it would also delete {} of {} younger than --min-age:",
+            counted(keys, "key"),
+            counted(young.len(), "partial revision")
+        );
+        for revision in young {
+            for key in &revision.keys {
+                println!("  {key}");
+            }
+        }
+    }
+    let keys = counted(report.actions.iter().map(|a| a.keys.len()).sum(), "key");
+    let uploads = counted(uploads.len(), "staged upload");
     if report.dry_run {
-        println!(
-            "{keys} keys and {} staged uploads would go; dry run: nothing changed",
-            uploads.len()
-        );
+        println!("{keys} and {uploads} would go; dry run: nothing changed");
     } else {
-        println!(
-            "{keys} keys deleted, {} staged uploads aborted",
-            uploads.len()
-        );
+        println!("{keys} deleted, {uploads} aborted");
     }
 }
 

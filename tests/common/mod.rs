@@ -392,6 +392,11 @@ impl WorkDir {
 
     /// The `alitx upload` arguments for package `i`.
     pub fn upload_args(&self, i: usize, store: &TestStore) -> Vec<String> {
+        self.upload_args_to(i, &store.spec())
+    }
+
+    /// The `alitx upload` arguments for package `i` to any `--remote-store`.
+    pub fn upload_args_to(&self, i: usize, store: &str) -> Vec<String> {
         let p = &self.pkgs[i];
         [
             "upload",
@@ -408,7 +413,7 @@ impl WorkDir {
             "--hash",
             &p.hash,
             "--remote-store",
-            &store.spec(),
+            store,
         ]
         .iter()
         .map(|s| s.to_string())
