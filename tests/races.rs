@@ -468,3 +468,149 @@ fn a_zombie_owner_is_dead_and_resume_rolls_its_upload_forward() {
         assert_exact(&store, &wd, &[0], kind);
     }
 }
+
+/// An upload killed after the store created its staged upload but before
+/// the journal recorded the upload id (a window of one journal rewrite,
+/// hit by killing the upload as soon as the staged upload is listed): the
+/// journal does not name the staged upload, yet `resume` and `rollback`
+/// must leave none behind.
+#[test]
+#[ignore = "fails until recovery frees a staged upload its journal does not record (see the races branch's report)"]
+fn a_kill_before_the_staged_upload_is_recorded_orphans_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    const ATTEMPTS: usize = 30;
+    let rt = runtime();
+    let wd = work_dir(&[("orphan", 12 << 20)], 0);
+    for kind in backends() {
+        for heal in ["resume", "rollback"] {
+            let mut hit = false;
+            for attempt in 0..ATTEMPTS {
+                let store = rt.block_on(TestStore::new(kind));
+                let backend = rt.block_on(store.open());
+                let mut upload = Command::new(env!("CARGO_BIN_EXE_alitx"))
+                    .args(upload_args(&wd, 0, &store))
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                while rt.block_on(backend.list_uploads("")).unwrap().is_empty() {
+                    if upload.try_wait().unwrap().is_some() {
+                        break;
+                    }
+                }
+                let _ = upload.kill();
+                if upload.wait().unwrap().signal() != Some(9) {
+                    continue;
+                }
+                let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &wd.pkgs[0].revision());
+                let journal: serde_json::Value =
+                    serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap())
+                        .unwrap();
+                if !journal["tarball"]["upload_id"].is_null() {
+                    continue;
+                }
+                eprintln!("{kind} {heal}: attempt {attempt} killed the upload with its staged upload unrecorded");
+                hit = true;
+                // The job runs again a little later: past the second of
+                // slack in which a new staged upload of the key frees the
+                // ones a retried request left.
+                std::thread::sleep(Duration::from_secs(2));
+                let out = match heal {
+                    "resume" => alitx(&resume_args(&store, &wd, &[0])),
+                    _ => alitx(&rollback_args(&store, &wd, 0)),
+                };
+                assert_exit(&out, 0);
+                let published: &[usize] = if heal == "resume" { &[0] } else { &[] };
+                assert_exact(&store, &wd, published, &format!("{kind} {heal}"));
+                break;
+            }
+            assert!(
+                hit,
+                "{kind} {heal}: no kill hit the window in {ATTEMPTS} attempts"
+            );
+        }
+    }
+}
+
+/// An upload frozen (SIGSTOP) mid-flight, right after claiming its package
+/// link, whose journal is taken over meanwhile by a forced `resume` or
+/// `rollback` (an operator sure it was dead, or a lease run out on another
+/// host): once it runs again it stops at its next step, with exit 4 (or 0
+/// if its own transaction's tarball is published), writes nothing more,
+/// and the store ends as the new owner left it.
+#[test]
+#[ignore = "fails until a process that lost its journal stops writing links and says so (see the races branch's report)"]
+fn an_owner_frozen_mid_upload_stops_once_its_journal_is_taken_over() {
+    let rt = runtime();
+    let wd = work_dir(&[("frozen", 30 << 20)], 300);
+    let claim = wd.pkgs[0].revision().package_link().key;
+    let mut problems = Vec::new();
+    for kind in backends() {
+        for heal in ["resume", "rollback"] {
+            let what = format!("{kind} {heal}");
+            let store = rt.block_on(TestStore::new(kind));
+            let backend = rt.block_on(store.open());
+            let upload = Command::new(env!("CARGO_BIN_EXE_alitx"))
+                .args(upload_args(&wd, 0, &store))
+                .arg("--json")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = upload.id() as libc::pid_t;
+            while rt.block_on(backend.head(&claim)).unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            let mut forced = match heal {
+                "resume" => resume_args(&store, &wd, &[0]),
+                _ => rollback_args(&store, &wd, 0),
+            };
+            forced.push("--force".into());
+            let out = alitx_env(&forced, &[("ALITX_TAKEOVER_SETTLE_MS", "200")]);
+            assert_exit(&out, 0);
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            let frozen = upload.wait_with_output().unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&frozen.stdout),
+                stderr(&frozen)
+            );
+            eprintln!(
+                "{what}: the new owner: {}; the frozen upload: exit {:?}: {said}",
+                json(&out)[0]["action"],
+                frozen.status.code()
+            );
+            let stopped_clearly = match frozen.status.code() {
+                Some(4) => true,
+                Some(0) => heal == "resume" && json(&frozen)["status"] == "already-published",
+                _ => false,
+            };
+            if !stopped_clearly {
+                problems.push(format!(
+                    "{what}: the frozen upload exited {:?}: {said}",
+                    frozen.status.code()
+                ));
+            }
+            let published: &[usize] = if heal == "resume" { &[0] } else { &[] };
+            let keys = rt.block_on(store.keys());
+            eprintln!(
+                "{what}: the store holds {} of the revision's {} keys; package link: {}; journal: {}",
+                keys.iter().filter(|k| k.starts_with("TARS/")).count(),
+                wd.expected([0]).len(),
+                keys.contains(&claim),
+                keys.iter().any(|k| k.starts_with(".alitx/journals/"))
+            );
+            if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                assert_exact(&store, &wd, published, &what)
+            })) {
+                problems.push(format!(
+                    "{what}: {}",
+                    e.downcast_ref::<String>().cloned().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
