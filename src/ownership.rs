@@ -126,8 +126,9 @@ impl JournalHandle {
         })
     }
 
-    pub fn key(&self) -> &str {
-        &self.key
+    /// The journal as the store holds it now, if it still exists.
+    pub async fn reread(&self) -> Result<Option<Journal>> {
+        read_journal(&*self.store, &self.prefix, &self.key).await
     }
 
     pub async fn snapshot(&self) -> Journal {
@@ -136,6 +137,15 @@ impl JournalHandle {
             .await
             .clone()
             .expect("journal used after retirement")
+    }
+
+    /// An error if a lease renewal already found the journal lost: a cheap
+    /// check, without a read, for steps that repeat many times.
+    pub fn ensure_not_lost(&self) -> Result<()> {
+        match self.lost.lock().expect("lost flag").clone() {
+            Some(why) => Err(Error::lost_ownership(why)),
+            None => Ok(()),
+        }
     }
 
     /// Read the journal again: an error unless it still names this
@@ -149,9 +159,7 @@ impl JournalHandle {
     }
 
     async fn confirm_token(&self, token: &str) -> Result<()> {
-        if let Some(why) = self.lost.lock().expect("lost flag").clone() {
-            return Err(Error::lost_ownership(why));
-        }
+        self.ensure_not_lost()?;
         match read_journal(&*self.store, &self.prefix, &self.key).await? {
             None => Err(Error::lost_ownership(format!(
                 "the journal {} was retired by another process while this one worked on it",

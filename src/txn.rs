@@ -386,6 +386,20 @@ async fn drive(
         }
         Some(info) if is_ours(&info, &journal) => Err(kept_for_resume(err, &journal)),
         Some(_) => Err(leave_to_foreign(&*store, handle, &journal).await),
+        // Rolled back by another process while this one still wrote: what
+        // it wrote since is swept, under the one deletion rule.
+        None if err.kind == ErrorKind::LostOwnership
+            && matches!(handle.reread().await, Ok(None)) =>
+        {
+            Err(match sweep_late_links(&*store, &journal).await {
+                Ok(0) => err,
+                Ok(n) => err.context_after(format!(
+                    "its transaction was rolled back; the {} this process wrote after that were deleted",
+                    crate::counted(n, "link")
+                )),
+                Err(e) => err.context_after(format!("removing the links it wrote late failed ({e})")),
+            })
+        }
         None if matches!(err.kind, ErrorKind::Conflict | ErrorKind::Verification) => {
             warn!("undoing {}: {err}", journal.id());
             match roll_back(&*store, handle).await {
@@ -409,6 +423,28 @@ fn kept_for_resume(err: Error, journal: &Journal) -> Error {
     err.context_after(format!(
         "the journal {id} keeps what was sent: re-run the same command, or `alitx resume`, to finish; `alitx rollback {id}` to undo"
     ))
+}
+
+/// Delete, under the one rule, every link of `journal` that still carries
+/// its transaction id: those a process wrote after another one rolled the
+/// transaction back. Returns how many went.
+async fn sweep_late_links(store: &dyn Store, journal: &Journal) -> Result<usize> {
+    let mut deleted = 0;
+    for key in rollback_order(journal) {
+        let deletion = delete_unpublished(
+            store,
+            &journal.tarball.key,
+            &key,
+            Deleter::Txn(&journal.txn),
+        )
+        .await?;
+        match deletion {
+            Deletion::Deleted => deleted += 1,
+            Deletion::Published => break,
+            Deletion::Missing | Deletion::NotOurs => {}
+        }
+    }
+    Ok(deleted)
 }
 
 /// Another uploader published the revision's tarball: every link of ours
@@ -495,6 +531,10 @@ async fn commit(store: &dyn Store, handle: &JournalHandle, report: Report) -> Re
     }
     debug!("journal marked committed");
     failpoint("after-commit-mark");
+    let journal = handle.snapshot().await;
+    if journal.tarball.upload_id.is_some() || journal.takeovers > 0 {
+        abort_staged_uploads(store, &journal, false).await?;
+    }
     write_record(
         store,
         &handle.snapshot().await,
@@ -610,7 +650,7 @@ async fn put_whole(
     whole: WholeTarball,
     options: &Options,
 ) -> Result<Published> {
-    let links_written = write_links(store, journal, options.link_concurrency).await?;
+    let links_written = write_links(store, handle, journal, options.link_concurrency).await?;
     check_unchanged(journal, local, &whole.scanned)?;
     let key = &journal.tarball.key;
     let bytes_sent = whole.data.len() as u64;
@@ -653,7 +693,7 @@ async fn put_staged(
     // no crash can orphan a staged upload.
     let (upload_id, existing) =
         staged_upload(&*store, handle, key, &journal.object_metadata()).await?;
-    let links = write_links(&*store, journal, options.link_concurrency);
+    let links = write_links(&*store, handle, journal, options.link_concurrency);
     let bulk = send_tarball(store.clone(), key, &upload_id, local, options, existing);
     let (links_written, sent) = tokio::try_join!(links, bulk)?;
     debug!(
@@ -750,7 +790,6 @@ async fn staged_upload(
             None => warn!("the recorded upload {upload_id} no longer exists; starting a new one"),
         }
     }
-    let asked = Instant::now();
     let upload_id = store.create_upload(key, metadata).await?;
     debug!("staged upload {upload_id} created");
     let recorded = upload_id.clone();
@@ -765,39 +804,30 @@ async fn staged_upload(
         return Err(e);
     }
     failpoint("after-create-upload");
-    abort_retried_creates(store, key, &upload_id, asked.elapsed()).await;
     Ok((upload_id, Vec::new()))
 }
 
-/// A CreateMultipartUpload whose answer was lost and that the SDK retried
-/// leaves a second staged upload of the key that nothing records. Abort
-/// every other upload of `key` the store started within the time our
-/// request took, before ours (server clock, one second of slack).
-async fn abort_retried_creates(store: &dyn Store, key: &str, ours: &str, took: Duration) {
-    let result = async {
-        let uploads = store.list_uploads(key).await?;
-        let Some(started) = uploads
-            .iter()
-            .find(|u| u.upload_id == ours)
-            .and_then(|u| u.initiated)
-        else {
-            return Ok(());
-        };
-        let window = (started - took.as_secs() as i64 - 1)..=started;
-        for upload in uploads.iter().filter(|u| {
-            u.key == key && u.upload_id != ours && u.initiated.is_some_and(|t| window.contains(&t))
-        }) {
-            warn!(
-                "aborting {}, a staged upload of {key} left by a retried request",
-                upload.upload_id
-            );
+/// Abort the staged uploads of the journal's tarball key that nothing
+/// else will ever complete: with `recorded`, every one (a rollback); else
+/// every one but the recorded one, which a commit has just completed
+/// anyway. Those are a CreateMultipartUpload whose answer was lost and
+/// that the SDK retried, or one a killed owner created and died before
+/// recording. The journal's owner is the only writer of that key.
+async fn abort_staged_uploads(store: &dyn Store, journal: &Journal, recorded: bool) -> Result<()> {
+    let key = &journal.tarball.key;
+    for upload in store.list_uploads(key).await? {
+        let ours = journal.tarball.upload_id.as_deref() == Some(&upload.upload_id);
+        if upload.key == *key && (recorded || !ours) {
+            if !ours {
+                warn!(
+                    "aborting {}, a staged upload of {key} no journal records",
+                    upload.upload_id
+                );
+            }
             store.abort_upload(key, &upload.upload_id).await?;
         }
-        Ok::<_, Error>(())
-    };
-    if let Err(e) = result.await {
-        warn!("looking for staged uploads of {key} left by retried requests: {e}");
     }
+    Ok(())
 }
 
 /// Claim the package link, then write every dist link. Returns the keys
@@ -805,6 +835,7 @@ async fn abort_retried_creates(store: &dyn Store, key: &str, ours: &str, took: D
 /// a dist link that already has exactly our body.
 async fn write_links(
     store: &dyn Store,
+    handle: &JournalHandle,
     journal: &Journal,
     concurrency: usize,
 ) -> Result<Vec<String>> {
@@ -821,6 +852,9 @@ async fn write_links(
         .map(|link| {
             let metadata = &metadata;
             async move {
+                // A lost journal stops the writes at once, not at the next
+                // confirmation.
+                handle.ensure_not_lost()?;
                 let created = put_link(store, journal, link, metadata, true).await?;
                 Ok::<_, Error>(created.then(|| link.key.clone()))
             }
@@ -993,10 +1027,8 @@ async fn roll_back(store: &dyn Store, handle: &JournalHandle) -> Result<Report> 
             }
         }
     }
-    if let Some(upload_id) = &journal.tarball.upload_id {
-        handle.confirm().await?;
-        store.abort_upload(tarball, upload_id).await?;
-    }
+    handle.confirm().await?;
+    abort_staged_uploads(store, &journal, true).await?;
     handle.retire().await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
