@@ -700,10 +700,12 @@ struct Syscall {
 fn parse_strace(log: &str) -> Vec<Syscall> {
     let mut calls = Vec::new();
     for line in log.lines() {
+        // `PID  call(...)`: strace pads the pid, so a short one is
+        // followed by more than one space.
         let Some((_, call)) = line.split_once(' ') else {
             continue;
         };
-        let Some((name, args)) = call.split_once('(') else {
+        let Some((name, args)) = call.trim_start().split_once('(') else {
             continue;
         };
         if !args.ends_with("= 0") {
