@@ -99,12 +99,18 @@ struct Run {
 }
 
 impl Run {
+    /// Its JSON outcomes, one per journal.
+    fn json(&self) -> Vec<serde_json::Value> {
+        match serde_json::from_slice(&self.out.stdout) {
+            Ok(serde_json::Value::Array(list)) => list,
+            _ => Vec::new(),
+        }
+    }
+
     /// What it did to each journal: id → (action, message).
     fn outcomes(&self) -> BTreeMap<String, (String, String)> {
-        let Ok(serde_json::Value::Array(list)) = serde_json::from_slice(&self.out.stdout) else {
-            return BTreeMap::new();
-        };
-        list.iter()
+        self.json()
+            .iter()
             .map(|o| {
                 let field = |name: &str| o[name].as_str().unwrap_or_default().to_string();
                 (field("id"), (field("action"), field("message")))
@@ -120,17 +126,19 @@ impl Run {
         self.out.status.code().unwrap_or(-1)
     }
 
-    /// One line: label, exit code, times, the action on each journal (and
-    /// why, if it failed).
+    /// One line: label, exit code, times, the action on each journal (with
+    /// the transaction's status, or why it failed).
     fn line(&self) -> String {
         let actions: Vec<String> = self
-            .outcomes()
+            .json()
             .iter()
-            .map(|(id, (action, message))| {
+            .map(|o| {
+                let id = o["id"].as_str().unwrap_or_default();
                 let id = id.rsplit('/').next().unwrap();
-                match action.as_str() {
-                    "failed" => format!("{id}: failed: {message}"),
-                    _ => format!("{id}: {action}"),
+                match (&o["action"], &o["report"]["status"]) {
+                    (action, _) if action == "failed" => format!("{id}: failed: {}", o["message"]),
+                    (action, status) if status.is_string() => format!("{id}: {action} ({status})"),
+                    (action, _) => format!("{id}: {action}"),
                 }
             })
             .collect();
