@@ -452,14 +452,7 @@ fn a_zombie_owner_is_dead_and_resume_rolls_its_upload_forward() {
             std::thread::sleep(Duration::from_millis(20));
         }
 
-        let listed = alitx(&args(&[
-            "journals",
-            "--remote-store",
-            &store.spec(),
-            "--json",
-        ]));
-        assert_exit(&listed, 0);
-        let listed = json(&listed);
+        let listed = list_journals(&store.spec());
         assert_eq!(listed[0]["owner"]["pid"], pid, "{kind}: {listed}");
         assert_eq!(listed[0]["lease"], "owner-dead", "{kind}: {listed}");
 

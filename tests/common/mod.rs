@@ -541,6 +541,13 @@ pub async fn fake_live_owner(store: &TestStore, revision: &Revision) {
         .unwrap();
 }
 
+/// `alitx journals --json` of the store `spec`: the journals as listed.
+pub fn list_journals(spec: &str) -> serde_json::Value {
+    let out = alitx(&args(&["journals", "--remote-store", spec, "--json"]));
+    assert_exit(&out, 0);
+    json(&out)
+}
+
 /// Assert the exit code, showing the output when it differs.
 #[track_caller]
 pub fn assert_exit(out: &Output, code: i32) {
