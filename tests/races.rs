@@ -66,14 +66,7 @@ fn upload_args(wd: &WorkDir, i: usize, store: &TestStore) -> Vec<String> {
 
 /// `alitx resume --json` of packages `ids` with `wd`'s files.
 fn resume_args(store: &TestStore, wd: &WorkDir, ids: &[usize]) -> Vec<String> {
-    let mut all = args(&[
-        "resume",
-        "--remote-store",
-        &store.spec(),
-        "--work-dir",
-        &wd.path().display().to_string(),
-        "--json",
-    ]);
+    let mut all = wd.resume_args(store, &["--json"]);
     all.extend(ids.iter().map(|&i| journal_id(wd, i)));
     all
 }

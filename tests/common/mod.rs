@@ -354,6 +354,20 @@ impl WorkDir {
         .collect()
     }
 
+    /// `alitx resume` on `store` with this work dir's files, plus `extra`
+    /// arguments.
+    pub fn resume_args(&self, store: &TestStore, extra: &[&str]) -> Vec<String> {
+        let mut all = args(&[
+            "resume",
+            "--remote-store",
+            &store.spec(),
+            "--work-dir",
+            &self.path().display().to_string(),
+        ]);
+        all.extend(args(extra));
+        all
+    }
+
     /// What the store must hold after packages `0..=last` were published:
     /// every key with its exact body, as aliBuild's readers expect.
     pub fn expected(&self, packages: impl IntoIterator<Item = usize>) -> BTreeMap<String, Vec<u8>> {
