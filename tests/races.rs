@@ -473,7 +473,6 @@ fn a_zombie_owner_is_dead_and_resume_rolls_its_upload_forward() {
 /// journal does not name the staged upload, yet `resume` and `rollback`
 /// must leave none behind.
 #[test]
-#[ignore = "bug: a staged upload created before the journal recorded its id is left by resume and rollback"]
 fn a_kill_before_the_staged_upload_is_recorded_orphans_nothing() {
     use std::os::unix::process::ExitStatusExt;
     const ATTEMPTS: usize = 30;
@@ -536,7 +535,6 @@ fn a_kill_before_the_staged_upload_is_recorded_orphans_nothing() {
 /// if its own transaction's tarball is published), writes nothing more,
 /// and the store ends as the new owner left it.
 #[test]
-#[ignore = "bug: the frozen owner exits 1 saying to re-run, and after a forced rollback writes its dist links again"]
 fn an_owner_frozen_mid_upload_stops_once_its_journal_is_taken_over() {
     let rt = runtime();
     let wd = work_dir(&[("frozen", 30 << 20)], 300);
