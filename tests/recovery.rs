@@ -51,6 +51,19 @@ fn upload_args(wd: &WorkDir, i: usize, store: &TestStore) -> Vec<String> {
     args
 }
 
+/// `alitx resume` on `store` with `wd`'s files, plus `extra` arguments.
+fn resume_args(store: &TestStore, wd: &WorkDir, extra: &[&str]) -> Vec<String> {
+    let mut all = args(&[
+        "resume",
+        "--remote-store",
+        &store.spec(),
+        "--work-dir",
+        &wd.path().display().to_string(),
+    ]);
+    all.extend(args(extra));
+    all
+}
+
 /// Upload package `i` with a failpoint armed; assert it died by SIGKILL.
 fn killed_upload(wd: &WorkDir, i: usize, store: &TestStore, point: &str) {
     alitx_killed_at(&upload_args(wd, i, store), point);
@@ -250,7 +263,7 @@ fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
             "{kind}: only {held} bytes were staged before the kill"
         );
 
-        let out = alitx(&wd.resume_args(&store, &["--json"]));
+        let out = alitx(&resume_args(&store, &wd, &["--json"]));
         assert_exit(&out, 0);
         let outcomes = json(&out);
         assert_eq!(outcomes[0]["action"], "rolled-forward");
@@ -405,7 +418,7 @@ fn a_tarball_changed_since_the_journal_is_rolled_back_not_published() {
                     .set_modified(mtime)
                     .unwrap();
             }
-            let out = alitx(&wd.resume_args(&store, &["--json"]));
+            let out = alitx(&resume_args(&store, &wd, &["--json"]));
             assert_exit(&out, 0);
             let what = format!("{kind} {point} keep-mtime={keep_mtime}");
             assert_eq!(json(&out)[0]["action"], "rolled-back", "{what}");
