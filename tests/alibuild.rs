@@ -442,9 +442,7 @@ fn a_job_killed_as_a_process_group_heals_at_once_though_alitx_is_a_zombie() {
             std::process::id(),
             "{backend}: the zombie is this process's to reap"
         );
-        let listed = alitx(&args(&["journals", "--remote-store", &spec, "--json"]));
-        assert_exit(&listed, 0);
-        let listed = json(&listed);
+        let listed = list_journals(&spec);
         assert_eq!(listed.as_array().unwrap().len(), 1, "{backend}: {listed}");
         assert_eq!(listed[0]["package"], "topx");
         assert_eq!(listed[0]["state"], "pending");

@@ -420,6 +420,20 @@ impl WorkDir {
         .collect()
     }
 
+    /// `alitx resume` on `store` with this work dir's files, plus `extra`
+    /// arguments.
+    pub fn resume_args(&self, store: &TestStore, extra: &[&str]) -> Vec<String> {
+        let mut all = args(&[
+            "resume",
+            "--remote-store",
+            &store.spec(),
+            "--work-dir",
+            &self.path().display().to_string(),
+        ]);
+        all.extend(args(extra));
+        all
+    }
+
     /// What the store must hold after packages `0..=last` were published:
     /// every key with its exact body, as aliBuild's readers expect.
     pub fn expected(&self, packages: impl IntoIterator<Item = usize>) -> BTreeMap<String, Vec<u8>> {
@@ -605,6 +619,13 @@ pub async fn fake_live_owner(store: &TestStore, revision: &Revision) {
         .put(&key, journal.to_bytes(), &Default::default())
         .await
         .unwrap();
+}
+
+/// `alitx journals --json` of the store `spec`: the journals as listed.
+pub fn list_journals(spec: &str) -> serde_json::Value {
+    let out = alitx(&args(&["journals", "--remote-store", spec, "--json"]));
+    assert_exit(&out, 0);
+    json(&out)
 }
 
 /// Assert the exit code, showing the output when it differs.
