@@ -96,6 +96,15 @@ impl JournalHandle {
         if !force && !current.owner_gone() {
             return Ok(Takeover::Busy(Box::new(current)));
         }
+        // The owner may have retired the journal just before it was found
+        // gone: read once more, now that it can no longer act.
+        let current = match read_journal(&*store, prefix, key).await? {
+            None => return Ok(Takeover::Retired),
+            Some(again) if again.owner.token != current.owner.token => {
+                return Ok(Takeover::Busy(Box::new(again)))
+            }
+            Some(again) => again,
+        };
         let mut mine = current.clone();
         mine.owner = Owner::this_process();
         mine.takeovers += 1;

@@ -51,19 +51,6 @@ fn upload_args(wd: &WorkDir, i: usize, store: &TestStore) -> Vec<String> {
     args
 }
 
-/// `alitx resume` on `store` with `wd`'s files, plus `extra` arguments.
-fn resume_args(store: &TestStore, wd: &WorkDir, extra: &[&str]) -> Vec<String> {
-    let mut all = args(&[
-        "resume",
-        "--remote-store",
-        &store.spec(),
-        "--work-dir",
-        &wd.path().display().to_string(),
-    ]);
-    all.extend(args(extra));
-    all
-}
-
 /// Upload package `i` with a failpoint armed; assert it died by SIGKILL.
 fn killed_upload(wd: &WorkDir, i: usize, store: &TestStore, point: &str) {
     alitx_killed_at(&upload_args(wd, i, store), point);
@@ -264,7 +251,7 @@ fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
         );
 
         let resumed = std::time::Instant::now();
-        let out = alitx(&resume_args(&store, &wd, &["--json"]));
+        let out = alitx(&wd.resume_args(&store, &["--json"]));
         let took = resumed.elapsed().as_secs_f64();
         assert_exit(&out, 0);
         let outcomes = json(&out);
@@ -427,7 +414,7 @@ fn a_tarball_changed_since_the_journal_is_rolled_back_not_published() {
                     .set_modified(mtime)
                     .unwrap();
             }
-            let out = alitx(&resume_args(&store, &wd, &["--json"]));
+            let out = alitx(&wd.resume_args(&store, &["--json"]));
             assert_exit(&out, 0);
             let what = format!("{kind} {point} keep-mtime={keep_mtime}");
             assert_eq!(json(&out)[0]["action"], "rolled-back", "{what}");
@@ -673,7 +660,7 @@ fn an_upload_that_loses_its_journal_stops_before_publishing_and_never_recreates_
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             let resume = if taken_over {
-                let force = resume_args(&store, &wd, &["--force", &journal_id(&wd, 0)]);
+                let force = wd.resume_args(&store, &["--force", &journal_id(&wd, 0)]);
                 Some(std::thread::spawn(move || alitx(&force)))
             } else {
                 rt.block_on(backend.delete(&key)).unwrap();
