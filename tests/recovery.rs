@@ -122,14 +122,7 @@ fn crash_matrix(payload: u64, points: &[&str]) {
                 assert_no_partial_tarball(rt, &store, &wd, 1, &what);
 
                 // The journal is there, and `journals` shows it.
-                let listed = alitx(&args(&[
-                    "journals",
-                    "--remote-store",
-                    &store.spec(),
-                    "--json",
-                ]));
-                assert_exit(&listed, 0);
-                let listed = json(&listed);
+                let listed = list_journals(&store.spec());
                 assert_eq!(listed.as_array().unwrap().len(), 1, "{what}: {listed}");
                 assert_eq!(listed[0]["id"], journal_id(&wd, 1));
                 assert_eq!(listed[0]["package"], "pkg1");

@@ -218,14 +218,7 @@ fn an_upload_whose_server_stalls_ends_within_two_minutes_and_resume_finishes_it(
 
         // Its journal stays; nothing is published yet.
         let journal = wd.pkgs[0].revision();
-        let listed = alitx(&args(&[
-            "journals",
-            "--remote-store",
-            &store.spec(),
-            "--json",
-        ]));
-        assert_exit(&listed, 0);
-        let listed = json(&listed);
+        let listed = list_journals(&store.spec());
         assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
         assert_eq!(listed[0]["state"], "pending");
         assert_eq!(listed[0]["package"], journal.package.as_str());
