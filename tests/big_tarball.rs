@@ -48,14 +48,5 @@ fn a_one_gib_tarball_uploads_with_bounded_memory() {
         });
         let expected_sha = alitx::tarball::sha256_of(&wd.tarball_path(0)).unwrap();
         assert_eq!(report["tarball_sha256"], expected_sha.as_str());
-        // Free the gateway's in-memory OSD for the next test.
-        rt.block_on(async {
-            store
-                .open()
-                .await
-                .delete(&wd.pkgs[0].revision().store_key())
-                .await
-                .unwrap();
-        });
     }
 }

@@ -59,14 +59,5 @@ fn verify_memory_stays_bounded_on_a_one_gib_tarball() {
         assert_eq!(report["summary"]["bytes_read"], size);
         eprintln!("{kind}: verified {size} B in {seconds:.1}s, peak RSS {peak} MiB");
         assert!(peak < RSS_LIMIT_MIB, "{kind}: peak RSS {peak} MiB");
-        // Free the gateway's in-memory OSD for the next test.
-        rt.block_on(async {
-            store
-                .open()
-                .await
-                .delete(&wd.pkgs[0].revision().store_key())
-                .await
-                .unwrap();
-        });
     }
 }
