@@ -26,6 +26,10 @@ pub const DEFAULT_PREFIX: &str = ".alitx/journals/";
 /// User metadata naming the transaction that wrote an object.
 pub const TXN_METADATA: &str = "alitx-txn";
 
+/// User metadata naming the journal's owner (its token): a HEAD tells who
+/// owns a transaction without reading the journal's body.
+pub const OWNER_METADATA: &str = "alitx-owner";
+
 /// User metadata holding the tarball's SHA-256 (on a tarball published by
 /// one PUT, and on the journal once the whole file was verified).
 pub const SHA256_METADATA: &str = "alitx-sha256";
@@ -272,6 +276,17 @@ impl Journal {
 
     pub fn owner_gone(&self) -> bool {
         self.liveness() != Liveness::Live
+    }
+
+    /// The journal object's own metadata: its owner's token, and the
+    /// tarball's SHA-256 once known.
+    pub fn journal_metadata(&self) -> crate::storage::Metadata {
+        let mut metadata: crate::storage::Metadata =
+            [(OWNER_METADATA.to_string(), self.owner.token.clone())].into();
+        if let Some(sha) = &self.tarball.sha256 {
+            metadata.insert(SHA256_METADATA.to_string(), sha.clone());
+        }
+        metadata
     }
 
     /// Metadata every object of this transaction carries.

@@ -230,7 +230,7 @@ pub async fn upload(
         options.lease,
     );
     match store
-        .put_if_absent(&journal_key, journal.to_bytes(), &Default::default())
+        .put_if_absent(&journal_key, journal.to_bytes(), &journal.journal_metadata())
         .await?
     {
         Created::Yes => {}
