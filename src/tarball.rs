@@ -9,12 +9,12 @@
 //! object streamed back by `alitx verify`.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::Path;
 use std::thread;
 
 use bytes::Bytes;
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -195,7 +195,7 @@ impl EntryRules {
     }
 
     /// Read the whole stream; return the number of entries.
-    fn verify(&self, input: impl Read) -> Result<u64> {
+    fn verify(&self, input: impl BufRead) -> Result<u64> {
         let mut gz = MultiGzDecoder::new(input);
         let mut entries = 0u64;
         let mut saw_prefix = false;
@@ -212,7 +212,7 @@ impl EntryRules {
                     }
                 }
                 let expected = entry.header().entry_size().map_err(broken)?;
-                let copied = io::copy(&mut entry, &mut io::sink()).map_err(broken)?;
+                let copied = drain(&mut entry).map_err(broken)?;
                 if copied != expected {
                     return Err(Error::verification(format!(
                         "entry {raw:?} is truncated ({copied} of {expected} bytes)"
@@ -223,7 +223,7 @@ impl EntryRules {
         }
         // Drain what follows the archive so the gzip trailer (CRC, length)
         // and any further members are checked too.
-        io::copy(&mut gz, &mut io::sink()).map_err(broken)?;
+        drain(&mut gz).map_err(broken)?;
         if !saw_prefix {
             return Err(Error::verification(format!(
                 "the archive holds nothing under {}/",
@@ -231,6 +231,21 @@ impl EntryRules {
             )));
         }
         Ok(entries)
+    }
+}
+
+/// Read `input` to its end, discarding it, in blocks larger than
+/// `io::copy`'s 8 KiB: the verifier reads whole tarballs.
+fn drain(input: &mut impl Read) -> io::Result<u64> {
+    let mut block = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        match input.read(&mut block) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -259,23 +274,35 @@ impl<T: AsRef<[u8]>> ChannelReader<T> {
 
 impl<T: AsRef<[u8]>> Read for ChannelReader<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(piece) = &self.current {
-                let rest = &piece.as_ref()[self.offset..];
-                if !rest.is_empty() {
-                    let n = buf.len().min(rest.len());
-                    buf[..n].copy_from_slice(&rest[..n]);
-                    self.offset += n;
-                    return Ok(n);
-                }
-            }
+        let rest = self.fill_buf()?;
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The pieces are the buffer: the gzip decoder reads them in place.
+impl<T: AsRef<[u8]>> BufRead for ChannelReader<T> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self
+            .current
+            .as_ref()
+            .is_none_or(|piece| self.offset == piece.as_ref().len())
+        {
             // Done with this piece: release it before waiting for the next.
             self.current = None;
             match self.pieces.blocking_recv() {
                 Some(piece) => (self.current, self.offset) = (Some(piece), 0),
-                None => return Ok(0),
+                None => return Ok(&[]),
             }
         }
+        let piece = self.current.as_ref().expect("a piece is current");
+        Ok(&piece.as_ref()[self.offset..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.offset += amount;
     }
 }
 

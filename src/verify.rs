@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{self, Revision, DIST_DIRS};
 use crate::record::{self, LinksDigest, Record};
-use crate::storage::Store;
+use crate::storage::{Listing, Store};
 use crate::tarball::Verifier;
 
 /// What to verify, and how hard to pull.
@@ -219,10 +219,15 @@ async fn select(store: &dyn Store, options: &VerifyOptions) -> Result<Vec<Candid
     let architectures = architectures(store, options).await?;
     let mut selected = Vec::new();
     for arch in &architectures {
-        let linked = linked_revisions(store, arch, options).await?;
+        let records = format!("{}{arch}/", record::PREFIX);
+        let (linked, records) = tokio::join!(
+            linked_revisions(store, arch, options),
+            store.list_dir(&records, false)
+        );
+        let linked = linked?;
         let linked_names: BTreeSet<String> = linked.iter().map(Candidate::full_version).collect();
         selected.extend(linked);
-        selected.extend(orphan_records(store, arch, &linked_names, options).await?);
+        selected.extend(orphan_records(store, arch, records?, &linked_names, options).await?);
     }
     selected.sort_by_key(Candidate::id);
     let filtered =
@@ -262,9 +267,12 @@ fn check_filters(options: &VerifyOptions) -> Result<()> {
 /// The architectures to walk: the one asked for, else every one with a
 /// `TARS/<arch>/` or records.
 async fn architectures(store: &dyn Store, options: &VerifyOptions) -> Result<Vec<String>> {
+    let roots = ["TARS/", record::PREFIX];
+    let listings =
+        futures::future::try_join_all(roots.map(|root| store.list_dir(root, false))).await?;
     let mut present = BTreeSet::new();
-    for root in ["TARS/", record::PREFIX] {
-        for prefix in store.list_dir(root, false).await?.prefixes {
+    for (root, listing) in roots.iter().zip(listings) {
+        for prefix in listing.prefixes {
             present.insert(prefix[root.len()..].trim_end_matches('/').to_string());
         }
     }
@@ -363,16 +371,16 @@ fn valid_names(c: &Candidate) -> bool {
     .is_ok()
 }
 
-/// Records of `arch` whose revision has no package link: each is read to
-/// learn which revision it describes.
+/// Records of `arch` (`listing`, its record directory) whose revision has
+/// no package link: each is read to learn which revision it describes.
 async fn orphan_records(
     store: &dyn Store,
     arch: &str,
+    listing: Listing,
     linked: &BTreeSet<String>,
     options: &VerifyOptions,
 ) -> Result<Vec<Candidate>> {
     let dir = format!("{}{arch}/", record::PREFIX);
-    let listing = store.list_dir(&dir, false).await?;
     let orphans: Vec<(String, String)> = listing
         .objects
         .into_iter()
@@ -625,7 +633,11 @@ impl Reader {
         };
         report.size = Some(size);
         self.bar.inc_length(size);
-        let read = self.read_tarball(&source, size, &revision).await?;
+        let (read, link_problems) = tokio::join!(
+            self.read_tarball(&source, size, &revision),
+            self.check_links(&revision, &link_key, link_body.is_some(), record.as_ref())
+        );
+        let (read, link_problems) = (read?, link_problems?);
         report.sha256 = read.sha256.clone();
         if let Some(record) = &record {
             if record.size != size {
@@ -648,43 +660,35 @@ impl Reader {
                 .reasons
                 .push(format!("the store tarball: {}", e.message)),
         }
-        self.check_links(
-            &revision,
-            &link_key,
-            link_body.is_some(),
-            record.as_ref(),
-            report,
-        )
-        .await?;
+        report.reasons.extend(link_problems);
         Ok(true)
     }
 
-    /// Its own link in each dist directory names the tarball, and its links
-    /// are the ones published.
+    /// Why its links are wrong, if they are: its own link in each dist
+    /// directory must name the tarball, and its links be the ones published.
     async fn check_links(
         &self,
         revision: &Revision,
         link_key: &str,
         has_package_link: bool,
         record: Option<&Record>,
-        report: &mut RevisionReport,
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let store_key = revision.store_key();
         let own_body_md5 = hex::encode(Md5::digest(store_key.as_bytes()));
+        let mut reasons = Vec::new();
         let mut keys: Vec<String> = has_package_link
             .then(|| link_key.to_string())
             .into_iter()
             .collect();
-        for dir in DIST_DIRS {
-            let listing = self
-                .store
-                .list_dir(&revision.dist_prefix(dir), false)
-                .await?;
+        let listings = futures::future::try_join_all(DIST_DIRS.map(|dir| {
+            let prefix = revision.dist_prefix(dir);
+            async move { self.store.list_dir(&prefix, false).await }
+        }))
+        .await?;
+        for (dir, listing) in DIST_DIRS.iter().zip(listings) {
             let own = revision.dist_link(dir, &store_key)?;
             match listing.objects.iter().find(|o| o.key == own.key) {
-                None => report
-                    .reasons
-                    .push(format!("its own {dir} link {} is missing", own.key)),
+                None => reasons.push(format!("its own {dir} link {} is missing", own.key)),
                 Some(found) => {
                     let names_it = match &found.md5 {
                         Some(md5) => *md5 == own_body_md5,
@@ -693,7 +697,7 @@ impl Reader {
                         }
                     };
                     if !names_it {
-                        report.reasons.push(format!(
+                        reasons.push(format!(
                             "its own {dir} link {} does not name {store_key}",
                             own.key
                         ));
@@ -705,13 +709,13 @@ impl Reader {
         if let Some(record) = record {
             let now = LinksDigest::of(keys.iter().map(String::as_str));
             if now != record.links {
-                report.reasons.push(format!(
+                reasons.push(format!(
                     "its links are not the ones published ({} now, {} when published)",
                     now.count, record.links.count
                 ));
             }
         }
-        Ok(())
+        Ok(reasons)
     }
 
     /// Stream `key` (`size` bytes) once through SHA-256 and the gzip+tar
@@ -719,17 +723,19 @@ impl Reader {
     async fn read_tarball(&self, key: &str, size: u64, revision: &Revision) -> Result<TarballRead> {
         let verifier = Verifier::<Piece>::start(revision)?;
         let chunk = self.chunk_size;
+        // Each ranged GET is a task of its own, so that bodies keep arriving
+        // while earlier pieces are hashed and verified; the permits bound
+        // how many pieces exist at once.
         let mut pieces = futures::stream::iter((0..size.div_ceil(chunk)).map(|i| i * chunk))
             .map(|offset| {
+                let (store, permits, key) = (self.store.clone(), self.permits.clone(), key.to_string());
                 let expected = chunk.min(size - offset);
-                async move {
-                    let permit = self
-                        .permits
-                        .clone()
+                tokio::spawn(async move {
+                    let permit = permits
                         .acquire_owned()
                         .await
                         .expect("the semaphore is never closed");
-                    match self.store.get_range(key, offset, expected).await? {
+                    match store.get_range(&key, offset, expected).await? {
                         Some(data) if data.len() as u64 == expected => Ok(Piece {
                             data,
                             _permit: permit,
@@ -738,9 +744,12 @@ impl Reader {
                             "{key} changed while it was read (it had {size} bytes); run verify again"
                         ))),
                     }
-                }
+                })
             })
-            .buffered(self.concurrency);
+            .buffered(self.concurrency)
+            .map(|joined| {
+                joined.map_err(|e| Error::new(ErrorKind::Io, format!("reading task: {e}")))?
+            });
         let mut sha = Sha256::new();
         let mut read = 0u64;
         let mut failure = None;
