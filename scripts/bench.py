@@ -10,8 +10,12 @@ builds alitx. Workloads:
   W2  100 packages: 1 MiB tarball and 3 x 50 links each, one after another
 Each uploader gets a fresh bucket; after a warm-up round, runs are
 interleaved with the order rotated; the table shows
-medians over RUNS runs, their ratios, and peak RSS. Finally, alitx is killed
+medians over RUNS runs, their ratios, and peak RSS. Then, alitx is killed
 at 50 % of W1's tarball and `alitx resume` is measured for bytes sent.
+Finally, integrity: `alitx verify` of W1's tarball against a raw `s5cmd cp`
+download of it, and aliBuild's own fetch of W1 and W2 from an alitx-published
+store, stock and with scripts/alibuild-alitx's check against the publication
+record.
 """
 
 import hashlib
@@ -130,6 +134,29 @@ for spec in specs:
 """ % ARCH
 
 
+FETCH_DRIVER = """
+import importlib.machinery, importlib.util, json, os, sys
+from alibuild_helpers import log, sync
+helper_path, endpoint, bucket, sw, specs, checked = sys.argv[1:]
+class Sync(sync.Boto3RemoteSync):
+    def _s3_init(self):
+        self.endpoint_url = endpoint
+        super()._s3_init()
+remote = Sync("b3://" + bucket, "b3://" + bucket, "%s", sw)
+if checked == "checked":
+    loader = importlib.machinery.SourceFileLoader("alibuild_alitx", helper_path)
+    helper = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(helper)
+    remote.fetch_tarball = helper.check_fetches(log, sync, remote, "b3://" + bucket,
+                                                helper.s3_reader(remote.s3, bucket))
+for spec in json.loads(specs):
+    remote.fetch_tarball(spec)
+    if not os.listdir(os.path.join(sw, "TARS", "%s", "store", spec["hash"][:2], spec["hash"])):
+        sys.exit("nothing fetched for " + spec["package"])
+""" % (ARCH, ARCH)
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alibuild-alitx")
+
+
 def alitx_upload(sw, bucket, specs):
     total, peak = 0.0, 0.0
     for spec in specs:
@@ -146,30 +173,37 @@ def boto3_upload(sw, bucket, specs):
     return secs, rss
 
 
+def store_key(spec):
+    h = spec["hash"]
+    return f"TARS/{ARCH}/store/{h[:2]}/{h}/{spec['package']}-v1-1.{ARCH}.tar.gz"
+
+
 def raw_copy(sw, bucket, specs):
     total, peak = 0.0, 0.0
     for spec in specs:
-        h = spec["hash"]
-        key = f"TARS/{ARCH}/store/{h[:2]}/{h}/{spec['package']}-v1-1.{ARCH}.tar.gz"
+        key = store_key(spec)
         secs, rss, _ = run(["s5cmd", "--endpoint-url", ENDPOINT, "cp", os.path.join(sw, key), f"s3://{bucket}/{key}"])
         total, peak = total + secs, max(peak, rss)
     return total, peak
 
 
-def measure(name, sw, specs, uploaders):
+def measure(name, sw, specs, uploaders, bucket_for=None):
     """Interleave the uploaders run by run, rotating who goes first, after
-    one untimed warm-up round (a fresh gateway is slow at first)."""
+    one untimed warm-up round (a fresh gateway is slow at first). Each run
+    gets a fresh bucket, unless `bucket_for` names the one every run reads."""
+    def one(fn):
+        bucket = bucket_for or fresh_bucket()
+        result = fn(sw, bucket, specs)
+        if not bucket_for:
+            empty_bucket(bucket)
+        return result
     results = {u: ([], []) for u in uploaders}
     for fn in uploaders.values():
-        bucket = fresh_bucket()
-        fn(sw, bucket, specs)
-        empty_bucket(bucket)
+        one(fn)
     order = list(uploaders.items())
     for r in range(RUNS):
         for uploader, fn in order[r % len(order):] + order[:r % len(order)]:
-            bucket = fresh_bucket()
-            secs, rss = fn(sw, bucket, specs)
-            empty_bucket(bucket)
+            secs, rss = one(fn)
             results[uploader][0].append(secs)
             results[uploader][1].append(rss)
             print(f"  {name} run {r + 1}: {uploader:6} {secs:7.2f} s  peak RSS {rss:6.1f} MiB", flush=True)
@@ -196,6 +230,47 @@ def resume_after_kill(sw, spec):
     return sent, size
 
 
+def alitx_verify(sw, bucket, specs):
+    """`alitx verify` of the published specs; every one must verify."""
+    secs, rss, out = run([ALITX, "verify", "--remote-store", f"b3://{bucket}",
+                          "--architecture", ARCH, "--json"])
+    classes = [r["class"] for r in json.loads(out)["revisions"]]
+    if classes != ["verified"] * len(specs):
+        sys.exit(f"alitx verify: expected {len(specs)} verified, got {classes}")
+    return secs, rss
+
+
+def raw_download(sw, bucket, specs):
+    """`s5cmd cp` of each tarball from the store into a file, then removed."""
+    total, peak = 0.0, 0.0
+    with tempfile.TemporaryDirectory(prefix="alitx-bench-dl-") as dest:
+        for spec in specs:
+            secs, rss, _ = run(["s5cmd", "--endpoint-url", ENDPOINT, "cp",
+                                f"s3://{bucket}/{store_key(spec)}", os.path.join(dest, "t.tar.gz")])
+            os.unlink(os.path.join(dest, "t.tar.gz"))
+            total, peak = total + secs, max(peak, rss)
+    return total, peak
+
+
+def fetcher(checked):
+    """aliBuild's own fetch_tarball of every spec into an empty work dir, in
+    one process, stock or wrapped by the helper's check against the record."""
+    def fetch(sw, bucket, specs):
+        fetch_specs = [{**s, "remote_hashes": [s["hash"]]} for s in specs]
+        with tempfile.TemporaryDirectory(prefix="alitx-bench-fetch-") as dest:
+            secs, rss, _ = run([sys.executable, "-c", FETCH_DRIVER, HELPER, ENDPOINT, bucket, dest,
+                                json.dumps(fetch_specs), checked])
+        return secs, rss
+    return fetch
+
+
+def published(sw, specs):
+    """A fresh bucket with the specs published by alitx (with their records)."""
+    bucket = fresh_bucket()
+    alitx_upload(sw, bucket, specs)
+    return bucket
+
+
 def table(name, medians, per=1):
     a = medians["alitx"][0] / per
     print(f"\n{name}: median wall time over {RUNS} runs{' per package' if per > 1 else ''}")
@@ -215,9 +290,23 @@ def main():
         w1_med = measure("W1", w1, [w1_spec], {"alitx": alitx_upload, "boto3": boto3_upload, "raw": raw_copy})
         w2_med = measure("W2", w2, w2_specs, {"alitx": alitx_upload, "boto3": boto3_upload})
         sent, size = resume_after_kill(w1, w1_spec)
+        w1_store, w2_store = published(w1, [w1_spec]), published(w2, w2_specs)
+        verify_med = measure("verify W1", w1, [w1_spec],
+                             {"alitx": alitx_verify, "raw": raw_download}, bucket_for=w1_store)
+        fetch = {"alitx": fetcher("checked"), "stock": fetcher("stock")}
+        fetch_w1 = measure("fetch W1", w1, [w1_spec], fetch, bucket_for=w1_store)
+        fetch_w2 = measure("fetch W2", w2, w2_specs, fetch, bucket_for=w2_store)
+        empty_bucket(w1_store)
+        empty_bucket(w2_store)
         table("W1 (1 package, 1 GiB, 3 x 300 links)", w1_med)
         table(f"W2 ({W2_PACKAGES} packages, 1 MiB, 3 x 50 links)", w2_med, per=W2_PACKAGES)
         print(f"\nresume after a kill at 50 % of W1: sent {sent} of {size} B ({100 * sent / size:.1f} %)")
+        table("verify W1's tarball: alitx verify vs raw = s5cmd cp download to a file", verify_med)
+        table("aliBuild's fetch of W1: alitx = checked by the helper, stock = unchecked", fetch_w1)
+        table(f"aliBuild's fetch of W2: alitx = checked by the helper, stock = unchecked",
+              fetch_w2, per=W2_PACKAGES)
+        print(f"fetch check adds {fetch_w1['alitx'][0] - fetch_w1['stock'][0]:.3f} s to W1's fetch, "
+              f"{(fetch_w2['alitx'][0] - fetch_w2['stock'][0]) / W2_PACKAGES * 1000:.1f} ms per W2 package")
     finally:
         shutil.rmtree(work)
 
