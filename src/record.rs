@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
-use crate::journal::Journal;
+use crate::journal::{Journal, SHA256_METADATA};
 use crate::layout::Revision;
 use crate::storage::{Created, Store};
 
@@ -26,6 +26,11 @@ pub const FORMAT: u32 = 1;
 
 /// Where records live: outside `TARS/`, beside the journals.
 pub const PREFIX: &str = ".alitx/published/";
+
+/// User metadata of a record holding the tarball's size (beside its
+/// SHA-256 in `alitx-sha256`): the aliBuild helper checks a fetch with
+/// one HEAD of the record.
+pub const SIZE_METADATA: &str = "alitx-size";
 
 /// A record is a few hundred bytes; anything much larger is not one.
 pub const MAX_SIZE: u64 = 64 << 10;
@@ -134,7 +139,10 @@ impl Record {
 pub async fn write(store: &dyn Store, journal: &Journal, sha256: &str) -> Result<()> {
     let record = Record::of(journal, sha256);
     let key = key_of(&journal.revision);
-    let metadata = journal.object_metadata();
+    let mut metadata = journal.object_metadata();
+    // What a fetch checks, readable by a HEAD without the body.
+    metadata.insert(SHA256_METADATA.into(), record.sha256.clone());
+    metadata.insert(SIZE_METADATA.into(), record.size.to_string());
     let created = store
         .put_if_absent(&key, record.to_bytes(), &metadata)
         .await?;

@@ -204,10 +204,12 @@ fn guard(entry: &JournalEntry, journal: &Journal, selection: &Selection<'_>) -> 
     Some(busy(&entry.id, journal, selection))
 }
 
-/// The outcome for a journal a running upload owns.
+/// The outcome for a journal a live process owns: an upload, or another
+/// resume or rollback.
 fn busy(id: &str, journal: &Journal, selection: &Selection<'_>) -> Outcome {
     let message = format!(
-        "{id} is owned by a running upload (pid {} on {}, lease valid {}s more); pass --force only if you know it is dead",
+        "{id} is owned by a running {} process (pid {} on {}, lease valid {}s more); pass --force only if you know it is dead",
+        journal.owner.tool,
         journal.owner.pid,
         journal.owner.host,
         journal.lease_expires_at - crate::now_secs()

@@ -853,6 +853,28 @@ fn fetches_are_checked_against_records(backend: &str) {
         rt.block_on(store.put_foreign(&tarball(i), &original(i)));
     }
 
+    // A record without the size and SHA-256 metadata (as an older alitx
+    // wrote it) is checked by its body.
+    let record_key = alitx::record::key_of(&writer.pkgs[zlibx].revision());
+    let record = rt.block_on(async { store.open().await.get(&record_key).await.unwrap() });
+    let parsed = alitx::record::parse(&record_key, record.as_deref().unwrap()).unwrap();
+    let info = rt.block_on(async { store.open().await.head(&record_key).await.unwrap() });
+    let metadata = info.unwrap().metadata;
+    assert_eq!(
+        (metadata.get("alitx-size"), metadata.get("alitx-sha256")),
+        (Some(&parsed.size.to_string()), Some(&parsed.sha256)),
+        "{backend}: the record's metadata names what a fetch checks"
+    );
+    rt.block_on(store.put_foreign(&record_key, &record.unwrap()));
+    let (out, _, built) = read();
+    assert_exit(&out, 0);
+    assert!(built.is_empty(), "{backend}: {}", output(&out));
+    rt.block_on(store.put_foreign(&tarball(zlibx), &flipped));
+    let (out, _, _) = read();
+    assert_exit(&out, 1);
+    assert!(output(&out).contains("its SHA-256 is"), "{backend}: {}", output(&out));
+    rt.block_on(store.put_foreign(&tarball(zlibx), &original(zlibx)));
+
     // Without a record (as stock aliBuild publishes), a revision passes.
     rt.block_on(async {
         let backend = store.open().await;
