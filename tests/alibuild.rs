@@ -872,7 +872,11 @@ fn fetches_are_checked_against_records(backend: &str) {
     rt.block_on(store.put_foreign(&tarball(zlibx), &flipped));
     let (out, _, _) = read();
     assert_exit(&out, 1);
-    assert!(output(&out).contains("its SHA-256 is"), "{backend}: {}", output(&out));
+    assert!(
+        output(&out).contains("its SHA-256 is"),
+        "{backend}: {}",
+        output(&out)
+    );
     rt.block_on(store.put_foreign(&tarball(zlibx), &original(zlibx)));
 
     // Without a record (as stock aliBuild publishes), a revision passes.
