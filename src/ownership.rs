@@ -43,6 +43,11 @@ pub async fn read_journal(store: &dyn Store, prefix: &str, key: &str) -> Result<
     if store.head(key).await?.is_none() {
         return Ok(None);
     }
+    get_journal(store, prefix, key).await
+}
+
+/// Read and validate the journal at `key` with a GET, without looking first.
+async fn get_journal(store: &dyn Store, prefix: &str, key: &str) -> Result<Option<Journal>> {
     match store.get(key).await? {
         Some(bytes) => Journal::parse(prefix, key, &bytes).map(Some),
         None => Ok(None),
@@ -182,12 +187,14 @@ impl JournalHandle {
     /// owner is read in full, to say who.
     async fn confirm_token(&self, token: &str) -> Result<()> {
         self.ensure_not_lost()?;
-        if let Some(info) = self.store.head(&self.key).await? {
-            if info.metadata.get(OWNER_METADATA).map(String::as_str) == Some(token) {
-                return Ok(());
+        let now = match self.store.head(&self.key).await? {
+            None => None,
+            Some(info) if info.metadata.get(OWNER_METADATA).map(String::as_str) == Some(token) => {
+                return Ok(())
             }
-        }
-        match read_journal(&*self.store, &self.prefix, &self.key).await? {
+            Some(_) => get_journal(&*self.store, &self.prefix, &self.key).await?,
+        };
+        match now {
             None => Err(Error::lost_ownership(format!(
                 "the journal {} was retired by another process while this one worked on it",
                 self.key

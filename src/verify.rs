@@ -462,6 +462,28 @@ impl AsRef<[u8]> for Piece {
     }
 }
 
+/// A spawned task that is aborted when its handle is dropped: the ranged
+/// GETs still in flight when a tarball's reading stops early (a corrupt
+/// piece, an error) end with it instead of running to completion.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What reading a tarball through the verifier found.
 struct TarballRead {
     /// `Some` when every byte was read.
@@ -730,7 +752,7 @@ impl Reader {
             .map(|offset| {
                 let (store, permits, key) = (self.store.clone(), self.permits.clone(), key.to_string());
                 let expected = chunk.min(size - offset);
-                tokio::spawn(async move {
+                AbortOnDrop(tokio::spawn(async move {
                     let permit = permits
                         .acquire_owned()
                         .await
@@ -744,7 +766,7 @@ impl Reader {
                             "{key} changed while it was read (it had {size} bytes); run verify again"
                         ))),
                     }
-                })
+                }))
             })
             .buffered(self.concurrency)
             .map(|joined| {
