@@ -184,7 +184,7 @@ pub async fn read(store: &dyn Store, revision: &Revision) -> Result<Option<Recor
 pub async fn read_key(store: &dyn Store, key: &str) -> Result<Option<Record>> {
     // Bounded: a huge object at the record's key is no record.
     match store.get_range(key, 0, MAX_SIZE + 1).await? {
-        Some(bytes) => parse(key, &bytes).map(Some),
+        Some(body) => parse(key, &body.into_bytes()).map(Some),
         None => Ok(None),
     }
 }

@@ -90,14 +90,26 @@ pub fn scan(
 
 /// The gzip+tar verification of one revision's tarball, on its own thread,
 /// fed the tarball's bytes in order by whoever reads them (a local file, a
-/// store object). A piece is any byte container; it is dropped, and with
-/// it whatever it holds, as soon as the verifier has consumed it.
+/// store object). A piece is any container of byte slices; it is dropped,
+/// and with it whatever it holds, as soon as the verifier has consumed it.
 pub struct Verifier<T> {
     input: mpsc::Sender<T>,
     thread: thread::JoinHandle<Result<u64>>,
 }
 
-impl<T: AsRef<[u8]> + Send + 'static> Verifier<T> {
+/// A piece of a tarball as the verifier reads it: its bytes, in order, in
+/// one or more slices (a store's answer arrives in segments).
+pub trait Piece: Send + 'static {
+    fn slices(&self) -> &[Bytes];
+}
+
+impl Piece for Bytes {
+    fn slices(&self) -> &[Bytes] {
+        std::slice::from_ref(self)
+    }
+}
+
+impl<T: Piece> Verifier<T> {
     pub fn start(revision: &Revision) -> Result<Self> {
         // Two pieces queued: the reader stays one ahead, memory stays small.
         let (input, pieces) = mpsc::channel::<T>(2);
@@ -259,20 +271,23 @@ fn broken(e: io::Error) -> Error {
 struct ChannelReader<T> {
     pieces: mpsc::Receiver<T>,
     current: Option<T>,
+    /// The slice of `current` being read, and the offset in it.
+    slice: usize,
     offset: usize,
 }
 
-impl<T: AsRef<[u8]>> ChannelReader<T> {
+impl<T: Piece> ChannelReader<T> {
     fn new(pieces: mpsc::Receiver<T>) -> Self {
         ChannelReader {
             pieces,
             current: None,
+            slice: 0,
             offset: 0,
         }
     }
 }
 
-impl<T: AsRef<[u8]>> Read for ChannelReader<T> {
+impl<T: Piece> Read for ChannelReader<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let rest = self.fill_buf()?;
         let n = buf.len().min(rest.len());
@@ -283,22 +298,27 @@ impl<T: AsRef<[u8]>> Read for ChannelReader<T> {
 }
 
 /// The pieces are the buffer: the gzip decoder reads them in place.
-impl<T: AsRef<[u8]>> BufRead for ChannelReader<T> {
+impl<T: Piece> BufRead for ChannelReader<T> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self
-            .current
-            .as_ref()
-            .is_none_or(|piece| self.offset == piece.as_ref().len())
-        {
+        loop {
+            if let Some(piece) = &self.current {
+                let slices = piece.slices();
+                while self.slice < slices.len() && self.offset == slices[self.slice].len() {
+                    (self.slice, self.offset) = (self.slice + 1, 0);
+                }
+                if self.slice < slices.len() {
+                    break;
+                }
+            }
             // Done with this piece: release it before waiting for the next.
             self.current = None;
             match self.pieces.blocking_recv() {
-                Some(piece) => (self.current, self.offset) = (Some(piece), 0),
+                Some(piece) => (self.current, self.slice, self.offset) = (Some(piece), 0, 0),
                 None => return Ok(&[]),
             }
         }
         let piece = self.current.as_ref().expect("a piece is current");
-        Ok(&piece.as_ref()[self.offset..])
+        Ok(&piece.slices()[self.slice][self.offset..])
     }
 
     fn consume(&mut self, amount: usize) {
@@ -380,5 +400,29 @@ mod tests {
                 "{what}: {err}"
             );
         }
+    }
+
+    /// A piece in several slices, some empty, reads as the bytes in order.
+    #[test]
+    fn verifies_pieces_in_segments() {
+        struct Segmented(Vec<Bytes>);
+        impl Piece for Segmented {
+            fn slices(&self) -> &[Bytes] {
+                &self.0
+            }
+        }
+        let bytes = Bytes::from(tarball(&["./arch/pkg/v1-1/a", "./arch/pkg/v1-1/b"]));
+        let verifier = Verifier::start(&revision()).unwrap();
+        for start in (0..bytes.len()).step_by(37) {
+            let (middle, end) = ((start + 18).min(bytes.len()), (start + 37).min(bytes.len()));
+            let piece = Segmented(vec![
+                Bytes::new(),
+                bytes.slice(start..middle),
+                Bytes::new(),
+                bytes.slice(middle..end),
+            ]);
+            assert!(verifier.feed_blocking(piece));
+        }
+        assert_eq!(verifier.finish().unwrap(), 2);
     }
 }

@@ -26,8 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{self, Revision, DIST_DIRS};
 use crate::record::{self, LinksDigest, Record};
-use crate::storage::{Listing, Store};
-use crate::tarball::Verifier;
+use crate::storage::{Listing, Segments, Store};
+use crate::tarball::{Piece, Verifier};
 
 /// What to verify, and how hard to pull.
 #[derive(Debug, Clone)]
@@ -36,11 +36,11 @@ pub struct VerifyOptions {
     pub package: Option<String>,
     pub version: Option<String>,
     pub revision: Option<String>,
-    /// Requests in flight at once; a ranged GET holds at most one chunk
-    /// until it has been verified, so memory stays below
-    /// `concurrency × chunk_size` whatever the size of the store.
+    /// Revisions read at once, and the tarball bytes held in memory: at most
+    /// `concurrency × MEMORY_UNIT`, in ranged GETs in flight and
+    /// pieces not yet verified, whatever the size of the store.
     pub concurrency: usize,
-    /// Bytes per ranged GET of a tarball.
+    /// Bytes per ranged GET of a tarball (at most the memory allowed).
     pub chunk_size: u64,
     /// Draw a progress bar of the bytes read on stderr.
     pub progress: bool,
@@ -54,11 +54,19 @@ impl Default for VerifyOptions {
             version: None,
             revision: None,
             concurrency: 8,
-            chunk_size: 8 << 20,
+            // Two memory units per GET: half as many GETs, each of which
+            // costs the gateway CPU of its own (docs/benchmarks.md).
+            chunk_size: 2 * MEMORY_UNIT,
             progress: false,
         }
     }
 }
+
+/// Tarball bytes `verify` may hold in memory per unit of `--concurrency`.
+pub const MEMORY_UNIT: u64 = 8 << 20;
+
+/// The memory budget is counted in permits of this many bytes.
+const PERMIT_BYTES: u64 = 1 << 20;
 
 /// The verdict on one revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -129,11 +137,13 @@ pub struct VerifyReport {
 pub async fn verify(store: Arc<dyn Store>, options: &VerifyOptions) -> Result<VerifyReport> {
     let started = Instant::now();
     let selected = select(&*store, options).await?;
+    let concurrency = options.concurrency.max(1);
+    let memory = concurrency as u64 * MEMORY_UNIT;
     let reader = Reader {
         store: store.clone(),
-        permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
-        concurrency: options.concurrency.max(1),
-        chunk_size: options.chunk_size.max(1),
+        permits: Arc::new(Semaphore::new((memory / PERMIT_BYTES) as usize)),
+        concurrency,
+        chunk_size: options.chunk_size.clamp(1, memory),
         bytes_read: AtomicU64::new(0),
         bar: progress_bar(options.progress),
     };
@@ -216,9 +226,14 @@ impl Candidate {
 /// Every revision the options select, sorted.
 async fn select(store: &dyn Store, options: &VerifyOptions) -> Result<Vec<Candidate>> {
     check_filters(options)?;
-    let architectures = architectures(store, options).await?;
+    // An architecture asked for is looked for only if nothing is found in
+    // it: one listing less before the first tarball streams.
+    let arches = match &options.architecture {
+        Some(arch) => vec![arch.clone()],
+        None => architectures(store, options).await?,
+    };
     let mut selected = Vec::new();
-    for arch in &architectures {
+    for arch in &arches {
         let records = format!("{}{arch}/", record::PREFIX);
         let (linked, records) = tokio::join!(
             linked_revisions(store, arch, options),
@@ -230,6 +245,9 @@ async fn select(store: &dyn Store, options: &VerifyOptions) -> Result<Vec<Candid
         selected.extend(orphan_records(store, arch, records?, &linked_names, options).await?);
     }
     selected.sort_by_key(Candidate::id);
+    if selected.is_empty() && options.architecture.is_some() {
+        architectures(store, options).await?; // Says so if it is unknown.
+    }
     let filtered =
         options.package.is_some() || options.version.is_some() || options.revision.is_some();
     if selected.is_empty() && filtered {
@@ -449,16 +467,16 @@ fn guess_names(full: &str) -> (String, String, String) {
     (package, version, revision)
 }
 
-/// One piece of a tarball in memory: it holds a request permit until the
-/// verifier has consumed it, which bounds memory.
-struct Piece {
-    data: Bytes,
+/// One ranged GET's bytes in memory, as they arrived: it holds a request
+/// permit until the verifier has consumed it, which bounds memory.
+struct Range {
+    data: Segments,
     _permit: OwnedSemaphorePermit,
 }
 
-impl AsRef<[u8]> for Piece {
-    fn as_ref(&self) -> &[u8] {
-        &self.data
+impl Piece for Range {
+    fn slices(&self) -> &[Bytes] {
+        self.data.as_slices()
     }
 }
 
@@ -743,22 +761,28 @@ impl Reader {
     /// Stream `key` (`size` bytes) once through SHA-256 and the gzip+tar
     /// verifier, in ranged GETs of `chunk_size`, several in flight.
     async fn read_tarball(&self, key: &str, size: u64, revision: &Revision) -> Result<TarballRead> {
-        let verifier = Verifier::<Piece>::start(revision)?;
+        let verifier = Verifier::<Range>::start(revision)?;
+        // A dispatcher takes memory permits for the pieces in order and
+        // starts each ranged GET as a task of its own, so that bodies keep
+        // arriving while earlier pieces are hashed and verified. In order:
+        // a piece holds memory only after every earlier piece of its tarball
+        // does, so the piece consumed next can always arrive, however many
+        // tarballs share the permits.
+        let (gets, mut arrivals) = tokio::sync::mpsc::channel(self.concurrency);
+        let (store, permits, key) = (self.store.clone(), self.permits.clone(), key.to_string());
         let chunk = self.chunk_size;
-        // Each ranged GET is a task of its own, so that bodies keep arriving
-        // while earlier pieces are hashed and verified; the permits bound
-        // how many pieces exist at once.
-        let mut pieces = futures::stream::iter((0..size.div_ceil(chunk)).map(|i| i * chunk))
-            .map(|offset| {
-                let (store, permits, key) = (self.store.clone(), self.permits.clone(), key.to_string());
+        let dispatcher = AbortOnDrop(tokio::spawn(async move {
+            for offset in (0..size.div_ceil(chunk)).map(|i| i * chunk) {
                 let expected = chunk.min(size - offset);
-                AbortOnDrop(tokio::spawn(async move {
-                    let permit = permits
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed");
+                let permit = permits
+                    .clone()
+                    .acquire_many_owned(expected.div_ceil(PERMIT_BYTES) as u32)
+                    .await
+                    .expect("the semaphore is never closed");
+                let (store, key) = (store.clone(), key.clone());
+                let get = AbortOnDrop(tokio::spawn(async move {
                     match store.get_range(&key, offset, expected).await? {
-                        Some(data) if data.len() as u64 == expected => Ok(Piece {
+                        Some(data) if data.len() as u64 == expected => Ok(Range {
                             data,
                             _permit: permit,
                         }),
@@ -766,17 +790,20 @@ impl Reader {
                             "{key} changed while it was read (it had {size} bytes); run verify again"
                         ))),
                     }
-                }))
-            })
-            .buffered(self.concurrency)
-            .map(|joined| {
-                joined.map_err(|e| Error::new(ErrorKind::Io, format!("reading task: {e}")))?
-            });
+                }));
+                if gets.send(get).await.is_err() {
+                    return; // The reading stopped early.
+                }
+            }
+        }));
         let mut sha = Sha256::new();
         let mut read = 0u64;
         let mut failure = None;
-        while let Some(piece) = pieces.next().await {
-            let piece = match piece {
+        while let Some(get) = arrivals.recv().await {
+            let joined = get
+                .await
+                .map_err(|e| Error::new(ErrorKind::Io, format!("reading task: {e}")));
+            let piece = match joined.and_then(|piece| piece) {
                 Ok(piece) => piece,
                 Err(e) => {
                     failure = Some(e);
@@ -785,7 +812,7 @@ impl Reader {
             };
             let len = piece.data.len() as u64;
             let (hashed, piece) = tokio::task::spawn_blocking(move || {
-                sha.update(&piece.data);
+                piece.slices().iter().for_each(|slice| sha.update(slice));
                 (sha, piece)
             })
             .await
@@ -798,7 +825,7 @@ impl Reader {
                 break; // It failed: its verdict says why.
             }
         }
-        drop(pieces);
+        drop((arrivals, dispatcher));
         let verdict = tokio::task::spawn_blocking(move || verifier.finish())
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("verifier task: {e}")))?;

@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use alitx::layout::{Link, Revision};
-use alitx::storage::{Created, Metadata, ObjectInfo, Store, UploadedPart};
+use alitx::storage::{Created, Metadata, ObjectInfo, Segments, Store, UploadedPart};
 use bytes::Bytes;
 use common::{backends, hash_of, is_public_read, runtime, TestStore, ARCH};
 use futures::future::LocalBoxFuture;
@@ -150,7 +150,11 @@ async fn assert_body(store: &dyn Store, key: &str, expected: &[u8]) {
 async fn assert_absent(store: &dyn Store, key: &str) {
     assert_eq!(store.get(key).await.unwrap(), None, "get {key}");
     assert_eq!(
-        store.get_range(key, 0, 10).await.unwrap(),
+        store
+            .get_range(key, 0, 10)
+            .await
+            .unwrap()
+            .map(Segments::into_bytes),
         None,
         "get_range {key}"
     );
@@ -304,7 +308,14 @@ async fn ranges_read_any_slice_of_an_object(_: &TestStore, store: Arc<dyn Store>
         .unwrap();
     let range = |offset: u64, len: u64| {
         let store = store.clone();
-        async move { store.get_range(key, offset, len).await.unwrap().unwrap() }
+        async move {
+            let read = store.get_range(key, offset, len).await.unwrap().unwrap();
+            assert_eq!(
+                read.len(),
+                read.as_slices().iter().map(Bytes::len).sum::<usize>()
+            );
+            read.into_bytes()
+        }
     };
     assert_eq!(range(0, 1000).await, body);
     assert_eq!(range(0, 1).await, body.slice(0..1));
@@ -326,7 +337,11 @@ async fn ranges_read_any_slice_of_an_object(_: &TestStore, store: Arc<dyn Store>
         .await
         .unwrap();
     assert_eq!(
-        store.get_range(empty, 0, 10).await.unwrap(),
+        store
+            .get_range(empty, 0, 10)
+            .await
+            .unwrap()
+            .map(Segments::into_bytes),
         Some(Bytes::new())
     );
 
@@ -336,7 +351,12 @@ async fn ranges_read_any_slice_of_an_object(_: &TestStore, store: Arc<dyn Store>
         .await
         .unwrap();
     assert_eq!(
-        store.get_range(&link.key, 2, 5).await.unwrap().unwrap(),
+        store
+            .get_range(&link.key, 2, 5)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_bytes(),
         bytes(&link.body[2..7]),
         "a link's range is a range of its body, as S3 readers see it"
     );
@@ -359,7 +379,8 @@ async fn ranges_of_a_completed_upload_cross_its_parts(_: &TestStore, store: Arc<
             .get_range(&key, read.len() as u64, chunk)
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .into_bytes();
         if piece.is_empty() {
             break;
         }
@@ -369,7 +390,12 @@ async fn ranges_of_a_completed_upload_cross_its_parts(_: &TestStore, store: Arc<
     assert_same_bytes(&read, &whole, "the ranges put back together");
     let across = 5 * MIB as u64 - 3;
     assert_same_bytes(
-        &store.get_range(&key, across, 6).await.unwrap().unwrap(),
+        &store
+            .get_range(&key, across, 6)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_bytes(),
         &whole[across as usize..across as usize + 6],
         "a range across the first part boundary",
     );

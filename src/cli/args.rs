@@ -340,8 +340,9 @@ pub(super) struct VerifyArgs {
     /// Only this revision number.
     #[arg(long, value_name = "REV")]
     pub(super) revision: Option<String>,
-    /// Requests in flight at once; each ranged GET holds at most 8 MiB, so
-    /// memory stays below N × 8 MiB.
+    /// Revisions read at once; the tarball bytes held in memory (ranged
+    /// GETs of up to 16 MiB, in flight or not yet verified) stay below
+    /// N × 8 MiB.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub(super) concurrency: u64,
     #[command(flatten)]

@@ -72,6 +72,52 @@ pub struct Listing {
     pub objects: Vec<ObjectMeta>,
 }
 
+/// Bytes read from the store, in the segments they arrived in: a large range
+/// is handed on without being gathered into one buffer (a copy of every
+/// byte) unless a caller asks for that with [`Segments::into_bytes`].
+#[derive(Debug, Clone, Default)]
+pub struct Segments {
+    segments: Vec<Bytes>,
+    len: usize,
+}
+
+impl Segments {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slices(&self) -> &[Bytes] {
+        &self.segments
+    }
+
+    /// The bytes in one buffer: a copy only when there are several segments.
+    pub fn into_bytes(mut self) -> Bytes {
+        match self.segments.len() {
+            0 => Bytes::new(),
+            1 => self.segments.pop().expect("one segment"),
+            _ => Bytes::from(self.segments.concat()),
+        }
+    }
+}
+
+impl FromIterator<Bytes> for Segments {
+    fn from_iter<I: IntoIterator<Item = Bytes>>(iter: I) -> Self {
+        let segments: Vec<Bytes> = iter.into_iter().filter(|s| !s.is_empty()).collect();
+        let len = segments.iter().map(Bytes::len).sum();
+        Segments { segments, len }
+    }
+}
+
+impl From<Bytes> for Segments {
+    fn from(bytes: Bytes) -> Self {
+        std::iter::once(bytes).collect()
+    }
+}
+
 /// A staged upload that was started and neither completed nor aborted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingUpload {
@@ -100,7 +146,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Up to `len` bytes of the body from `offset`: fewer at the end of the
     /// object, none from its end on; `None` if the key does not exist. Reads
     /// a large object piece by piece, in bounded memory.
-    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Bytes>>;
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Segments>>;
 
     /// Create `key` only if nothing holds it.
     async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created>;

@@ -23,7 +23,8 @@ use md5::{Digest, Md5};
 
 use super::s3_http;
 use super::{
-    Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Store, UploadedPart,
+    Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Segments, Store,
+    UploadedPart,
 };
 use crate::error::{Error, Result};
 use crate::layout::Link;
@@ -289,9 +290,9 @@ impl Store for S3Store {
         }
     }
 
-    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Bytes>> {
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Segments>> {
         if len == 0 {
-            return Ok(self.head(key).await?.map(|_| Bytes::new()));
+            return Ok(self.head(key).await?.map(|_| Segments::default()));
         }
         let last = offset.saturating_add(len - 1);
         match self
@@ -310,11 +311,11 @@ impl Store for S3Store {
                         self.bucket()
                     ))
                 })?;
-                Ok(Some(body.into_bytes()))
+                Ok(Some(body.into_segments().collect()))
             }
             Err(err) if status_of(&err) == Some(404) => Ok(None),
             // The range starts at or after the end of the object.
-            Err(err) if status_of(&err) == Some(416) => Ok(Some(Bytes::new())),
+            Err(err) if status_of(&err) == Some(416) => Ok(Some(Segments::default())),
             Err(err) => Err(self.error("GetObject", key, err)),
         }
     }

@@ -50,7 +50,8 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Store, UploadedPart,
+    Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Segments, Store,
+    UploadedPart,
 };
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
@@ -472,7 +473,7 @@ impl Store for LocalStore {
         }
     }
 
-    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Bytes>> {
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Segments>> {
         let path = self.path_of(key)?;
         let meta = match fs::symlink_metadata(&path) {
             Ok(meta) => meta,
@@ -483,7 +484,7 @@ impl Store for LocalStore {
             let body = Bytes::from(link_body(&path)?);
             let start = offset.min(body.len() as u64) as usize;
             let end = offset.saturating_add(len).min(body.len() as u64) as usize;
-            return Ok(Some(body.slice(start..end)));
+            return Ok(Some(body.slice(start..end).into()));
         }
         if !meta.is_file() {
             return Ok(None);
@@ -493,7 +494,7 @@ impl Store for LocalStore {
         file.seek(SeekFrom::Start(offset))
             .and_then(|_| file.take(len).read_to_end(&mut buf))
             .map_err(|e| Error::io(path.display(), e))?;
-        Ok(Some(Bytes::from(buf)))
+        Ok(Some(Bytes::from(buf).into()))
     }
 
     async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created> {
