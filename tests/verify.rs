@@ -211,6 +211,45 @@ fn every_upload_leaves_a_record_and_verifies() {
     }
 }
 
+/// Tarballs larger than the memory `--concurrency` allows, read side by
+/// side: each takes its memory piece by piece in order, so none waits
+/// forever for memory held by another's later pieces.
+#[test]
+fn tarballs_larger_than_the_memory_allowed_verify_side_by_side() {
+    let rt = runtime();
+    let wd = WorkDir::named(&["big0", "big1", "big2"]);
+    for i in 0..wd.pkgs.len() {
+        write_tarball(&wd.tarball_path(i), &wd.pkgs[i].revision(), 40 << 20);
+    }
+    let total: u64 = (0..wd.pkgs.len())
+        .map(|i| std::fs::metadata(wd.tarball_path(i)).unwrap().len())
+        .sum();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        upload_all(&wd, &store);
+        // 2: every piece takes all the memory; 3: two pieces never fit.
+        for concurrency in ["2", "3"] {
+            let out = alitx_within(
+                &verify_args(&store, &["--concurrency", concurrency]),
+                std::time::Duration::from_secs(300),
+            );
+            assert_exit(&out, 0);
+            let report = json(&out);
+            let classes: Vec<&str> = report["revisions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["class"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                classes, ["verified"; 3],
+                "{kind} --concurrency {concurrency}"
+            );
+            assert_eq!(report["summary"]["bytes_read"], total, "{kind}");
+        }
+    }
+}
+
 #[test]
 fn flipped_truncated_and_missing_tarballs_are_corrupt() {
     let rt = runtime();

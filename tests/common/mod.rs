@@ -575,6 +575,46 @@ pub fn alitx_env(args: &[String], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
+/// Run the alitx binary; kill it and fail if it has not ended within `limit`
+/// (a command that waits forever must fail a test, not hang it).
+pub fn alitx_within(args: &[String], limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_alitx"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipes = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let readers = (
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            pipes.0.read_to_end(&mut out).map(|_| out)
+        }),
+        std::thread::spawn(move || {
+            let mut err = Vec::new();
+            pipes.1.read_to_end(&mut err).map(|_| err)
+        }),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("alitx {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: readers.0.join().unwrap().unwrap(),
+        stderr: readers.1.join().unwrap().unwrap(),
+    }
+}
+
 pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
