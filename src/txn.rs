@@ -517,11 +517,18 @@ async fn finish_published(
     commit(store, handle, report).await
 }
 
-/// The tarball is published: mark the journal committed, leave the
-/// publication record, and retire the journal. Losing the journal to
-/// another owner now is harmless: it finishes the same way.
+/// The tarball is published: mark the journal committed and leave the
+/// publication record, at once (neither depends on the other: a crash
+/// between them is rolled forward either way), then retire the journal.
+/// Losing the journal to another owner now is harmless: it finishes the
+/// same way.
 async fn commit(store: &dyn Store, handle: &JournalHandle, report: Report) -> Result<Report> {
-    match handle.update(|j| j.state = State::Committed).await {
+    let journal = handle.snapshot().await;
+    let (marked, recorded) = tokio::join!(
+        handle.update(|j| j.state = State::Committed),
+        write_record(store, &journal, report.tarball_sha256.as_deref())
+    );
+    match marked {
         Ok(()) => {}
         Err(e) if e.kind == ErrorKind::LostOwnership => {
             info!("{e}; the revision is published, its new owner retires the journal");
@@ -531,16 +538,10 @@ async fn commit(store: &dyn Store, handle: &JournalHandle, report: Report) -> Re
     }
     debug!("journal marked committed");
     failpoint("after-commit-mark");
-    let journal = handle.snapshot().await;
+    recorded?;
     if journal.tarball.upload_id.is_some() || journal.takeovers > 0 {
         abort_staged_uploads(store, &journal, false).await?;
     }
-    write_record(
-        store,
-        &handle.snapshot().await,
-        report.tarball_sha256.as_deref(),
-    )
-    .await?;
     handle.retire().await?;
     Ok(report)
 }

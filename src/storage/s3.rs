@@ -89,7 +89,7 @@ impl S3Store {
             .region(Region::new(config.region.clone()))
             .credentials_provider(credentials())
             .endpoint_url(&config.endpoint)
-            .http_client(s3_http::client())
+            .http_client(s3_http::client(&config.endpoint))
             .retry_config(RetryConfig::standard().with_max_attempts(s3_http::ATTEMPTS))
             // No attempt timeout: the stall limit ends an attempt that stopped
             // moving, however long a large part legitimately takes.

@@ -44,20 +44,30 @@ pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// Attempts per request, the first included.
 pub const ATTEMPTS: u32 = 4;
 
-/// The SDK's default HTTPS client (hyper 1, rustls, proxies from the
-/// environment) with every attempt under a [`StallGuard`].
-pub fn client() -> SharedHttpClient {
+/// The SDK's default client (hyper 1, proxies from the environment) with
+/// every attempt under a [`StallGuard`]; with rustls unless `endpoint` is a
+/// plain `http://` URL and no HTTPS proxy is configured for it, since loading
+/// the system's root certificates costs each process about 5 ms of CPU.
+pub fn client(endpoint: &str) -> SharedHttpClient {
+    let https_proxy = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .any(|proxy| proxy.to_ascii_lowercase().starts_with("https://"));
+    let tls = !endpoint.starts_with("http://") || https_proxy;
     SharedHttpClient::new(GuardedClient {
         inner: aws_smithy_http_client::Builder::new().build_with_connector_fn(
-            |settings, components| {
-                let mut builder = Connector::builder()
-                    .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-                    .proxy_config(ProxyConfig::from_env());
+            move |settings, components| {
+                let mut builder = Connector::builder().proxy_config(ProxyConfig::from_env());
                 builder.set_connector_settings(settings.cloned());
                 if let Some(components) = components {
                     builder.set_sleep_impl(components.sleep_impl());
                 }
-                builder.build()
+                match tls {
+                    true => builder
+                        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                        .build(),
+                    false => builder.build_http(),
+                }
             },
         ),
     })
