@@ -467,8 +467,8 @@ fn guess_names(full: &str) -> (String, String, String) {
     (package, version, revision)
 }
 
-/// One ranged GET's bytes in memory, as they arrived: it holds a request
-/// permit until the verifier has consumed it, which bounds memory.
+/// One ranged GET's bytes in memory, as they arrived: it holds its memory
+/// permits until the verifier has consumed it, which bounds memory.
 struct Range {
     data: Segments,
     _permit: OwnedSemaphorePermit,

@@ -585,16 +585,15 @@ pub fn alitx_within(args: &[String], limit: std::time::Duration) -> Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut pipes = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            pipe.read_to_end(&mut all).map(|_| all)
+        })
+    };
     let readers = (
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            pipes.0.read_to_end(&mut out).map(|_| out)
-        }),
-        std::thread::spawn(move || {
-            let mut err = Vec::new();
-            pipes.1.read_to_end(&mut err).map(|_| err)
-        }),
+        read_all(Box::new(child.stdout.take().unwrap())),
+        read_all(Box::new(child.stderr.take().unwrap())),
     );
     let deadline = std::time::Instant::now() + limit;
     let status = loop {
