@@ -25,10 +25,19 @@ S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 ~/.aws/credentials); the endpoint from --endpoint-url, else AWS_ENDPOINT_URL,
 else https://s3.cern.ch.";
 
+/// `alitx --version`: the crate's version and the commit it was built from
+/// (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ALITX_COMMIT"),
+    ")"
+);
+
 /// Transactional uploads to aliBuild remote stores: a killed upload never
 /// leaves a partial revision behind.
 #[derive(Parser, Debug)]
-#[command(name = "alitx", version, after_help = AFTER_HELP)]
+#[command(name = "alitx", version = VERSION, after_help = AFTER_HELP)]
 pub(super) struct Cli {
     #[command(subcommand)]
     pub(super) command: Command,
