@@ -178,8 +178,11 @@ fn helper_builds_and_publishes(venv: &Path, scratch: &Path) {
             .unwrap();
         assert_exit(&out, 0);
     }
+    // aliBuild's rsync backend wants each package's link directory.
     let store = scratch.join("store");
-    fs::create_dir(&store).unwrap();
+    for name in ["defaults-release", "hello"] {
+        fs::create_dir_all(store.join("TARS").join(ARCH).join(name)).unwrap();
+    }
     let work_dir = scratch.join("sw");
     // PATH without any other alitx: the helper must find the venv's own.
     let path = std::env::join_paths(
