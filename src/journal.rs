@@ -62,6 +62,11 @@ pub struct Journal {
     /// How often the journal changed owner (each takeover counts one).
     #[serde(default)]
     pub takeovers: u64,
+    /// The transaction completes a revision an earlier upload of the same
+    /// build left unpublished: links with exactly its bodies that it did
+    /// not write count as its own claim (and are never its to delete).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopts: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +168,7 @@ impl Journal {
             lease_expires_at: crate::now_secs() + lease.as_secs() as i64,
             renewals: 0,
             takeovers: 0,
+            adopts: false,
         }
     }
 

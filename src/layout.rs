@@ -209,6 +209,25 @@ pub fn parse_store_key<'a>(
     Ok((h2, hash, name))
 }
 
+/// The store tarball key a link body names, read as aliBuild's readers read
+/// it (one trailing newline dropped, leading `../` dropped, `TARS/` implied
+/// for a package link's `<arch>/store/...`); `None` unless it names a
+/// store tarball of `architecture`.
+pub fn store_key_named_by(architecture: &str, body: &[u8]) -> Option<String> {
+    let body = std::str::from_utf8(body).ok()?;
+    let body = body.strip_suffix('\n').unwrap_or(body);
+    let mut path = body;
+    while let Some(rest) = path.strip_prefix("../") {
+        path = rest;
+    }
+    let key = match path.starts_with("TARS/") {
+        true => path.to_string(),
+        false => format!("TARS/{path}"),
+    };
+    parse_store_key(architecture, &key).ok()?;
+    Some(key)
+}
+
 /// `<pkg>-<ver>-<rev>` of a tarball file name `<pkg>-<ver>-<rev>.<arch>.tar.gz`
 /// made of allowed characters; `None` for any other name.
 pub fn tarball_full_version<'a>(architecture: &str, name: &'a str) -> Option<&'a str> {

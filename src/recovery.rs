@@ -10,7 +10,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{self, Journal, Owner, State};
 use crate::ownership::{self, JournalHandle, Takeover};
 use crate::storage::Store;
-use crate::txn::{self, Intent, Options, Report};
+use crate::txn::{self, Ended, Intent, Options, Report};
 use crate::workdir;
 
 /// One journal as `alitx journals` shows it.
@@ -123,12 +123,36 @@ async fn load_named(store: &dyn Store, prefix: &str, key: &str) -> Result<Journa
     })
 }
 
+/// What `resume` or `rollback` did with one journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    RolledForward,
+    RolledBack,
+    /// A committed journal: its revision is published; only retired.
+    Retired,
+    /// Left to its live owner, or finished by another process meanwhile.
+    Skipped,
+    Failed,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::RolledForward => "rolled-forward",
+            Action::RolledBack => "rolled-back",
+            Action::Retired => "retired",
+            Action::Skipped => "skipped",
+            Action::Failed => "failed",
+        })
+    }
+}
+
 /// What happened to one journal in `resume` or `rollback`.
 #[derive(Debug, Serialize)]
 pub struct Outcome {
     pub id: String,
-    /// `rolled-forward`, `rolled-back`, `retired`, `skipped` or `failed`.
-    pub action: String,
+    pub action: Action,
     pub message: String,
     pub report: Option<Report>,
     #[serde(skip)]
@@ -139,7 +163,7 @@ impl Outcome {
     fn skipped(id: &str, message: String) -> Self {
         Outcome {
             id: id.into(),
-            action: "skipped".into(),
+            action: Action::Skipped,
             message,
             report: None,
             error: None,
@@ -149,7 +173,7 @@ impl Outcome {
     fn failed(id: String, error: Error) -> Self {
         Outcome {
             id,
-            action: "failed".into(),
+            action: Action::Failed,
             message: error.message.clone(),
             report: None,
             error: Some(error),
@@ -280,7 +304,7 @@ async fn continue_journal(
         return match txn::retire_committed(&*store, &journal, &options.journal_prefix).await {
             Ok(()) => Outcome {
                 id,
-                action: "retired".into(),
+                action: Action::Retired,
                 message: "already committed: the revision is published and stays; journal retired"
                     .into(),
                 report: None,
@@ -310,23 +334,23 @@ async fn continue_journal(
     };
     let local = work_dir.and_then(|dir| workdir::read_revision(dir, journal.revision.clone()).ok());
     match txn::continue_owned(store, &handle, local.as_ref(), intent, options).await {
-        Ok(report) => Outcome {
+        Ok(Ended::Done(report)) => Outcome {
             id,
             action: match report.status {
-                txn::Status::RolledBack => "rolled-back".into(),
-                _ => "rolled-forward".into(),
+                txn::Status::RolledBack => Action::RolledBack,
+                _ => Action::RolledForward,
             },
             message: summary(&report),
             report: Some(report),
             error: None,
         },
-        // Undone: the designed outcome when the work dir no longer
-        // matches, or another writer holds one of its links.
-        Err(e) if matches!(e.kind, ErrorKind::Verification | ErrorKind::Conflict) => Outcome {
+        // Undone: the designed outcome when another writer holds one of
+        // its links, or its tarball failed verification.
+        Ok(Ended::Undone { report, cause }) => Outcome {
             id,
-            action: "rolled-back".into(),
-            message: e.message,
-            report: None,
+            action: Action::RolledBack,
+            message: format!("{cause}; {}", summary(&report)),
+            report: Some(report),
             error: None,
         },
         Err(e) => Outcome::failed(id, e),
@@ -365,6 +389,15 @@ pub fn summary(report: &Report) -> String {
             crate::counted(report.keys_written.len(), "missing link"),
             report.duration_seconds
         ),
+        txn::Status::Committed if report.adopted => format!(
+            "published {}: completed the revision an earlier upload of this build left unpublished \
+             ({} written, {} of {} bytes sent) in {:.1}s",
+            report.revision.full_version(),
+            crate::counted(report.keys_written.len(), "key"),
+            report.bytes_sent,
+            report.tarball_bytes,
+            report.duration_seconds
+        ),
         txn::Status::Committed => format!(
             "published {} ({} written, {} of {} bytes sent, {} of {} reused) in {:.1}s",
             report.revision.full_version(),
@@ -385,5 +418,27 @@ pub fn summary(report: &Report) -> String {
             report.revision.full_version(),
             crate::counted(report.keys_deleted.len(), "key")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Action;
+
+    /// Scripts read `action` from `--json` and from the text lines: both
+    /// spell it the same, and the names never change.
+    #[test]
+    fn action_names_are_a_contract() {
+        let names = [
+            (Action::RolledForward, "rolled-forward"),
+            (Action::RolledBack, "rolled-back"),
+            (Action::Retired, "retired"),
+            (Action::Skipped, "skipped"),
+            (Action::Failed, "failed"),
+        ];
+        for (action, name) in names {
+            assert_eq!(serde_json::to_value(action).unwrap(), name);
+            assert_eq!(action.to_string(), name);
+        }
     }
 }

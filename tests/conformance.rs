@@ -196,6 +196,7 @@ fn expected_part(number: u32, data: &[u8]) -> UploadedPart {
         number,
         size: data.len() as u64,
         md5: md5_hex(data),
+        received_at: None,
     }
 }
 

@@ -320,6 +320,14 @@ pub(super) struct UploadArgs {
     /// Links written in parallel.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub(super) link_concurrency: u64,
+    /// When the revision's package link already names this very build but
+    /// its tarball is missing (an earlier upload was killed after its links,
+    /// or the clean-up retired the tarball), complete it only if nothing of
+    /// it moved for this long (e.g. 15m, 1h): a younger one may belong to an
+    /// upload still running, and exits 4 saying when to retry. Any key of
+    /// it that differs from this build's is a conflict (exit 3).
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub(super) adopt_after: Duration,
     #[command(flatten)]
     pub(super) output: OutputArgs,
 }

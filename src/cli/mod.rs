@@ -237,6 +237,7 @@ async fn upload(args: UploadArgs) -> Result<i32> {
         part_size: (args.part_size << 20) as usize,
         concurrency: args.concurrency as usize,
         link_concurrency: args.link_concurrency as usize,
+        adopt_after: args.adopt_after,
         progress: !args.output.json && std::io::stderr().is_terminal(),
         ..args.store.options()?
     };

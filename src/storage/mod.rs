@@ -43,13 +43,23 @@ pub struct ObjectInfo {
     pub website_redirect: Option<String>,
 }
 
-/// One uploaded part of a staged upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One uploaded part of a staged upload. Two are equal when they describe
+/// the same bytes at the same place, whenever they were listed.
+#[derive(Debug, Clone, Eq)]
 pub struct UploadedPart {
     pub number: u32,
     pub size: u64,
     /// Hex MD5 of the part's bytes, without quotes.
     pub md5: String,
+    /// Seconds since the epoch when the store received it, when a listing
+    /// tells.
+    pub received_at: Option<i64>,
+}
+
+impl PartialEq for UploadedPart {
+    fn eq(&self, other: &Self) -> bool {
+        (self.number, self.size, &self.md5) == (other.number, other.size, &other.md5)
+    }
 }
 
 /// One object found by a listing.

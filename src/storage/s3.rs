@@ -487,6 +487,7 @@ impl Store for S3Store {
             number,
             size,
             md5: md5_hex,
+            received_at: None,
         })
     }
 
@@ -519,6 +520,7 @@ impl Store for S3Store {
                 number: p.part_number().unwrap_or(0) as u32,
                 size: p.size().unwrap_or(0).max(0) as u64,
                 md5: p.e_tag().unwrap_or_default().trim_matches('"').to_string(),
+                received_at: p.last_modified().map(|t| t.secs()),
             }));
             match (out.is_truncated(), out.next_part_number_marker()) {
                 (Some(true), Some(next)) => marker = Some(next.to_string()),
