@@ -740,6 +740,51 @@ fn after_repair_a_stock_build_of_a_partial_revision_succeeds() {
     );
 }
 
+/// The seed's incident, healed: a stock upload that died after its links
+/// (package link and dist links in the store, the tarball never came) and
+/// a rebuild of the same hash through the helper. While the leftovers are
+/// younger than `--adopt-after` the build fails saying when to retry; once
+/// they are older (`ALITX_ADOPT_AFTER=0s` here) the helper's upload
+/// completes the revision, the build is green, and stock aliBuild reuses
+/// every package.
+#[test]
+fn the_helper_completes_a_revision_a_killed_stock_upload_left() {
+    let Some((python, recipes)) = setup("s3") else {
+        return;
+    };
+    let rt = runtime();
+    let store = rt.block_on(TestStore::new("s3"));
+    let first = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(&mut recipes.build(&python, false, first.path(), &store.spec())),
+        0,
+    );
+    let first = built_work_dir(first);
+    let topx = PACKAGES.len() - 1;
+    let tarball = first.pkgs[topx].revision().store_key();
+    rt.block_on(async { store.open().await.delete(&tarball).await.unwrap() });
+    let leftovers = rt.block_on(store.snapshot());
+
+    let young = tempfile::tempdir().unwrap();
+    let out = run(&mut recipes.build(&python, true, young.path(), &store.spec()));
+    assert_ne!(out.status.code(), Some(0), "{}", output(&out));
+    assert!(output(&out).contains("re-run in"), "{}", output(&out));
+    assert_eq!(rt.block_on(store.snapshot()), leftovers, "young: untouched");
+
+    let again = tempfile::tempdir().unwrap();
+    let out = run(recipes
+        .build(&python, true, again.path(), &store.spec())
+        .env("ALITX_ADOPT_AFTER", "0s"));
+    assert_exit(&out, 0);
+    let again = built_work_dir(again);
+    assert_eq!(again.pkgs[topx].revision(), first.pkgs[topx].revision());
+    assert_eq!(
+        rt.block_on(store.snapshot()),
+        again.expected(0..PACKAGES.len())
+    );
+    assert_stock_reuses(&python, &recipes, &store, &store.spec(), &[]);
+}
+
 /// The helper checks each tarball aliBuild fetches against the record alitx
 /// left when it published it, before aliBuild unpacks it: on RGW (`b3://`)
 /// and from a local-directory store (read as `localhost:/path`, see

@@ -326,7 +326,7 @@ pub(super) struct UploadArgs {
     /// it moved for this long (e.g. 15m, 1h): a younger one may belong to an
     /// upload still running, and exits 4 saying when to retry. Any key of
     /// it that differs from this build's is a conflict (exit 3).
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "ALITX_ADOPT_AFTER", default_value = "15m", value_parser = parse_duration)]
     pub(super) adopt_after: Duration,
     #[command(flatten)]
     pub(super) output: OutputArgs,
