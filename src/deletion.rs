@@ -17,7 +17,7 @@
 
 use crate::error::Result;
 use crate::journal::TXN_METADATA;
-use crate::storage::Store;
+use crate::storage::{ObjectInfo, Store};
 
 /// Whose objects a deleter may remove.
 #[derive(Debug, Clone, Copy)]
@@ -59,12 +59,15 @@ pub async fn delete_unpublished(
         return Ok(Deletion::Missing);
     };
     if let Deleter::Txn { txn, body } = deleter {
-        if info.metadata.get(TXN_METADATA).map(String::as_str) != Some(txn)
-            || store.get(key).await?.as_deref() != Some(body.as_bytes())
-        {
+        if !written_by(&info, txn) || store.get(key).await?.as_deref() != Some(body.as_bytes()) {
             return Ok(Deletion::NotOurs);
         }
     }
     store.delete(key).await?;
     Ok(Deletion::Deleted)
+}
+
+/// Whether the object `info` describes was written by transaction `txn`.
+pub fn written_by(info: &ObjectInfo, txn: &str) -> bool {
+    info.metadata.get(TXN_METADATA).map(String::as_str) == Some(txn)
 }

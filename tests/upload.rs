@@ -279,12 +279,15 @@ fn a_rebuild_of_the_same_hash_completes_a_revision_left_unpublished() {
             let backend = store.open().await;
             for (key, body) in &leftovers {
                 let body = String::from_utf8(body.clone()).unwrap();
-                let redirect = (*key != rev.package_link().key).then(|| body.clone());
+                let package_link = *key == rev.package_link().key;
                 let link = alitx::layout::Link {
                     key: key.clone(),
+                    symlink_target: match package_link {
+                        true => format!("../../{body}"),
+                        false => format!("../../../../../{body}"),
+                    },
+                    redirect: (!package_link).then(|| body.clone()),
                     body,
-                    symlink_target: String::new(),
-                    redirect,
                 };
                 backend
                     .put_link_if_absent(&link, &Default::default())
@@ -327,6 +330,8 @@ fn a_rebuild_of_the_same_hash_completes_a_revision_left_unpublished() {
         );
         rt.block_on(store.put_foreign(&odd, odd_body.as_bytes()));
         let before = rt.block_on(store.snapshot());
+        let mut adopt = wd.upload_args(1, &store);
+        adopt.extend(args(&["--adopt-after", "0s"]));
         let out = alitx(&adopt);
         assert_exit(&out, 3);
         assert!(stderr(&out).contains(&odd), "{}", stderr(&out));

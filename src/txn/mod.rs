@@ -24,14 +24,15 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint::failpoint;
-use crate::journal::{Journal, SHA256_METADATA, TXN_METADATA};
+use crate::journal::Journal;
 use crate::layout::{Link, Revision};
 use crate::ownership::{read_journal, JournalHandle, Takeover};
 use crate::storage::{Created, ObjectInfo, Store};
 use crate::workdir::LocalRevision;
 
-use plan::{Adoption, Aftermath, FailureFacts, JournalNow, LocalFiles, Plan, Start, Tarball};
-use publish::{read_whole_if_small, write_record, WholeTarball};
+use plan::{Adoption, Aftermath, LocalFiles, Plan, Start, Tarball};
+pub use publish::retire_committed;
+use publish::{read_whole_if_small, WholeTarball};
 pub use undo::rollback_keys;
 
 /// Tunables of one upload.
@@ -376,10 +377,6 @@ pub fn mismatch(journal: &Journal, local: &LocalRevision) -> Option<String> {
     None
 }
 
-/// How long the reads that judge a failure may take: a store that stopped
-/// answering leaves the journal for `resume` instead of more waiting.
-const FAILURE_READS_LIMIT: Duration = Duration::from_secs(10);
-
 /// Drive an owned transaction to its end, with the lease renewed meanwhile:
 /// execute [`plan::plan`], and on failure what [`plan::aftermath`] says.
 async fn drive(
@@ -423,7 +420,7 @@ async fn drive(
         Ok(report) => return Ok(Ended::Done(report)),
         Err(err) => err,
     };
-    let (facts, now) = failure_facts(&*store, handle, &journal, err.kind).await;
+    let (facts, now) = undo::failure_facts(&*store, handle, &journal, err.kind).await;
     // Failing because another process took over or retired the journal
     // (its completion removed our staged upload, say) is losing it,
     // whatever the request said.
@@ -431,7 +428,7 @@ async fn drive(
         (_, ErrorKind::LostOwnership) | (None, _) => err,
         (Some(now), _) => {
             debug!("{err}");
-            lost_error(handle.key(), now)
+            undo::lost_error(handle.key(), now)
         }
     };
     match plan::aftermath(facts) {
@@ -474,56 +471,6 @@ async fn drive(
     }
 }
 
-/// What the store holds after a failed step, read within
-/// [`FAILURE_READS_LIMIT`]; with the journal read, if another process
-/// owns or retired it now.
-async fn failure_facts(
-    store: &dyn Store,
-    handle: &JournalHandle,
-    journal: &Journal,
-    kind: ErrorKind,
-) -> (FailureFacts, Option<Option<Journal>>) {
-    let reads = async { tokio::join!(handle.reread(), undo::tarball_now(store, journal)) };
-    let (journal_read, tarball) = match tokio::time::timeout(FAILURE_READS_LIMIT, reads).await {
-        Ok((journal_read, tarball)) => (journal_read.ok(), tarball.ok()),
-        Err(_) => {
-            warn!(
-                "{}: the store did not answer within {FAILURE_READS_LIMIT:?} after the failure",
-                store.describe()
-            );
-            (None, None)
-        }
-    };
-    let journal_now = journal_read.as_ref().map(|read| match read {
-        None => JournalNow::Retired,
-        Some(now) if now.owner.token == journal.owner.token => JournalNow::Ours,
-        Some(_) => JournalNow::TakenOver,
-    });
-    let lost = journal_read.filter(|read| {
-        read.as_ref()
-            .is_none_or(|now| now.owner.token != journal.owner.token)
-    });
-    let facts = FailureFacts {
-        kind,
-        journal: journal_now,
-        tarball,
-    };
-    (facts, lost)
-}
-
-/// Ownership lost: the journal `now` (gone, or another owner's).
-fn lost_error(key: &str, now: &Option<Journal>) -> Error {
-    match now {
-        None => Error::lost_ownership(format!(
-            "the journal {key} was retired by another process while this one worked on it"
-        )),
-        Some(now) => Error::lost_ownership(format!(
-            "the journal {key} was taken over by {} (pid {} on {}) while this process worked on it",
-            now.owner.tool, now.owner.pid, now.owner.host
-        )),
-    }
-}
-
 fn kept_for_resume(err: Error, journal: &Journal) -> Error {
     if err.kind == ErrorKind::LostOwnership {
         return err.context_after("this process stopped and left the transaction to its new owner");
@@ -536,24 +483,7 @@ fn kept_for_resume(err: Error, journal: &Journal) -> Error {
 
 /// Whether `info` describes an object this transaction wrote.
 fn is_ours(info: &ObjectInfo, journal: &Journal) -> bool {
-    info.metadata.get(TXN_METADATA) == Some(&journal.txn)
-}
-
-/// Retire the journal of a committed transaction (its revision is
-/// published and final), after leaving its publication record if the
-/// process that committed it died first.
-pub async fn retire_committed(store: &dyn Store, journal: &Journal, prefix: &str) -> Result<()> {
-    let sha256 = match &journal.tarball.sha256 {
-        Some(sha256) => Some(sha256.clone()),
-        None => store
-            .head(&journal.tarball.key)
-            .await?
-            .and_then(|info| info.metadata.get(SHA256_METADATA).cloned()),
-    };
-    write_record(store, journal, sha256.as_deref()).await?;
-    store
-        .delete(&Journal::key_of(prefix, &journal.revision))
-        .await
+    crate::deletion::written_by(info, &journal.txn)
 }
 
 fn live_lease_error(journal: &Journal) -> Error {

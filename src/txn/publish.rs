@@ -544,3 +544,20 @@ async fn md5_hex(data: Bytes) -> String {
         .await
         .expect("md5 task")
 }
+
+/// Retire the journal of a committed transaction (its revision is
+/// published and final), after leaving its publication record if the
+/// process that committed it died first.
+pub async fn retire_committed(store: &dyn Store, journal: &Journal, prefix: &str) -> Result<()> {
+    let sha256 = match &journal.tarball.sha256 {
+        Some(sha256) => Some(sha256.clone()),
+        None => store
+            .head(&journal.tarball.key)
+            .await?
+            .and_then(|info| info.metadata.get(SHA256_METADATA).cloned()),
+    };
+    write_record(store, journal, sha256.as_deref()).await?;
+    store
+        .delete(&Journal::key_of(prefix, &journal.revision))
+        .await
+}

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use tracing::warn;
 
+use std::time::Duration;
+
 use crate::deletion::{delete_unpublished, Deleter, Deletion};
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::Journal;
@@ -14,7 +16,7 @@ use crate::layout::Link;
 use crate::ownership::JournalHandle;
 use crate::storage::Store;
 
-use super::plan::Tarball;
+use super::plan::{FailureFacts, JournalNow, Tarball};
 use super::{is_ours, Report, Status};
 
 /// The revision's tarball as the store holds it now: the journal's key,
@@ -40,6 +42,10 @@ pub(super) async fn tarball_now(store: &dyn Store, journal: &Journal) -> Result<
         _ => Ok(Tarball::Absent),
     }
 }
+
+/// How long the reads that judge a failure may take: a store that stopped
+/// answering leaves the journal for `resume` instead of more waiting.
+const FAILURE_READS_LIMIT: Duration = Duration::from_secs(10);
 
 /// What a delete loop did.
 struct Deleted {
@@ -205,4 +211,54 @@ pub(super) async fn abort_staged_uploads(
         }
     }
     Ok(())
+}
+
+/// What the store holds after a failed step, read within
+/// [`FAILURE_READS_LIMIT`]; with the journal read, if another process
+/// owns or retired it now.
+pub(super) async fn failure_facts(
+    store: &dyn Store,
+    handle: &JournalHandle,
+    journal: &Journal,
+    kind: ErrorKind,
+) -> (FailureFacts, Option<Option<Journal>>) {
+    let reads = async { tokio::join!(handle.reread(), tarball_now(store, journal)) };
+    let (journal_read, tarball) = match tokio::time::timeout(FAILURE_READS_LIMIT, reads).await {
+        Ok((journal_read, tarball)) => (journal_read.ok(), tarball.ok()),
+        Err(_) => {
+            warn!(
+                "{}: the store did not answer within {FAILURE_READS_LIMIT:?} after the failure",
+                store.describe()
+            );
+            (None, None)
+        }
+    };
+    let journal_now = journal_read.as_ref().map(|read| match read {
+        None => JournalNow::Retired,
+        Some(now) if now.owner.token == journal.owner.token => JournalNow::Ours,
+        Some(_) => JournalNow::TakenOver,
+    });
+    let lost = journal_read.filter(|read| {
+        read.as_ref()
+            .is_none_or(|now| now.owner.token != journal.owner.token)
+    });
+    let facts = FailureFacts {
+        kind,
+        journal: journal_now,
+        tarball,
+    };
+    (facts, lost)
+}
+
+/// Ownership lost: the journal `now` (gone, or another owner's).
+pub(super) fn lost_error(key: &str, now: &Option<Journal>) -> Error {
+    match now {
+        None => Error::lost_ownership(format!(
+            "the journal {key} was retired by another process while this one worked on it"
+        )),
+        Some(now) => Error::lost_ownership(format!(
+            "the journal {key} was taken over by {} (pid {} on {}) while this process worked on it",
+            now.owner.tool, now.owner.pid, now.owner.host
+        )),
+    }
 }
