@@ -4,7 +4,7 @@
 //! The interface offers exactly the primitives the protocol needs: a
 //! put-if-absent for the commit-critical keys, plain puts for the journal,
 //! and a staged (multipart) upload that stays invisible until completed.
-//! Every backend must pass the conformance suite in `tests/conformance.rs`.
+//! Every backend must pass the conformance suite in `tests/suite/conformance.rs`.
 
 mod local;
 mod s3;

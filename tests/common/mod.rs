@@ -6,7 +6,6 @@
 //! `scripts/test.sh` sets them). Without them they fail, so a run that
 //! skipped S3 is never mistaken for a green one, unless `ALITX_SKIP_S3=1`
 //! says so explicitly.
-#![allow(dead_code)]
 
 pub mod proxy;
 
@@ -138,13 +137,6 @@ impl TestStore {
                 TestStore::S3 { bucket, client }
             }
             other => panic!("unknown backend {other}"),
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            TestStore::Local { .. } => "local",
-            TestStore::S3 { .. } => "s3",
         }
     }
 

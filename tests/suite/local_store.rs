@@ -5,8 +5,6 @@
 //! put-if-absent, and a full disk (refused early with both figures; abort
 //! and delete still work).
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -17,7 +15,7 @@ use alitx::error::ErrorKind;
 use alitx::layout::Revision;
 use alitx::storage::{LocalStore, Metadata, ObjectInfo, Store, UploadedPart};
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 
 const MIB: usize = 1 << 20;
 

@@ -2,14 +2,12 @@
 //! byte-exact layout, the reader invariant under a concurrent observer,
 //! idempotence, conflicts, and bad input that must leave the store alone.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use alitx::layout::DIST_DIRS;
-use common::*;
+use crate::common::*;
 
 /// Upload every package of `wd` in dependency order; assert each succeeds.
 fn upload_all(wd: &WorkDir, store: &TestStore) {

@@ -8,14 +8,12 @@
 //! virtualenv with it), else the repository's `.venv/bin/python`. Without
 //! it these tests fail, unless `ALITX_SKIP_ALIBUILD=1` says to skip them.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 /// The recipes (name, version, requirement), built in this order.
 const PACKAGES: [(&str, &str, Option<&str>); 4] = [

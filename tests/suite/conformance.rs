@@ -8,14 +8,12 @@
 //! the raw `TestStore`. `conformance!` makes one `#[test]` per check, and
 //! `on_every_backend` runs it on a fresh store of every backend.
 
-mod common;
-
 use std::sync::Arc;
 
 use alitx::layout::{Link, Revision};
 use alitx::storage::{Created, Metadata, ObjectInfo, Segments, Store, UploadedPart};
 use bytes::Bytes;
-use common::{backends, hash_of, is_public_read, runtime, TestStore, ARCH};
+use crate::common::{backends, hash_of, is_public_read, runtime, TestStore, ARCH};
 use futures::future::LocalBoxFuture;
 use futures::StreamExt;
 use md5::Md5;

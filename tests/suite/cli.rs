@@ -1,9 +1,7 @@
 //! The command line itself, apart from any one command's work: shell
 //! completions, usage errors, and what reaches a terminal or a log.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn completions_cover_every_command_and_flag_in_bash_zsh_and_fish() {

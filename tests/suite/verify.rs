@@ -5,13 +5,11 @@
 //! alitx has no record and passes; the record survives every crash point
 //! after publish. (Verify's memory on a 1 GiB tarball: tests/verify_big.rs.)
 
-mod common;
-
 use std::collections::BTreeMap;
 
 use alitx::record::{self, Record};
 use alitx::tarball::sha256_of;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const CORRUPT: i32 = 6;

@@ -3,14 +3,12 @@
 //! complete revisions, foreign keys (odd names included), a live and an
 //! abandoned alitx journal, and stale staged uploads.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use alitx::journal::{Journal, DEFAULT_PREFIX};
 use alitx::layout::{Revision, DIST_DIRS};
 use alitx::storage::Metadata;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A revision seeded as a stock upload writes it (no alitx metadata).

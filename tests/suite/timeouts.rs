@@ -2,14 +2,12 @@
 //! itself, in bounded time, with an error that names the endpoint and the
 //! cause, and `-v` shows each retry as it happens.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::proxy::{Fault, Faults, Match, Proxy, Rule};
-use common::*;
+use crate::common::proxy::{Fault, Faults, Match, Proxy, Rule};
+use crate::common::*;
 
 /// Credentials for a server that never checks them.
 const CREDENTIALS: [(&str, &str); 2] = [

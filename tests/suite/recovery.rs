@@ -2,13 +2,11 @@
 //! and mid-bulk, then healed by `resume`, `rollback` or re-running the
 //! upload; concurrent writers; foreign objects; untrusted journals.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
 use alitx::journal::Journal;
-use common::*;
+use crate::common::*;
 
 /// Every point where the crash matrix kills the upload of a tarball of
 /// several parts.
@@ -788,7 +786,7 @@ fn a_forged_journal_of_a_published_revision_under_another_hash_deletes_nothing()
 /// once the store answers, the transaction is undone.
 #[test]
 fn resume_reports_rolled_back_only_when_it_undid_the_transaction() {
-    use common::proxy::{Fault, Faults, Match, Proxy, Rule};
+    use crate::common::proxy::{Fault, Faults, Match, Proxy, Rule};
     for kind in backends().into_iter().filter(|kind| *kind == "s3") {
         let rt = runtime();
         let store = rt.block_on(TestStore::new(kind));
