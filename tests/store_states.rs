@@ -16,30 +16,34 @@ use common::proxy::{Fault, Faults, Match, Proxy, Rule};
 use common::*;
 use serde_json::Value;
 
-/// Seed a revision as a stock upload writes it (package link, its links
-/// in every dist directory: itself and `deps`), its tarball only if
-/// `tarball`; return every key written.
+/// Seed a revision as a stock upload writes it: its links to itself and
+/// `deps` in each of `dirs`, its package link if `package_link`, its
+/// tarball if `tarball`; return every key written, in that order.
 async fn seed_stock(
     store: &TestStore,
     r: &Revision,
     deps: &[Revision],
+    dirs: &[&str],
+    package_link: bool,
     tarball: bool,
 ) -> Vec<String> {
     let backend = store.open().await;
     let none = Metadata::new();
     let mut keys = Vec::new();
-    for dir in DIST_DIRS {
+    for dir in dirs {
         for dep in deps.iter().chain([r]) {
             let link = r.dist_link(dir, &dep.store_key()).unwrap();
             backend.put_link_if_absent(&link, &none).await.unwrap();
             keys.push(link.key);
         }
     }
-    backend
-        .put_link_if_absent(&r.package_link(), &none)
-        .await
-        .unwrap();
-    keys.push(r.package_link().key);
+    if package_link {
+        backend
+            .put_link_if_absent(&r.package_link(), &none)
+            .await
+            .unwrap();
+        keys.push(r.package_link().key);
+    }
     if tarball {
         store.put_foreign(&r.store_key(), b"stock tarball").await;
         keys.push(r.store_key());
@@ -92,8 +96,15 @@ fn a_retired_revision_is_kept_and_only_unpublish_naming_it_removes_it() {
         let store = rt.block_on(TestStore::new(kind));
         let dep = stock("zlibr");
         let old = stock("oldr");
-        rt.block_on(seed_stock(&store, &dep, &[], true));
-        let old_keys = rt.block_on(seed_stock(&store, &old, std::slice::from_ref(&dep), true));
+        rt.block_on(seed_stock(&store, &dep, &[], &DIST_DIRS, true, true));
+        let old_keys = rt.block_on(seed_stock(
+            &store,
+            &old,
+            std::slice::from_ref(&dep),
+            &DIST_DIRS,
+            true,
+            true,
+        ));
         rt.block_on(async { store.open().await.delete(&old.store_key()).await.unwrap() });
         let old_keys: BTreeSet<String> = old_keys
             .into_iter()
@@ -337,6 +348,64 @@ fn verify_recommends_unpublish_only_when_the_tarball_fails() {
     }
 }
 
+/// A revision whose hash `check` cannot tell (no package link, two store
+/// tarballs of its name) is repaired through the rule all the same: its
+/// own dist links name a tarball that exists, so none of its keys goes.
+#[test]
+fn a_revision_whose_hash_check_cannot_tell_loses_nothing_while_its_tarball_exists() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let dep = stock("depx");
+        rt.block_on(seed_stock(&store, &dep, &[], &DIST_DIRS, true, true));
+        let twice = stock("twice");
+        let other = alitx::layout::store_key(ARCH, &hash_of("other"), &twice.tarball_name());
+        rt.block_on(seed_stock(
+            &store,
+            &twice,
+            std::slice::from_ref(&dep),
+            &DIST_DIRS,
+            false,
+            true,
+        ));
+        rt.block_on(store.put_foreign(&other, b"another writer's"));
+        let before = rt.block_on(store.snapshot());
+        let out = run(&store, &["check", "--json"]);
+        let report = json(&out);
+        let partial: Vec<&Value> = report["revisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["state"] == "partial")
+            .collect();
+        assert_eq!(partial.len(), 1, "{kind}: {report}");
+        assert_eq!(partial[0]["hash"], Value::Null, "{kind}: {report}");
+
+        let out = run(&store, &["repair", "--min-age", "0", "--json"]);
+        assert_exit(&out, 5);
+        let done = json(&out);
+        let left_alone: Vec<&Value> = done["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["action"] == "left-alone")
+            .collect();
+        assert_eq!(left_alone.len(), 1, "{kind}: {done}");
+        assert!(
+            left_alone[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{} exists", twice.store_key())),
+            "{kind}: {done}"
+        );
+        assert_eq!(done["deleted"], Value::Array(vec![]), "{kind}: {done}");
+        let after = rt.block_on(store.snapshot());
+        for (key, body) in &before {
+            assert_eq!(after.get(key), Some(body), "{kind}: {key}");
+        }
+    }
+}
+
 /// A repair or an unpublish that fails half-way (the store refuses every
 /// DELETE after the first) reports the key it deleted, in JSON and text.
 #[test]
@@ -347,23 +416,16 @@ fn a_repair_failing_half_way_reports_what_it_deleted() {
     let rt = runtime();
     let store = rt.block_on(TestStore::new("s3"));
     let partial = stock("halfway");
-    let keys = rt.block_on(async {
-        let backend = store.open().await;
-        let none = Metadata::new();
-        let mut keys = Vec::new();
-        for dir in ["dist", "dist-direct"] {
-            let link = partial.dist_link(dir, &partial.store_key()).unwrap();
-            backend.put_link_if_absent(&link, &none).await.unwrap();
-            keys.push(link.key);
-        }
-        backend
-            .put_link_if_absent(&partial.package_link(), &none)
-            .await
-            .unwrap();
-        keys
-    });
+    let keys = rt.block_on(seed_stock(
+        &store,
+        &partial,
+        &[],
+        &["dist", "dist-direct"],
+        true,
+        false,
+    ));
     let retired = stock("retiredhalf");
-    rt.block_on(seed_stock(&store, &retired, &[], false));
+    rt.block_on(seed_stock(&store, &retired, &[], &DIST_DIRS, true, false));
     for (command, first) in [
         (
             vec!["repair", "--min-age", "0", "--package", "halfway"],

@@ -18,9 +18,10 @@ use crate::verify;
 const AFTER_HELP: &str = "\
 Exit codes: 0 success (also: already published), 1 error, 2 usage (a bad
 command line), 3 conflict (another object or build holds one of the
-revision's keys), 4 a live upload owns the journal (or took it over from
-this one), 5 `check` found something to repair (`repair`: left something for
-a later run or a person, and said why), 6 `verify` found a corrupt revision.
+revision's keys; `repair --unpublish`: other revisions depend on it), 4 a
+live upload owns the journal (or took it over from this one), 5 `check`
+found something to repair (`repair`: left something for a later run or a
+person, and said why), 6 `verify` found a corrupt revision.
 
 S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 ~/.aws/credentials); the endpoint from --endpoint-url, else AWS_ENDPOINT_URL,

@@ -233,7 +233,8 @@ async fn delete_partial(store: &dyn Store, revision: &RevisionReport, dry_run: b
             revision,
             ActionKind::LeftAlone,
             format!(
-                "{published} appeared since the scan: an upload finished it, and published is final; run check again"
+                "{published} exists (an upload finished it since the scan, or its links name it): \
+                 the revision is published, and published is final; run check again"
             ),
         ),
         Err(e) => Action::new(
@@ -241,7 +242,11 @@ async fn delete_partial(store: &dyn Store, revision: &RevisionReport, dry_run: b
             ActionKind::Failed,
             match deleted.len() {
                 0 => e.message,
-                n => format!("{} (after deleting {})", e.message, crate::counted(n, "key")),
+                n => format!(
+                    "{} (after deleting {})",
+                    e.message,
+                    crate::counted(n, "key")
+                ),
             },
         ),
     }
