@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod journal;
 pub mod layout;
 pub mod ownership;
+pub mod progress;
 pub mod record;
 pub mod recovery;
 pub mod repair;

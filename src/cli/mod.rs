@@ -14,7 +14,7 @@ use crate::check;
 use crate::error::{exit, Error, Result};
 use crate::layout::Revision;
 use crate::recovery::{self, Selection};
-use crate::repair;
+use crate::repair::{self, ActionKind};
 use crate::storage::{self, LocalRoot};
 use crate::txn::{self, Options};
 use crate::workdir;
@@ -100,7 +100,7 @@ async fn run(command: Command) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Journals { store, output } => {
-            let options = store.options()?;
+            let options = store.options();
             let entries = recovery::list_journals(
                 &*store.open(LocalRoot::MustExist).await?,
                 &options.journal_prefix,
@@ -117,7 +117,7 @@ async fn run(command: Command) -> Result<i32> {
             journals,
             output,
         } => {
-            let options = store.options()?;
+            let options = store.options();
             let selection = Selection {
                 ids: &journals,
                 architecture: architecture.as_deref(),
@@ -142,7 +142,7 @@ async fn run(command: Command) -> Result<i32> {
             journals,
             output,
         } => {
-            let options = store.options()?;
+            let options = store.options();
             let selection = Selection {
                 ids: &journals,
                 architecture: None,
@@ -165,7 +165,7 @@ async fn run(command: Command) -> Result<i32> {
             scan,
             output,
         } => {
-            let options = store.options()?;
+            let options = store.options();
             let report = check::scan(
                 &*store.open(LocalRoot::MustExist).await?,
                 &scan.options(&options.journal_prefix),
@@ -187,11 +187,12 @@ async fn run(command: Command) -> Result<i32> {
             scan,
             dry_run,
             unpublish,
+            ignore_dependents,
             version,
             revision,
             output,
         } => {
-            let options = store.options()?;
+            let options = store.options();
             let backend = store.open(LocalRoot::MustExist).await?;
             let found = check::scan(&*backend, &scan.options(&options.journal_prefix)).await?;
             let report = match (unpublish, scan.package.clone(), version, revision) {
@@ -200,6 +201,8 @@ async fn run(command: Command) -> Result<i32> {
                         package,
                         version,
                         revision,
+                        ignore_dependents,
+                        concurrency: scan.concurrency as usize,
                     };
                     repair::unpublish(backend, found, &target, dry_run).await?
                 }
@@ -213,13 +216,19 @@ async fn run(command: Command) -> Result<i32> {
             } else {
                 print_repair(&report, scan.package.as_deref());
             }
-            Ok(if report.actions.iter().any(|a| a.action == "failed") {
-                exit::ERROR
-            } else if report.left_over {
-                exit::NEEDS_REPAIR
-            } else {
-                exit::OK
-            })
+            Ok(
+                if report
+                    .actions
+                    .iter()
+                    .any(|a| a.action == ActionKind::Failed)
+                {
+                    exit::ERROR
+                } else if report.left_over {
+                    exit::NEEDS_REPAIR
+                } else {
+                    exit::OK
+                },
+            )
         }
     }
 }
@@ -239,7 +248,7 @@ async fn upload(args: UploadArgs) -> Result<i32> {
         link_concurrency: args.link_concurrency as usize,
         adopt_after: args.adopt_after,
         progress: !args.output.json && std::io::stderr().is_terminal(),
-        ..args.store.options()?
+        ..args.store.options()
     };
     let store = args.store.open(LocalRoot::MayCreate).await?;
     let report = txn::upload(store, local, &options).await?;

@@ -251,12 +251,13 @@ pub enum LocalRoot {
     /// The directory must exist: checking, resuming or repairing a store
     /// that is not there is a mistyped path.
     MustExist,
-    /// `upload` may start a new store, inside a directory that exists.
+    /// `upload` may start a new store named by a `file://` URL, inside a
+    /// directory that exists; a bare path must exist.
     MayCreate,
 }
 
 /// Before a local store is opened: check that its directory exists, or
-/// create it (`MayCreate`, and only in an existing parent). Returns the
+/// create it (`MayCreate`, a `file://` URL, and only in an existing parent). Returns the
 /// directory it created; S3 stores pass unchecked.
 pub fn prepare_local_root(spec: &str, mode: LocalRoot) -> Result<Option<PathBuf>> {
     let StoreSpec::Local { root } = parse_spec(spec)? else {
@@ -278,8 +279,22 @@ pub fn prepare_local_root(spec: &str, mode: LocalRoot) -> Result<Option<PathBuf>
     }
     if mode == LocalRoot::MustExist {
         return Err(Error::input(format!(
-            "the local store {} does not exist: check --remote-store (`alitx upload` starts a new store)",
+            "the local store {} does not exist: check --remote-store (`alitx upload` to a file:/// URL starts a new store)",
             root.display()
+        )));
+    }
+    // A bare name is most often an S3 bucket whose scheme was forgotten:
+    // a new store only for a URL, which cannot be that.
+    if !spec.starts_with("file://") {
+        let bucket = spec.strip_suffix("::rw").unwrap_or(spec);
+        let hint = match bucket.contains('/') {
+            true => String::new(),
+            false => format!("an S3 bucket is b3://{bucket} or s3://{bucket}; "),
+        };
+        return Err(Error::input(format!(
+            "the local store {} does not exist: check --remote-store ({hint}to start a new local store, name it as file://{}); nothing was written",
+            root.display(),
+            std::path::absolute(&root).unwrap_or_else(|_| root.clone()).display()
         )));
     }
     let parent = match root.parent() {

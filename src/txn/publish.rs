@@ -467,7 +467,12 @@ async fn send_tarball(
     });
     let sent_bytes = AtomicU64::new(0);
     let reused = AtomicU64::new(0);
-    let bar = progress_bar(options.progress, local);
+    let bar = crate::progress::bar(
+        options.progress,
+        local.tarball.size,
+        "{msg} {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    );
+    bar.set_message(local.revision.tarball_name());
     let uploads = tokio_stream_from(rx)
         .map(|part| {
             let store = store.clone();
@@ -516,21 +521,6 @@ async fn send_tarball(
         bytes_sent: sent_bytes.into_inner(),
         reused: reused.into_inner() as u32,
     })
-}
-
-fn progress_bar(show: bool, local: &LocalRevision) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(local.tarball.size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message(local.revision.tarball_name());
-    bar
 }
 
 fn tokio_stream_from<T: Send + 'static>(

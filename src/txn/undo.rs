@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::deletion::{delete_unpublished, Deleter, Deletion};
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::Journal;
-use crate::layout::Link;
+use crate::layout::{link_target, Link, LinkKind};
 use crate::ownership::JournalHandle;
 use crate::storage::Store;
 
@@ -34,7 +34,7 @@ pub(super) async fn tarball_now(store: &dyn Store, journal: &Journal) -> Result<
     let Some(body) = store.get(&package_link.key).await? else {
         return Ok(Tarball::Absent);
     };
-    let named = crate::layout::store_key_named_by(&journal.revision.architecture, &body);
+    let named = link_target(&journal.revision.architecture, LinkKind::Package, &body);
     match named {
         Some(key) if key != journal.tarball.key && store.head(&key).await?.is_some() => {
             Ok(Tarball::Foreign)

@@ -676,12 +676,15 @@ fn helper_help_and_what_it_needs() {
     assert!(rt.block_on(store.keys()).is_empty());
 }
 
-/// The leftovers of a stock upload killed before its tarball (package link
-/// and dist links, no tarball) make the next stock build of that package
-/// fail; `alitx check` reports the revision partial, `alitx repair` removes
-/// exactly it, and the same stock build then succeeds and publishes it.
+/// A stock upload whose tarball is then deleted (as ALICE's clean-up
+/// retires old revisions, or as a stock upload killed before its tarball
+/// leaves it) makes the next stock build of that package fail. `alitx
+/// check` reports the revision `unpublished` (exit 0: its number stays
+/// reserved), bulk `alitx repair` keeps every key of it, `repair
+/// --unpublish` naming it removes exactly its keys, and the same stock
+/// build then succeeds and publishes it.
 #[test]
-fn after_repair_a_stock_build_of_a_partial_revision_succeeds() {
+fn a_retired_stock_revision_is_kept_until_unpublish_names_it() {
     let Some((python, recipes)) = setup("s3") else {
         return;
     };
@@ -695,36 +698,81 @@ fn after_repair_a_stock_build_of_a_partial_revision_succeeds() {
     let first = built_work_dir(first);
     let complete = first.expected(0..PACKAGES.len());
     let topx = PACKAGES.len() - 1;
-    let tarball = first.pkgs[topx].revision().store_key();
-    rt.block_on(async { store.open().await.delete(&tarball).await.unwrap() });
+    let top = first.pkgs[topx].revision();
+    rt.block_on(async { store.open().await.delete(&top.store_key()).await.unwrap() });
+    let mut retired = complete.clone();
+    retired.remove(&top.store_key());
 
     let stuck = tempfile::tempdir().unwrap();
     let out = run(&mut recipes.build(&python, false, stuck.path(), &store.spec()));
     assert_ne!(out.status.code(), Some(0), "{}", output(&out));
     assert!(output(&out).contains("already exists"), "{}", output(&out));
+    assert_eq!(rt.block_on(store.snapshot()), retired);
 
     let spec = store.spec();
     let check = alitx(&args(&["check", "--remote-store", &spec, "--json"]));
-    assert_exit(&check, 5);
-    let partial: Vec<String> = json(&check)["revisions"]
+    assert_exit(&check, 0);
+    let states: BTreeMap<String, String> = json(&check)["revisions"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["state"] == "partial")
-        .map(|r| r["tarball"].as_str().unwrap().to_string())
+        .map(|r| {
+            (
+                r["tarball"].as_str().unwrap().to_string(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(partial, [first.pkgs[topx].revision().tarball_name()]);
+    let mut expected: BTreeMap<String, String> = first
+        .pkgs
+        .iter()
+        .map(|p| (p.revision().tarball_name(), "complete".to_string()))
+        .collect();
+    expected.insert(top.tarball_name(), "unpublished".into());
+    assert_eq!(states, expected);
 
-    let repair = alitx(&args(&[
+    for extra in [&[][..], &["--package", "topx"][..]] {
+        let mut repair = args(&["repair", "--remote-store", &spec, "--min-age", "0"]);
+        repair.extend(args(extra));
+        assert_exit(&alitx(&repair), 0);
+        assert_eq!(rt.block_on(store.snapshot()), retired, "{extra:?}");
+    }
+
+    let unpublish = args(&[
         "repair",
         "--remote-store",
         &spec,
-        "--min-age",
-        "0",
-    ]));
-    assert_exit(&repair, 0);
-    let mut left = complete.clone();
-    left.retain(|key, _| !key.contains("/topx/") && !key.contains("/topx-"));
+        "--package",
+        "topx",
+        "--version",
+        &top.version,
+        "--revision",
+        &top.revision,
+        "--unpublish",
+        "--json",
+    ]);
+    let mut dry = unpublish.clone();
+    dry.push("--dry-run".into());
+    let out = alitx(&dry);
+    assert_exit(&out, 0);
+    let mut topx_keys: Vec<String> = retired
+        .keys()
+        .filter(|key| key.contains("/topx/") || key.contains("/topx-"))
+        .cloned()
+        .collect();
+    topx_keys.sort();
+    let mut would: Vec<String> = json(&out)["would_delete"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    would.sort();
+    assert_eq!(would, topx_keys);
+    assert_eq!(rt.block_on(store.snapshot()), retired, "dry run");
+    assert_exit(&alitx(&unpublish), 0);
+    let mut left = retired.clone();
+    left.retain(|key, _| !topx_keys.contains(key));
     assert_eq!(rt.block_on(store.snapshot()), left, "only topx's keys went");
 
     let again = tempfile::tempdir().unwrap();

@@ -10,10 +10,10 @@
 
 use std::sync::Arc;
 
+use crate::common::{backends, hash_of, is_public_read, runtime, TestStore, ARCH};
 use alitx::layout::{Link, Revision};
 use alitx::storage::{Created, Metadata, ObjectInfo, Segments, Store, UploadedPart};
 use bytes::Bytes;
-use crate::common::{backends, hash_of, is_public_read, runtime, TestStore, ARCH};
 use futures::future::LocalBoxFuture;
 use futures::StreamExt;
 use md5::Md5;

@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
+use crate::common::proxy::{Counts, Fault, Faults, Match, Proxy, Rule};
+use crate::common::*;
 use alitx::journal::{Journal, DEFAULT_PREFIX};
 use alitx::layout::DIST_DIRS;
 use aws_sdk_s3::error::SdkError;
-use crate::common::proxy::{Counts, Fault, Faults, Match, Proxy, Rule};
-use crate::common::*;
 
 const PART_MIB: u64 = 5;
 

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::common::*;
 use alitx::error::ErrorKind;
 use alitx::layout::Revision;
 use alitx::storage::{LocalStore, Metadata, ObjectInfo, Store, UploadedPart};
 use bytes::Bytes;
-use crate::common::*;
 
 const MIB: usize = 1 << 20;
 

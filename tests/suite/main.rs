@@ -18,6 +18,7 @@ mod faults;
 mod local_store;
 mod races;
 mod recovery;
+mod store_states;
 mod timeouts;
 mod upload;
 mod verify;

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use alitx::journal::Journal;
 use crate::common::*;
+use alitx::journal::Journal;
 
 const PART_MIB: &str = "5";
 /// How long the second process of a race starts after the first.

@@ -5,8 +5,8 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
-use alitx::journal::Journal;
 use crate::common::*;
+use alitx::journal::Journal;
 
 /// Every point where the crash matrix kills the upload of a tarball of
 /// several parts.

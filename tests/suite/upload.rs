@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use alitx::layout::DIST_DIRS;
 use crate::common::*;
+use alitx::layout::DIST_DIRS;
 
 /// Upload every package of `wd` in dependency order; assert each succeeds.
 fn upload_all(wd: &WorkDir, store: &TestStore) {
