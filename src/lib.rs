@@ -12,6 +12,7 @@ pub mod error;
 pub mod failpoint;
 pub mod journal;
 pub mod layout;
+pub mod liveness;
 pub mod ownership;
 pub mod progress;
 pub mod record;

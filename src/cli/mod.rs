@@ -21,8 +21,8 @@ use crate::workdir;
 
 use args::{Cli, Command, UploadArgs, VerifyArgs};
 use output::{
-    print_check, print_completions, print_journals, print_json, print_repair, print_verify,
-    report_outcomes,
+    print_check, print_completions, print_journals, print_json, print_outcome, print_repair,
+    print_verify, report_outcomes,
 };
 
 /// Parse the command line, run the command, and return the exit code.
@@ -123,11 +123,17 @@ async fn run(command: Command) -> Result<i32> {
                 architecture: architecture.as_deref(),
                 force,
             };
+            let print_as_it_ends = |outcome: &recovery::Outcome| {
+                if !output.json {
+                    print_outcome(outcome);
+                }
+            };
             let outcomes = recovery::resume(
                 store.open(LocalRoot::MustExist).await?,
                 &options,
                 work_dir.as_deref(),
                 &selection,
+                &print_as_it_ends,
             )
             .await?;
             Ok(report_outcomes(
@@ -154,6 +160,9 @@ async fn run(command: Command) -> Result<i32> {
                 &selection,
             )
             .await?;
+            if !output.json {
+                outcomes.iter().for_each(print_outcome);
+            }
             Ok(report_outcomes(
                 &outcomes,
                 output.json,

@@ -258,21 +258,30 @@ pub(super) fn print_verify(report: &VerifyReport, remote_store: &str) {
     }
 }
 
+/// One journal's outcome: a line on stdout, or the error on stderr.
+pub(super) fn print_outcome(outcome: &Outcome) {
+    match &outcome.error {
+        None => println!("{}: {}: {}", outcome.id, outcome.action, outcome.message),
+        Some(err) => eprintln!("alitx: error: {}: {err}", outcome.id),
+    }
+}
+
+/// The exit code of a set of outcomes. Their text lines were printed as
+/// each ended ([`print_outcome`]); `--json` prints them all now, with the
+/// errors on stderr.
 pub(super) fn report_outcomes(outcomes: &[Outcome], json: bool, nothing: &str) -> i32 {
     if json {
         print_json(&outcomes);
+        outcomes
+            .iter()
+            .filter(|o| o.error.is_some())
+            .for_each(print_outcome);
     } else if outcomes.is_empty() {
         println!("{nothing}");
     }
     let mut code = exit::OK;
-    for outcome in outcomes {
-        if !json && outcome.error.is_none() {
-            println!("{}: {}: {}", outcome.id, outcome.action, outcome.message);
-        }
-        if let Some(err) = &outcome.error {
-            eprintln!("alitx: error: {}: {err}", outcome.id);
-            code = code.max(err.exit_code());
-        }
+    for err in outcomes.iter().filter_map(|o| o.error.as_ref()) {
+        code = code.max(err.exit_code());
     }
     // A refused live journal (4) or a conflict (3) outranks a plain
     // failure (1) only if no failure happened: a failure needs attention
