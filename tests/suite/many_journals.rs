@@ -4,16 +4,14 @@
 //! ones whose files are in the work dir roll forward, the others back, the
 //! live ones are left alone.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use alitx::journal::{Journal, DEFAULT_PREFIX};
 use alitx::storage::Store;
-use common::*;
 use futures::StreamExt;
 
 const JOURNALS: usize = 300;

@@ -7,16 +7,14 @@
 //! lease, then is taken over. Each case runs in several timings; run with `--nocapture` to see
 //! them.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use alitx::journal::{Journal, DEFAULT_PREFIX};
 use alitx::storage::Store;
-use common::*;
 
 const PART_MIB: &str = "5";
 
