@@ -65,7 +65,7 @@ fn alibuild_python() -> Option<PathBuf> {
 /// when aliBuild or the backend is explicitly skipped.
 fn setup(backend: &str) -> Option<(PathBuf, Recipes)> {
     let python = alibuild_python()?;
-    backends()
+    backends_and_https()
         .contains(&backend)
         .then(|| (python, Recipes::new()))
 }
@@ -290,7 +290,7 @@ fn helper_writes_what_stock_alibuild_writes_and_reads() {
     assert_eq!(snapshot, rt.block_on(stock.snapshot()));
     assert_eq!(rt.block_on(ours.pending_uploads()), 0);
 
-    let (TestStore::S3 { client, bucket: a }, TestStore::S3 { bucket: b, .. }) = (&ours, &stock)
+    let (TestStore::S3 { client, bucket: a, .. }, TestStore::S3 { bucket: b, .. }) = (&ours, &stock)
     else {
         unreachable!()
     };
@@ -752,6 +752,13 @@ fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_on_rgw() {
     fetches_are_checked_against_records("s3");
 }
 
+/// The same through the gateway's HTTPS endpoint, aliBuild's boto3 and
+/// alitx trusting its CA through `AWS_CA_BUNDLE`.
+#[test]
+fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_over_https() {
+    fetches_are_checked_against_records("s3-https");
+}
+
 #[test]
 fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_locally() {
     fetches_are_checked_against_records("local");
@@ -772,7 +779,9 @@ fn fetches_are_checked_against_records(backend: &str) {
         _ => store.spec(),
     };
     assert_exit(
-        &run(&mut recipes.build(&python, true, writer.path(), &rw)),
+        &run(recipes
+            .build(&python, true, writer.path(), &rw)
+            .envs(store.cli_env())),
         0,
     );
     let writer = built_work_dir(writer);
@@ -791,6 +800,7 @@ fn fetches_are_checked_against_records(backend: &str) {
         let before = recipes.built();
         let out = run(recipes
             .build(&python, true, wd.path(), &read_spec)
+            .envs(store.cli_env())
             .env("RSYNC_RSH", &rsh));
         let built: Vec<String> = recipes.built()[before.len()..].to_vec();
         (out, wd, built)
