@@ -290,7 +290,12 @@ fn helper_writes_what_stock_alibuild_writes_and_reads() {
     assert_eq!(snapshot, rt.block_on(stock.snapshot()));
     assert_eq!(rt.block_on(ours.pending_uploads()), 0);
 
-    let (TestStore::S3 { client, bucket: a, .. }, TestStore::S3 { bucket: b, .. }) = (&ours, &stock)
+    let (
+        TestStore::S3 {
+            client, bucket: a, ..
+        },
+        TestStore::S3 { bucket: b, .. },
+    ) = (&ours, &stock)
     else {
         unreachable!()
     };
@@ -482,9 +487,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Wait until `parent`'s `alitx upload` of `package` has recorded its
-/// staged upload in its journal (it is sending the tarball's parts), then
-/// stop it (SIGSTOP) there; its pid.
+/// Wait until the upload of `package` by `parent`'s alitx (its `alitx
+/// serve-uploads`) has recorded its staged upload in its journal (it is
+/// sending the tarball's parts), then stop that process (SIGSTOP) there;
+/// its pid.
 fn stop_upload_mid_bulk(
     store: &TestStore,
     parent: u32,
@@ -500,7 +506,7 @@ fn stop_upload_mid_bulk(
             "no upload of {package} seen: {}",
             log()
         );
-        if let Some(pid) = upload_child(parent, package) {
+        if let Some(pid) = upload_child(parent) {
             let staged = rt.block_on(async {
                 for key in backend.list(".alitx/journals/").await.unwrap() {
                     let Some(bytes) = backend.get(&key).await.unwrap() else {
@@ -525,8 +531,8 @@ fn stop_upload_mid_bulk(
     }
 }
 
-/// The pid of `parent`'s child running `alitx upload` of `package`.
-fn upload_child(parent: u32, package: &str) -> Option<u32> {
+/// The pid of `parent`'s child running alitx's uploads (`alitx serve-uploads`).
+fn upload_child(parent: u32) -> Option<u32> {
     fs::read_dir("/proc").ok()?.find_map(|entry| {
         let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
         if proc_stat(pid)?.parent != parent {
@@ -534,7 +540,7 @@ fn upload_child(parent: u32, package: &str) -> Option<u32> {
         }
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        (words.contains(&&b"upload"[..]) && words.contains(&package.as_bytes())).then_some(pid)
+        words.contains(&&b"serve-uploads"[..]).then_some(pid)
     })
 }
 
