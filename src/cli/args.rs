@@ -46,6 +46,21 @@ pub(super) enum Command {
     /// finishes it.
     #[command(after_help = AFTER_HELP, disable_version_flag = true)]
     Upload(UploadArgs),
+    /// Run uploads handed over on standard input, in this one process.
+    ///
+    /// Each input line is a JSON array of `alitx upload` arguments; each
+    /// upload's answer is one line of JSON on standard output: the report
+    /// `alitx upload --json` prints, or {"status": "error", "error": {...},
+    /// "exit_code": N}. Connections to a store (and their TLS sessions)
+    /// stay open from one upload to the next. Ends at the end of input.
+    /// Killed, it leaves what a killed `alitx upload` of the upload in
+    /// progress leaves: its journal, which the next upload of it or
+    /// `alitx resume` finishes. scripts/alibuild-alitx runs one per build.
+    #[command(after_help = AFTER_HELP)]
+    ServeUploads {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// List the journals of open, abandoned or unretired transactions.
     #[command(after_help = AFTER_HELP)]
     Journals {
@@ -188,6 +203,7 @@ impl Command {
         match self {
             Command::Completions { .. } => None,
             Command::Upload(a) => Some(&a.output),
+            Command::ServeUploads { output } => Some(output),
             Command::Journals { output, .. }
             | Command::Resume { output, .. }
             | Command::Rollback { output, .. }
@@ -200,7 +216,7 @@ impl Command {
     /// The store flags, for commands that talk to a store.
     pub(super) fn store(&self) -> Option<&StoreArgs> {
         match self {
-            Command::Completions { .. } => None,
+            Command::Completions { .. } | Command::ServeUploads { .. } => None,
             Command::Upload(a) => Some(&a.store),
             Command::Journals { store, .. }
             | Command::Resume { store, .. }

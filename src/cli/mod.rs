@@ -4,6 +4,7 @@
 
 mod args;
 mod output;
+mod serve;
 
 use std::io::IsTerminal;
 
@@ -39,11 +40,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(err) => {
             if json {
-                print_json(&json!({
-                    "status": "error",
-                    "error": { "kind": err.kind_name(), "message": err.message },
-                    "exit_code": err.exit_code(),
-                }));
+                print_json(&error_json(&err));
             }
             eprintln!("alitx: error: {err}");
             err.exit_code()
@@ -51,24 +48,43 @@ pub fn main() -> i32 {
     }
 }
 
+/// What `--json` prints for a command that failed.
+fn error_json(err: &Error) -> serde_json::Value {
+    json!({
+        "status": "error",
+        "error": { "kind": err.kind_name(), "message": err.message },
+        "exit_code": err.exit_code(),
+    })
+}
+
 /// Run the command, stopping it when its `--timeout` passes.
 async fn run_within_timeout(command: Command) -> Result<i32> {
-    let limit = command.store().filter(|s| !s.timeout.is_zero()).map(|s| {
-        let store = storage::describe(&s.remote_store, s.endpoint_url.as_deref());
-        (s.timeout, store)
-    });
-    let Some((limit, store)) = limit else {
-        return run(command).await;
+    let deadline = command.store().and_then(deadline);
+    within_timeout(deadline, run(command)).await
+}
+
+/// How long a command on `store` may take (`--timeout`, 0: forever), and
+/// the store as its timeout message names it.
+fn deadline(store: &args::StoreArgs) -> Option<(std::time::Duration, String)> {
+    let described = || storage::describe(&store.remote_store, store.endpoint_url.as_deref());
+    (!store.timeout.is_zero()).then(|| (store.timeout, described()))
+}
+
+/// `work`, stopped when `deadline` passes.
+async fn within_timeout<T>(
+    deadline: Option<(std::time::Duration, String)>,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let Some((limit, store)) = deadline else {
+        return work.await;
     };
-    tokio::time::timeout(limit, run(command))
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::store(format!(
-                "stopped after --timeout {}s: the command on {store} had not finished; \
-                 an upload stopped here keeps its journal (the same upload, or `alitx resume`, finishes it)",
-                limit.as_secs()
-            )))
-        })
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(Error::store(format!(
+            "stopped after --timeout {}s: the command on {store} had not finished; \
+             an upload stopped here keeps its journal (the same upload, or `alitx resume`, finishes it)",
+            limit.as_secs()
+        )))
+    })
 }
 
 fn init_logging(verbose: u8) {
@@ -94,6 +110,7 @@ fn init_logging(verbose: u8) {
 async fn run(command: Command) -> Result<i32> {
     match command {
         Command::Upload(args) => upload(args).await,
+        Command::ServeUploads { .. } => serve::serve_uploads().await,
         Command::Verify(args) => verify(args).await,
         Command::Completions { shell } => {
             print_completions(shell);
@@ -243,6 +260,21 @@ async fn run(command: Command) -> Result<i32> {
 }
 
 async fn upload(args: UploadArgs) -> Result<i32> {
+    let progress = !args.output.json && std::io::stderr().is_terminal();
+    let (local, options) = upload_plan(&args, progress)?;
+    let store = args.store.open(LocalRoot::MayCreate).await?;
+    let report = txn::upload(store, local, &options).await?;
+    if args.output.json {
+        print_json(&report);
+    } else {
+        println!("{}", recovery::summary(&report));
+    }
+    Ok(exit::OK)
+}
+
+/// The revision `args` names, read from its work dir, and the upload's
+/// options: what an upload checks before it opens the store.
+fn upload_plan(args: &UploadArgs, progress: bool) -> Result<(workdir::LocalRevision, Options)> {
     let revision = Revision::new(
         &args.architecture,
         &args.package,
@@ -256,17 +288,10 @@ async fn upload(args: UploadArgs) -> Result<i32> {
         concurrency: args.concurrency as usize,
         link_concurrency: args.link_concurrency as usize,
         adopt_after: args.adopt_after,
-        progress: !args.output.json && std::io::stderr().is_terminal(),
+        progress,
         ..args.store.options()
     };
-    let store = args.store.open(LocalRoot::MayCreate).await?;
-    let report = txn::upload(store, local, &options).await?;
-    if args.output.json {
-        print_json(&report);
-    } else {
-        println!("{}", recovery::summary(&report));
-    }
-    Ok(exit::OK)
+    Ok((local, options))
 }
 
 async fn verify(args: VerifyArgs) -> Result<i32> {

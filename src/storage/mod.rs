@@ -9,6 +9,7 @@
 mod local;
 mod s3;
 mod s3_http;
+mod s3_tls;
 
 use std::collections::BTreeMap;
 use std::fmt;

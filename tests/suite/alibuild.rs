@@ -63,7 +63,7 @@ fn alibuild_python() -> Option<PathBuf> {
 /// when aliBuild or the backend is explicitly skipped.
 fn setup(backend: &str) -> Option<(PathBuf, Recipes)> {
     let python = alibuild_python()?;
-    backends()
+    backends_and_https()
         .contains(&backend)
         .then(|| (python, Recipes::new()))
 }
@@ -288,7 +288,12 @@ fn helper_writes_what_stock_alibuild_writes_and_reads() {
     assert_eq!(snapshot, rt.block_on(stock.snapshot()));
     assert_eq!(rt.block_on(ours.pending_uploads()), 0);
 
-    let (TestStore::S3 { client, bucket: a }, TestStore::S3 { bucket: b, .. }) = (&ours, &stock)
+    let (
+        TestStore::S3 {
+            client, bucket: a, ..
+        },
+        TestStore::S3 { bucket: b, .. },
+    ) = (&ours, &stock)
     else {
         unreachable!()
     };
@@ -480,9 +485,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Wait until `parent`'s `alitx upload` of `package` has recorded its
-/// staged upload in its journal (it is sending the tarball's parts), then
-/// stop it (SIGSTOP) there; its pid.
+/// Wait until the upload of `package` by `parent`'s alitx (its `alitx
+/// serve-uploads`) has recorded its staged upload in its journal (it is
+/// sending the tarball's parts), then stop that process (SIGSTOP) there;
+/// its pid.
 fn stop_upload_mid_bulk(
     store: &TestStore,
     parent: u32,
@@ -498,7 +504,7 @@ fn stop_upload_mid_bulk(
             "no upload of {package} seen: {}",
             log()
         );
-        if let Some(pid) = upload_child(parent, package) {
+        if let Some(pid) = upload_child(parent) {
             let staged = rt.block_on(async {
                 for key in backend.list(".alitx/journals/").await.unwrap() {
                     let Some(bytes) = backend.get(&key).await.unwrap() else {
@@ -523,8 +529,8 @@ fn stop_upload_mid_bulk(
     }
 }
 
-/// The pid of `parent`'s child running `alitx upload` of `package`.
-fn upload_child(parent: u32, package: &str) -> Option<u32> {
+/// The pid of `parent`'s child running alitx's uploads (`alitx serve-uploads`).
+fn upload_child(parent: u32) -> Option<u32> {
     fs::read_dir("/proc").ok()?.find_map(|entry| {
         let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
         if proc_stat(pid)?.parent != parent {
@@ -532,7 +538,7 @@ fn upload_child(parent: u32, package: &str) -> Option<u32> {
         }
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        (words.contains(&&b"upload"[..]) && words.contains(&package.as_bytes())).then_some(pid)
+        words.contains(&&b"serve-uploads"[..]).then_some(pid)
     })
 }
 
@@ -843,6 +849,13 @@ fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_on_rgw() {
     fetches_are_checked_against_records("s3");
 }
 
+/// The same through the gateway's HTTPS endpoint, aliBuild's boto3 and
+/// alitx trusting its CA through `AWS_CA_BUNDLE`.
+#[test]
+fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_over_https() {
+    fetches_are_checked_against_records("s3-https");
+}
+
 #[test]
 fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_locally() {
     fetches_are_checked_against_records("local");
@@ -863,7 +876,9 @@ fn fetches_are_checked_against_records(backend: &str) {
         _ => store.spec(),
     };
     assert_exit(
-        &run(&mut recipes.build(&python, true, writer.path(), &rw)),
+        &run(recipes
+            .build(&python, true, writer.path(), &rw)
+            .envs(store.cli_env())),
         0,
     );
     let writer = built_work_dir(writer);
@@ -882,6 +897,7 @@ fn fetches_are_checked_against_records(backend: &str) {
         let before = recipes.built();
         let out = run(recipes
             .build(&python, true, wd.path(), &read_spec)
+            .envs(store.cli_env())
             .env("RSYNC_RSH", &rsh));
         let built: Vec<String> = recipes.built()[before.len()..].to_vec();
         (out, wd, built)

@@ -59,7 +59,7 @@ fn layout_is_byte_exact_for_a_real_alibuild_work_dir() {
             }
         });
         match &store {
-            TestStore::S3 { client, bucket } => rt.block_on(async {
+            TestStore::S3 { client, bucket, .. } => rt.block_on(async {
                 // Dist links are public-read; package links and tarballs are not.
                 for key in expected.keys() {
                     let public = is_public_read(client, bucket, key).await;
@@ -113,7 +113,7 @@ fn json_report_names_the_journal_keys_and_bytes() {
         );
         assert!(report["duration_seconds"].as_f64().unwrap() > 0.0);
         assert_eq!(report["parts_total"], 1);
-        if let TestStore::S3 { bucket, client } = &store {
+        if let TestStore::S3 { bucket, client, .. } = &store {
             // One conditional PUT, not a multipart upload: the ETag is the
             // body's MD5, without the "-<parts>" suffix.
             let head = rt
@@ -159,7 +159,7 @@ fn uploading_twice_writes_nothing_the_second_time() {
         assert_eq!(report["status"], "already-published");
         assert_eq!(report["keys_written"].as_array().unwrap().len(), 0);
         assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
-        if let TestStore::S3 { client, bucket } = &store {
+        if let TestStore::S3 { client, bucket, .. } = &store {
             // Not even rewritten with the same bytes: modification times hold.
             rt.block_on(async {
                 let listed = client
