@@ -36,6 +36,8 @@ ALITX = os.environ["ALITX"]
 RUNS = int(os.environ.get("RUNS", "3"))
 W1_BYTES = int(os.environ.get("W1_BYTES", str(1 << 30)))
 W2_PACKAGES = int(os.environ.get("W2_PACKAGES", "100"))
+# More `alitx upload` arguments, e.g. "--link-concurrency 64".
+UPLOAD_ARGS = os.environ.get("ALITX_UPLOAD_ARGS", "").split()
 
 import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
@@ -157,19 +159,37 @@ for spec in json.loads(specs):
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alibuild-alitx")
 
 
-def alitx_upload(sw, bucket, specs):
+def alitx_upload(sw, bucket, specs, endpoint=ENDPOINT, env=None):
     total, peak = 0.0, 0.0
     for spec in specs:
         secs, rss, _ = run([ALITX, "upload", "--work-dir", sw, "--architecture", ARCH,
                             "--package", spec["package"], "--version", spec["version"],
                             "--revision", spec["revision"], "--hash", spec["hash"],
-                            "--remote-store", f"b3://{bucket}"])
+                            "--remote-store", f"b3://{bucket}", *UPLOAD_ARGS],
+                           env={"AWS_ENDPOINT_URL": endpoint, **(env or {})})
         total, peak = total + secs, max(peak, rss)
     return total, peak
 
 
-def boto3_upload(sw, bucket, specs):
-    secs, rss, _ = run([sys.executable, "-c", BOTO3_DRIVER, ENDPOINT, bucket, sw, json.dumps(specs)])
+def alitx_serve_upload(sw, bucket, specs, endpoint=ENDPOINT, env=None):
+    """One `alitx serve-uploads` for every package, as scripts/alibuild-alitx runs it."""
+    lines = "".join(json.dumps(["--work-dir", sw, "--architecture", ARCH, "--package", spec["package"],
+                                "--version", spec["version"], "--revision", spec["revision"],
+                                "--hash", spec["hash"], "--remote-store", f"b3://{bucket}", *UPLOAD_ARGS]) + "\n"
+                    for spec in specs)
+    start = time.monotonic()
+    proc = subprocess.run([ALITX, "serve-uploads"], input=lines.encode(), stdout=subprocess.PIPE,
+                          env={**os.environ, "AWS_ENDPOINT_URL": endpoint, **(env or {})})
+    seconds = time.monotonic() - start
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    if proc.returncode != 0 or any(a["status"] == "error" for a in answers):
+        sys.exit(f"alitx serve-uploads failed: {answers}")
+    return seconds, 0.0
+
+
+def boto3_upload(sw, bucket, specs, endpoint=ENDPOINT, env=None):
+    secs, rss, _ = run([sys.executable, "-c", BOTO3_DRIVER, endpoint, bucket, sw, json.dumps(specs)],
+                       env=env)
     return secs, rss
 
 

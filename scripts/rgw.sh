@@ -7,6 +7,9 @@
 #        scripts/rgw.sh stop  [DIR]          stop it
 #        scripts/rgw.sh env   [DIR]          print `export` lines for the S3 client
 # DIR defaults to .rgw in the repository, PORT to $RGW_PORT or 7480. The
+# gateway also serves HTTPS on PORT+10000 ($TLS_PORT) with a certificate for
+# 127.0.0.1 and localhost signed by a throwaway CA made at start (DIR/tls/ca.pem);
+# `env` exports ALITX_TEST_HTTPS_ENDPOINT and ALITX_TEST_CA_BUNDLE for it. The
 # monitor listens on PORT+20000 ($MON_PORT). Keys: $RGW_ACCESS_KEY and
 # $RGW_SECRET_KEY (testaccesskey/testsecretkey). MEMSTORE_BYTES sets the
 # OSD's capacity (default 8 GiB): data lives in memory only.
@@ -18,6 +21,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-start}
 dir=$(realpath -m "${2:-$repo/.rgw}")
 port=${3:-${RGW_PORT:-7480}}
+tls_port=${TLS_PORT:-$((port + 10000))}
+ca=$dir/tls/ca.pem
 access=${RGW_ACCESS_KEY:-testaccesskey}
 secret=${RGW_SECRET_KEY:-testsecretkey}
 trap 'echo "rgw.sh: failed at line $LINENO (exit $?); logs in $dir/log" >&2' ERR
@@ -48,26 +53,29 @@ daemons_stop() {
     # shellcheck disable=SC2086
     kill -9 $pids 2>/dev/null || true
   fi
-  rm -f "$dir"/run/*.pid "$dir/port"
+  rm -f "$dir"/run/*.pid "$dir/port" "$dir/tls-port"
 }
 
 install_packages() {
   local missing=0 c
-  for c in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool curl; do
+  for c in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool curl openssl; do
     command -v "$c" >/dev/null || missing=1
   done
   [ $missing = 0 ] && return 0
   echo "rgw.sh: installing Ceph from Debian's packages" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq ceph-mon ceph-osd radosgw ceph-common curl >/dev/null
+  apt-get install -y -qq ceph-mon ceph-osd radosgw ceph-common curl openssl >/dev/null
 }
 
 # A signed ListBuckets with our keys succeeds: an RGW we can use answers.
+# With an argument: the same over HTTPS, trusting only our CA.
 s3_answers() {
+  local url=http://127.0.0.1:$port/ tls=()
+  [ "${1:-}" = https ] && url=https://127.0.0.1:$tls_port/ tls=(--cacert "$ca")
   curl -fs -o /dev/null --max-time 5 --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access:$secret" \
     -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
-    "http://127.0.0.1:$port/"
+    ${tls[@]+"${tls[@]}"} "$url"
 }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -81,11 +89,17 @@ export AWS_ACCESS_KEY_ID=$access
 export AWS_SECRET_ACCESS_KEY=$secret
 export AWS_REGION=us-east-1
 ENV
+    # A gateway started before it served HTTPS has no tls-port file.
+    if [ -f "$dir/tls-port" ]; then
+      echo "export ALITX_TEST_HTTPS_ENDPOINT=https://127.0.0.1:$(cat "$dir/tls-port")"
+      echo "export ALITX_TEST_CA_BUNDLE=$ca"
+    fi
     exit 0 ;;
   start)
     install_packages
     if s3_answers; then
       echo "$port" >"$dir/port" 2>/dev/null || true
+      [ -f "$dir/tls-port" ] || echo "rgw.sh: this gateway serves no HTTPS (started by an older rgw.sh): stop it and start it again for the HTTPS tests" >&2
       echo "RGW up at http://127.0.0.1:$port (already running)"
       exit 0
     fi
@@ -94,7 +108,7 @@ ENV
     t0=$SECONDS
     for attempt in 1 2 3; do
       if "$0" start-once "$dir" "$port"; then
-        echo "RGW up at http://127.0.0.1:$port (started in $((SECONDS - t0)) s)"
+        echo "RGW up at http://127.0.0.1:$port and https://127.0.0.1:$tls_port (started in $((SECONDS - t0)) s)"
         exit 0
       fi
       [ -f "$dir/port-busy" ] && exit 1 # retrying cannot help
@@ -132,14 +146,29 @@ objectstore_conf() {
 osd_conf=$(objectstore_conf)
 daemons_stop
 rm -rf "$dir"
-mkdir -p "$dir"/{mon,osd0,run,log,rgw}
+mkdir -p "$dir"/{mon,osd0,run,log,rgw,tls}
 mon_port=${MON_PORT:-$((port + 20000))}
-for p in "$port" "$mon_port"; do
+for p in "$port" "$tls_port" "$mon_port"; do
   if listening "$p"; then
     touch "$dir/port-busy"
     fail "port $p on 127.0.0.1 is taken by another program (not an RGW with our keys); choose another PORT"
   fi
 done
+# A throwaway CA, and a server certificate it signs for the addresses the
+# tests use (clients check the subject alternative names, not the CN).
+tls_files() {
+  local t=$dir/tls
+  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -days 30 \
+    -subj "/CN=alitx test CA" -keyout "$t/ca.key" -out "$ca" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -subj /CN=localhost -keyout "$t/server.key" -out "$t/server.csr"
+  printf '%s\n' subjectAltName=DNS:localhost,IP:127.0.0.1 basicConstraints=CA:FALSE \
+    keyUsage=critical,digitalSignature extendedKeyUsage=serverAuth >"$t/server.ext"
+  openssl x509 -req -in "$t/server.csr" -CA "$ca" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 30 -extfile "$t/server.ext" -out "$t/server.pem"
+}
+tls_files 2>>"$dir/log/setup.log" || fail "could not make the test CA with openssl"
 conf=$dir/ceph.conf
 fsid=$(cat /proc/sys/kernel/random/uuid)
 cat >"$conf" <<CONF
@@ -177,7 +206,7 @@ $osd_conf
 # multipart part into 4 MiB RADOS objects, written 4 MiB at a time.
 osd max object size = 134217728
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:$port
+rgw frontends = beast endpoint=127.0.0.1:$port ssl_endpoint=127.0.0.1:$tls_port ssl_certificate=$dir/tls/server.pem ssl_private_key=$dir/tls/server.key
 rgw data = $dir/rgw
 rgw dns name = localhost
 # S3 limits, as on AWS (these are Ceph's defaults, spelled out): a single
@@ -211,4 +240,6 @@ wait_for 150 curl -fs -o /dev/null "http://127.0.0.1:$port/" || fail "the gatewa
 radosgw-admin -c "$conf" user create --uid=test --display-name=test \
   --access-key="$access" --secret="$secret" >/dev/null 2>>"$dir/log/setup.log"
 wait_for 50 s3_answers || fail "the gateway does not accept our keys"
+wait_for 50 s3_answers https || fail "the gateway does not answer HTTPS on port $tls_port"
+echo "$tls_port" >"$dir/tls-port"
 echo "$port" >"$dir/port"

@@ -3,14 +3,15 @@
 # tests against the local-directory store and a real Ceph RADOS Gateway that
 # this script starts (installing Ceph from Debian's packages if needed).
 # aliBuild (PyPI `alibuild`) goes into .venv (the newest supported) and
-# .venv-alibuild-1.17.43 (the oldest; tests/alibuild.rs runs with both) and
+# .venv-alibuild-1.17.43 (the oldest; tests/suite/alibuild.rs runs with both) and
 # .venv-alibuild-1.17.20 (unsupported: the helper must refuse it).
 #
 # Usage: scripts/test.sh [CARGO TEST ARGUMENTS]
 #   Arguments go to `cargo test --release --no-fail-fast`. Without a target
 #   selection it runs every unit and integration test (--lib --bins --tests);
-#   `--test upload` runs only tests/upload.rs, a trailing name filters tests
-#   (`scripts/test.sh --test check -- partial`).
+#   `--test suite` runs only the integration tests (tests/suite/, one
+#   binary), a trailing name filters them by module or name
+#   (`scripts/test.sh --test suite -- check::`, `-- upload::bad_input`).
 # Environment: KEEP_RGW=1 leaves the gateway running afterwards (the next run
 #   reuses it; `scripts/rgw.sh stop` ends it).
 #
@@ -100,10 +101,10 @@ step "cargo test --release (local store and RGW at $AWS_ENDPOINT_URL)"
 cargo test --release --no-fail-fast ${targets[@]+"${targets[@]}"} "$@" 2>&1 | tee "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=("cargo test")
 
-# The whole suite also runs tests/alibuild.rs with the oldest supported aliBuild.
+# The whole suite also runs tests/suite/alibuild.rs with the oldest supported aliBuild.
 if [ ${#targets[@]} -gt 0 ]; then
-  step "tests/alibuild.rs with the oldest supported aliBuild (1.17.43)"
+  step "tests/suite/alibuild.rs with the oldest supported aliBuild (1.17.43)"
   ALITX_ALIBUILD_PYTHON="$PWD/.venv-alibuild-1.17.43/bin/python" \
-    cargo test --release --no-fail-fast --test alibuild "$@" 2>&1 | tee -a "$log"
+    cargo test --release --no-fail-fast --test suite alibuild:: "$@" 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=("aliBuild 1.17.43")
 fi

@@ -3,9 +3,13 @@
 //! itself).
 //!
 //! alitx deletes an object only if it is the deleter's own (it carries the
-//! transaction's id, or, for `repair` of a stock upload's leftovers, it is
-//! a key of a revision that has no tarball) *and* the revision's store
-//! tarball does not exist. Once the tarball exists, readers (the CVMFS
+//! transaction's id and still has the body the journal records for it, or,
+//! for `repair` of a stock upload's leftovers, it is a key of a revision
+//! that has no tarball) *and* the revision's store tarball does not exist.
+//! A transaction also checks, once before it deletes, that the revision's
+//! package link does not name another, published tarball
+//! (`txn::undo::tarball_now`): a journal is untrusted input, and one that
+//! names a published revision under another hash must delete nothing. Once the tarball exists, readers (the CVMFS
 //! publisher, every builder) may already use the revision, and aliBuild
 //! never reuses its number. Both conditions are read from the store right
 //! before each delete. The one exception is the explicit operator command
@@ -13,13 +17,14 @@
 
 use crate::error::Result;
 use crate::journal::TXN_METADATA;
-use crate::storage::Store;
+use crate::storage::{ObjectInfo, Store};
 
 /// Whose objects a deleter may remove.
 #[derive(Debug, Clone, Copy)]
 pub enum Deleter<'a> {
-    /// A transaction: only objects carrying its id.
-    Txn(&'a str),
+    /// A transaction: only objects carrying its id whose body is still
+    /// `body`, the one its journal records for that key.
+    Txn { txn: &'a str, body: &'a str },
     /// `repair` of a partial revision no live journal covers: any object
     /// at one of the revision's own keys.
     Repair,
@@ -53,11 +58,16 @@ pub async fn delete_unpublished(
     let Some(info) = store.head(key).await? else {
         return Ok(Deletion::Missing);
     };
-    if let Deleter::Txn(txn) = deleter {
-        if info.metadata.get(TXN_METADATA).map(String::as_str) != Some(txn) {
+    if let Deleter::Txn { txn, body } = deleter {
+        if !written_by(&info, txn) || store.get(key).await?.as_deref() != Some(body.as_bytes()) {
             return Ok(Deletion::NotOurs);
         }
     }
     store.delete(key).await?;
     Ok(Deletion::Deleted)
+}
+
+/// Whether the object `info` describes was written by transaction `txn`.
+pub fn written_by(info: &ObjectInfo, txn: &str) -> bool {
+    info.metadata.get(TXN_METADATA).map(String::as_str) == Some(txn)
 }

@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Link, Revision};
+pub use crate::liveness::Liveness;
+use crate::liveness::{self, PidScope};
 use crate::workdir::FileIdentity;
 
 /// Bump when the format changes incompatibly; older tools refuse newer
@@ -62,6 +64,11 @@ pub struct Journal {
     /// How often the journal changed owner (each takeover counts one).
     #[serde(default)]
     pub takeovers: u64,
+    /// The transaction completes a revision an earlier upload of the same
+    /// build left unpublished: links with exactly its bodies that it did
+    /// not write count as its own claim (and are never its to delete).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopts: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,37 +102,27 @@ pub struct Owner {
     /// on a journal only while the copy it just read carries its token.
     #[serde(default)]
     pub token: String,
+    /// The pid namespace the pid is counted in, `pid:[INODE]`, and the
+    /// kernel's boot id: the pid is checked only by a process that shares
+    /// both (and the host). Absent in an older alitx's journal.
+    #[serde(default)]
+    pub pid_ns: Option<String>,
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 impl Owner {
     /// This process, as a new owner with a fresh token.
     pub fn this_process() -> Self {
+        let here = PidScope::here();
         Owner {
-            host: hostname(),
+            host: here.host.clone(),
             pid: std::process::id(),
             started_at: crate::now_secs(),
             tool: format!("alitx {}", env!("CARGO_PKG_VERSION")),
             token: crate::random_hex(8),
-        }
-    }
-}
-
-/// Whether a journal's owner still runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    Live,
-    /// Another host's owner stopped renewing its lease.
-    Expired,
-    /// The owner ran on this host and its process is gone.
-    OwnerDead,
-}
-
-impl Liveness {
-    pub fn name(self) -> &'static str {
-        match self {
-            Liveness::Live => "live",
-            Liveness::Expired => "expired",
-            Liveness::OwnerDead => "owner-dead",
+            pid_ns: here.pid_ns.clone(),
+            boot_id: here.boot_id.clone(),
         }
     }
 }
@@ -163,6 +160,7 @@ impl Journal {
             lease_expires_at: crate::now_secs() + lease.as_secs() as i64,
             renewals: 0,
             takeovers: 0,
+            adopts: false,
         }
     }
 
@@ -254,24 +252,30 @@ impl Journal {
         {
             return Err(bad("its transaction or upload id is malformed".into()));
         }
+        let owner = &journal.owner;
+        if !owner
+            .pid_ns
+            .as_deref()
+            .is_none_or(liveness::is_pid_namespace)
+            || !owner.boot_id.as_deref().is_none_or(liveness::is_boot_id)
+        {
+            return Err(bad(
+                "its owner's pid namespace or boot id is malformed".into()
+            ));
+        }
         Ok(journal)
     }
 
-    /// On the owner's host its process decides (restic's rule for stale
-    /// locks): a running owner keeps its journal even if a renewal is late,
-    /// a dead one loses it at once. For other hosts only the lease tells.
+    /// Whether the owner still runs: by its process where its pid can be
+    /// checked from here, by the lease elsewhere (see [`liveness::judge`]).
     pub fn liveness(&self) -> Liveness {
-        if self.owner.host == hostname() {
-            if process_running(self.owner.pid, self.owner.started_at) {
-                Liveness::Live
-            } else {
-                Liveness::OwnerDead
-            }
-        } else if crate::now_secs() >= self.lease_expires_at {
-            Liveness::Expired
-        } else {
-            Liveness::Live
-        }
+        liveness::judge(
+            &self.owner,
+            PidScope::here(),
+            || liveness::process_running(self.owner.pid, self.owner.started_at),
+            crate::now_secs(),
+            self.lease_expires_at,
+        )
     }
 
     pub fn owner_gone(&self) -> bool {
@@ -313,67 +317,6 @@ pub fn key_from_arg(prefix: &str, arg: &str) -> Result<String> {
         )));
     }
     Ok(key)
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its whole length.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// Whether `pid` runs and is the process that recorded itself as owner at
-/// `recorded_at`. Dead: gone, a zombie (a killed process its parent has not
-/// reaped yet: `kill(pid, 0)` still succeeds on it), or a process started
-/// after that moment (a reused pid).
-fn process_running(pid: u32, recorded_at: i64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    let stat = ProcStat::of(pid);
-    exists
-        && !stat.as_ref().is_some_and(|s| matches!(s.state, 'Z' | 'X'))
-        && stat
-            .and_then(|s| s.started_at())
-            .is_none_or(|started| started <= recorded_at + 2)
-}
-
-/// What /proc/<pid>/stat (Linux) tells about a process.
-struct ProcStat {
-    /// `R`, `S`, `D`, ... ; `Z` zombie, `X` dead.
-    state: char,
-    /// Start time in clock ticks since boot (field 22).
-    start_ticks: i64,
-}
-
-impl ProcStat {
-    fn of(pid: libc::pid_t) -> Option<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields are counted after the command name, which may itself
-        // contain spaces and parentheses.
-        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-        let state = fields.next()?.chars().next()?;
-        let start_ticks = fields.nth(18)?.parse().ok()?;
-        Some(ProcStat { state, start_ticks })
-    }
-
-    /// The start time in Unix seconds.
-    fn started_at(&self) -> Option<i64> {
-        let boot: i64 = std::fs::read_to_string("/proc/stat")
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
-        // SAFETY: sysconf has no memory effects.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        (hz > 0).then(|| boot + self.start_ticks / hz as i64)
-    }
 }
 
 /// A small journal for unit tests: revision `a/p-v-1` with one dist link.
@@ -439,27 +382,12 @@ mod tests {
         );
         j.owner.pid = u32::MAX;
         assert_eq!(j.liveness(), Liveness::OwnerDead);
+        j.owner.pid_ns = Some("pid:[1]".into());
+        assert_eq!(j.liveness(), Liveness::Expired, "another container");
         j.owner.host = "build-node-17".into();
         assert_eq!(j.liveness(), Liveness::Expired);
         j.lease_expires_at = crate::now_secs() + 60;
         assert_eq!(j.liveness(), Liveness::Live);
-    }
-
-    #[test]
-    fn a_zombie_owner_is_dead() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        // Not reaped yet: a zombie, which `kill(pid, 0)` still finds.
-        let zombie = (0..200).any(|_| {
-            std::thread::sleep(Duration::from_millis(10));
-            ProcStat::of(pid as libc::pid_t).is_some_and(|s| s.state == 'Z')
-        });
-        assert!(zombie, "the child never became a zombie");
-        let mut j = journal();
-        j.owner.pid = pid;
-        assert_eq!(j.liveness(), Liveness::OwnerDead);
-        child.wait().unwrap();
-        assert_eq!(j.liveness(), Liveness::OwnerDead);
     }
 
     #[test]
@@ -471,7 +399,13 @@ mod tests {
         wrong_body.links[0].link.body = "a/store/xx/evil".into();
         let mut newer = serde_json::to_value(journal()).unwrap();
         newer["format"] = 99.into();
+        let mut bad_ns = journal();
+        bad_ns.owner.pid_ns = Some("pid:[1]\n".into());
+        let mut bad_boot = journal();
+        bad_boot.owner.boot_id = Some("x".repeat(5000));
         for bytes in [
+            bad_ns.to_bytes().to_vec(),
+            bad_boot.to_bytes().to_vec(),
             forged.to_bytes().to_vec(),
             wrong_body.to_bytes().to_vec(),
             serde_json::to_vec(&newer).unwrap(),
@@ -484,6 +418,13 @@ mod tests {
                 ErrorKind::Journal
             );
         }
+        // An older alitx's owner, without pid namespace and boot id.
+        let mut older = serde_json::to_value(journal()).unwrap();
+        let owner = older["owner"].as_object_mut().unwrap();
+        owner.remove("pid_ns");
+        owner.remove("boot_id");
+        let parsed = Journal::parse(DEFAULT_PREFIX, &key, &serde_json::to_vec(&older).unwrap());
+        assert_eq!(parsed.unwrap().owner.pid_ns, None);
         let elsewhere = ".alitx/journals/a/q-v-1.json";
         assert!(Journal::parse(DEFAULT_PREFIX, elsewhere, &journal().to_bytes()).is_err());
     }

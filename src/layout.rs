@@ -216,6 +216,51 @@ pub fn tarball_full_version<'a>(architecture: &str, name: &'a str) -> Option<&'a
     (!full.is_empty() && check_name("tarball name", name, "_.+-").is_ok()).then_some(full)
 }
 
+/// The store key a link's body names, read as aliBuild's readers read it:
+/// trailing newlines are stripped; a package link's body is relative to
+/// `TARS/` (`<arch>/store/...`, one leading `../../` allowed, as the readers
+/// prepend it where it is missing), a dist link's names the key itself
+/// (`TARS/<arch>/store/...`). `None` unless that is a store tarball of
+/// `architecture`. The body is never followed, only parsed.
+pub fn link_target(architecture: &str, kind: LinkKind, body: &[u8]) -> Option<String> {
+    let body = std::str::from_utf8(body).ok()?.trim_end_matches('\n');
+    let key = match kind {
+        LinkKind::Package => format!("TARS/{}", body.strip_prefix("../../").unwrap_or(body)),
+        LinkKind::Dist => body.to_string(),
+    };
+    parse_store_key(architecture, &key).is_ok().then_some(key)
+}
+
+/// The two kinds of link object, whose bodies are read differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// `TARS/<arch>/<pkg>/<tarball>`
+    Package,
+    /// `TARS/<arch>/<dist dir>/<pkg>/<pkg>-<ver>-<rev>/<tarball>`
+    Dist,
+}
+
+/// `(<ver>, <rev>)` of `<pkg>-<ver>-<rev>` (`full`) for the package
+/// `package`: a revision has no `-`, a version may.
+pub fn split_full_version<'a>(package: &str, full: &'a str) -> Option<(&'a str, &'a str)> {
+    full.strip_prefix(package)?
+        .strip_prefix('-')?
+        .rsplit_once('-')
+}
+
+/// The error for an `--architecture` the store does not hold, naming those
+/// it does.
+pub fn unknown_architecture(architecture: &str, store: &str, present: &[String]) -> Error {
+    Error::input(format!(
+        "unknown architecture {architecture:?}: {store} holds {}; pass one of those to --architecture, or none",
+        if present.is_empty() {
+            "no architectures (no TARS/<arch>/ at all)".to_string()
+        } else {
+            present.join(", ")
+        }
+    ))
+}
+
 /// Names are one path component of letters, digits and a few punctuation
 /// characters; never empty, `.`/`..`, hidden, or containing `/` or spaces.
 fn check_name(what: &str, value: &str, punctuation: &str) -> Result<()> {
@@ -327,5 +372,46 @@ mod tests {
         ] {
             assert!(r.dist_link("dist", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn link_bodies_read_as_alibuild_reads_them() {
+        let r = zlibx();
+        let key = r.store_key();
+        let body = r.package_link().body;
+        let package = |b: &str| link_target(&r.architecture, LinkKind::Package, b.as_bytes());
+        for good in [
+            body.clone(),
+            format!("{body}\n"),
+            format!("../../{body}"),
+            format!("../../{body}\n"),
+        ] {
+            assert_eq!(package(&good), Some(key.clone()), "{good:?}");
+        }
+        for bad in [
+            format!("../{body}"),
+            format!("../../../../{body}"),
+            format!("{body}\r\n"),
+            format!("/{body}"),
+            key.clone(),
+            "../../../etc/passwd".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(package(&bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            link_target(&r.architecture, LinkKind::Package, &[0xff]),
+            None
+        );
+        let dist = |b: &str| link_target(&r.architecture, LinkKind::Dist, b.as_bytes());
+        assert_eq!(dist(&key), Some(key.clone()));
+        assert_eq!(dist(&format!("{key}\n")), Some(key.clone()));
+        assert_eq!(dist(&body), None);
+        assert_eq!(
+            split_full_version("Python-modules", "Python-modules-v1-2-3"),
+            Some(("v1-2", "3"))
+        );
+        assert_eq!(split_full_version("Python", "Pythonx-v1-1"), None);
+        assert_eq!(split_full_version("zlib", "zlib-v1"), None);
     }
 }

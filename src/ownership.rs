@@ -74,8 +74,9 @@ pub struct JournalHandle {
     /// `None` once retired.
     journal: Mutex<Option<Journal>>,
     lease: Duration,
-    /// Why ownership was lost, once a renewal found out.
-    lost: std::sync::Mutex<Option<String>>,
+    /// Why this process may no longer write, once a renewal failed: it lost
+    /// ownership, or the store stopped answering and the lease may run out.
+    lost: std::sync::Mutex<Option<Error>>,
 }
 
 impl JournalHandle {
@@ -150,6 +151,11 @@ impl JournalHandle {
         })
     }
 
+    /// The journal's key in the store.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The journal as the store holds it now, if it still exists.
     pub async fn reread(&self) -> Result<Option<Journal>> {
         read_journal(&*self.store, &self.prefix, &self.key).await
@@ -166,8 +172,8 @@ impl JournalHandle {
     /// An error if a lease renewal already found the journal lost: a cheap
     /// check, without a read, for steps that repeat many times.
     pub fn ensure_not_lost(&self) -> Result<()> {
-        match self.lost.lock().expect("lost flag").clone() {
-            Some(why) => Err(Error::lost_ownership(why)),
+        match &*self.lost.lock().expect("lost flag") {
+            Some(why) => Err(Error::new(why.kind, why.message.clone())),
             None => Ok(()),
         }
     }
@@ -243,8 +249,13 @@ impl JournalHandle {
                 tokio::time::sleep(handle.lease / 3).await;
                 if let Err(e) = handle.update(|j| j.renewals += 1).await {
                     warn!("renewing the lease on {}: {e}", handle.key);
-                    *handle.lost.lock().expect("lost flag") =
-                        Some(format!("renewing the lease on {} failed: {e}", handle.key));
+                    // A store that does not answer is a store error, not a
+                    // new owner; either way the lease may run out, so this
+                    // process writes nothing more.
+                    *handle.lost.lock().expect("lost flag") = Some(Error::new(
+                        e.kind,
+                        format!("renewing the lease on {} failed: {e}", handle.key),
+                    ));
                     return;
                 }
             }

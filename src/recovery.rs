@@ -4,13 +4,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::{stream, FutureExt, StreamExt, TryStreamExt};
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{self, Journal, Owner, State};
 use crate::ownership::{self, JournalHandle, Takeover};
 use crate::storage::Store;
-use crate::txn::{self, Intent, Options, Report};
+use crate::txn::{self, Ended, Intent, Options, Report};
 use crate::workdir;
 
 /// One journal as `alitx journals` shows it.
@@ -85,19 +87,26 @@ impl JournalEntry {
     }
 }
 
-/// Every journal under the prefix, valid or not.
+/// Journals read, or handled, at once: each read is a HEAD and a GET
+/// (~48 ms on Ceph RGW, whose answers with a body wait for Nagle), each
+/// takeover waits its settle time.
+const JOURNALS_AT_ONCE: usize = 32;
+
+/// Journals rolled forward at once: each sends its tarball with
+/// `--concurrency` parts in flight (64 MiB of buffers by default).
+const SENDING_AT_ONCE: usize = 4;
+
+/// Every journal under the prefix, valid or not, in the listing's order.
 pub async fn list_journals(store: &dyn Store, prefix: &str) -> Result<Vec<JournalEntry>> {
-    let mut entries = Vec::new();
-    for key in store.list(prefix).await? {
-        if !key.ends_with(".json") {
-            continue;
-        }
-        // A journal retired since the listing belongs to a finished upload.
-        if let Some(entry) = load(store, prefix, &key).await? {
-            entries.push(entry);
-        }
-    }
-    Ok(entries)
+    let keys = store.list(prefix).await?;
+    let loaded: Vec<Option<JournalEntry>> =
+        stream::iter(keys.iter().filter(|k| k.ends_with(".json")))
+            .map(|key| load(store, prefix, key))
+            .buffered(JOURNALS_AT_ONCE)
+            .try_collect()
+            .await?;
+    // A journal retired since the listing belongs to a finished upload.
+    Ok(loaded.into_iter().flatten().collect())
 }
 
 /// The journal at `key`, or `None` if there is none.
@@ -123,12 +132,36 @@ async fn load_named(store: &dyn Store, prefix: &str, key: &str) -> Result<Journa
     })
 }
 
+/// What `resume` or `rollback` did with one journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    RolledForward,
+    RolledBack,
+    /// A committed journal: its revision is published; only retired.
+    Retired,
+    /// Left to its live owner, or finished by another process meanwhile.
+    Skipped,
+    Failed,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::RolledForward => "rolled-forward",
+            Action::RolledBack => "rolled-back",
+            Action::Retired => "retired",
+            Action::Skipped => "skipped",
+            Action::Failed => "failed",
+        })
+    }
+}
+
 /// What happened to one journal in `resume` or `rollback`.
 #[derive(Debug, Serialize)]
 pub struct Outcome {
     pub id: String,
-    /// `rolled-forward`, `rolled-back`, `retired`, `skipped` or `failed`.
-    pub action: String,
+    pub action: Action,
     pub message: String,
     pub report: Option<Report>,
     #[serde(skip)]
@@ -139,7 +172,7 @@ impl Outcome {
     fn skipped(id: &str, message: String) -> Self {
         Outcome {
             id: id.into(),
-            action: "skipped".into(),
+            action: Action::Skipped,
             message,
             report: None,
             error: None,
@@ -149,7 +182,7 @@ impl Outcome {
     fn failed(id: String, error: Error) -> Self {
         Outcome {
             id,
-            action: "failed".into(),
+            action: Action::Failed,
             message: error.message.clone(),
             report: None,
             error: Some(error),
@@ -180,17 +213,24 @@ async fn select(
             .map(Ok)
             .collect());
     }
-    let mut chosen = Vec::new();
-    for id in selection.ids {
-        let entry = match journal::key_from_arg(prefix, id) {
-            Ok(key) => load_named(store, prefix, &key)
-                .await
-                .map_err(|e| Outcome::failed(id.clone(), e)),
-            Err(e) => Err(Outcome::failed(id.clone(), e)),
-        };
-        chosen.push(entry);
-    }
-    Ok(chosen)
+    // A journal named twice is handled once.
+    let mut seen = std::collections::HashSet::new();
+    let named = selection
+        .ids
+        .iter()
+        .filter(|id| journal::key_from_arg(prefix, id).map_or(true, |key| seen.insert(key)));
+    Ok(stream::iter(named)
+        .map(|id| async move {
+            match journal::key_from_arg(prefix, id) {
+                Ok(key) => load_named(store, prefix, &key)
+                    .await
+                    .map_err(|e| Outcome::failed(id.clone(), e)),
+                Err(e) => Err(Outcome::failed(id.clone(), e)),
+            }
+        })
+        .buffered(JOURNALS_AT_ONCE)
+        .collect()
+        .await)
 }
 
 /// The live-lease guard shared by `resume` and `rollback`, on the listed
@@ -223,46 +263,65 @@ fn busy(id: &str, journal: &Journal, selection: &Selection<'_>) -> Outcome {
 
 /// The loop `resume` and `rollback` share: select the journals, refuse the
 /// ones that cannot be trusted or whose owner still runs, finish committed
-/// ones, take the others over and continue them as `intent` says.
+/// ones, take the others over and continue them as `intent` says. Up to
+/// [`JOURNALS_AT_ONCE`] journals at a time, each taken over on its own
+/// (read, settle, re-read); only [`SENDING_AT_ONCE`] of those whose files
+/// are in the work dir, since rolling forward sends a tarball with all of
+/// `--concurrency`.
+/// `on_outcome` hears of each journal as it ends; the outcomes are returned
+/// in the selection's order.
 async fn each_journal(
     store: Arc<dyn Store>,
     options: &Options,
     selection: &Selection<'_>,
     intent: Intent,
     work_dir: Option<&Path>,
+    on_outcome: &(dyn Fn(&Outcome) + Sync),
 ) -> Result<Vec<Outcome>> {
     store.preflight().await?;
-    let mut outcomes = Vec::new();
-    for entry in select(&*store, &options.journal_prefix, selection).await? {
-        let outcome = match entry {
-            Err(refused) => refused,
-            Ok(entry) => match entry.journal.clone() {
-                None => Outcome::failed(
-                    entry.id.clone(),
-                    Error::journal(entry.error.clone().unwrap_or_default()).context_after(
-                        "it was left alone; inspect it, and delete it by hand if it is not alitx's",
+    let sending = Semaphore::new(SENDING_AT_ONCE);
+    let handle_one = |entry: std::result::Result<JournalEntry, Outcome>| {
+        let (store, sending) = (store.clone(), &sending);
+        async move {
+            let outcome = match entry {
+                Err(refused) => refused,
+                Ok(entry) => match entry.journal.clone() {
+                    None => Outcome::failed(
+                        entry.id.clone(),
+                        Error::journal(entry.error.clone().unwrap_or_default()).context_after(
+                            "it was left alone; inspect it, and delete it by hand if it is not alitx's",
+                        ),
                     ),
-                ),
-                Some(journal) => match guard(&entry, &journal, selection) {
-                    Some(refused) => refused,
-                    None => {
-                        continue_journal(
-                            store.clone(),
-                            &entry,
-                            journal,
-                            options,
-                            selection,
-                            intent,
-                            work_dir,
-                        )
-                        .await
-                    }
+                    Some(journal) => match guard(&entry, &journal, selection) {
+                        Some(refused) => refused,
+                        None => {
+                            let sends = work_dir.is_some_and(|dir| {
+                                workdir::read_revision(dir, journal.revision.clone()).is_ok()
+                            });
+                            let _permit = match sends {
+                                true => Some(sending.acquire().await.expect("never closed")),
+                                false => None,
+                            };
+                            continue_journal(
+                                store, &entry, journal, options, selection, intent, work_dir,
+                            )
+                            .await
+                        }
+                    },
                 },
-            },
-        };
-        outcomes.push(outcome);
-    }
-    Ok(outcomes)
+            };
+            on_outcome(&outcome);
+            outcome
+        }
+    };
+    let selected = select(&*store, &options.journal_prefix, selection).await?;
+    let mut outcomes: Vec<(usize, Outcome)> = stream::iter(selected.into_iter().enumerate())
+        .map(|(i, entry)| handle_one(entry).map(move |outcome| (i, outcome)))
+        .buffer_unordered(JOURNALS_AT_ONCE)
+        .collect()
+        .await;
+    outcomes.sort_by_key(|(i, _)| *i);
+    Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
 }
 
 /// Take one journal over and continue its transaction.
@@ -280,7 +339,7 @@ async fn continue_journal(
         return match txn::retire_committed(&*store, &journal, &options.journal_prefix).await {
             Ok(()) => Outcome {
                 id,
-                action: "retired".into(),
+                action: Action::Retired,
                 message: "already committed: the revision is published and stays; journal retired"
                     .into(),
                 report: None,
@@ -310,23 +369,23 @@ async fn continue_journal(
     };
     let local = work_dir.and_then(|dir| workdir::read_revision(dir, journal.revision.clone()).ok());
     match txn::continue_owned(store, &handle, local.as_ref(), intent, options).await {
-        Ok(report) => Outcome {
+        Ok(Ended::Done(report)) => Outcome {
             id,
             action: match report.status {
-                txn::Status::RolledBack => "rolled-back".into(),
-                _ => "rolled-forward".into(),
+                txn::Status::RolledBack => Action::RolledBack,
+                _ => Action::RolledForward,
             },
             message: summary(&report),
             report: Some(report),
             error: None,
         },
-        // Undone: the designed outcome when the work dir no longer
-        // matches, or another writer holds one of its links.
-        Err(e) if matches!(e.kind, ErrorKind::Verification | ErrorKind::Conflict) => Outcome {
+        // Undone: the designed outcome when another writer holds one of
+        // its links, or its tarball failed verification.
+        Ok(Ended::Undone { report, cause }) => Outcome {
             id,
-            action: "rolled-back".into(),
-            message: e.message,
-            report: None,
+            action: Action::RolledBack,
+            message: format!("{cause}; {}", summary(&report)),
+            report: Some(report),
             error: None,
         },
         Err(e) => Outcome::failed(id, e),
@@ -335,14 +394,23 @@ async fn continue_journal(
 
 /// `alitx resume`: roll each abandoned journal forward when the work dir
 /// still holds its exact files, back otherwise; a published one is
-/// finished, never undone.
+/// finished, never undone. `on_outcome` hears of each as it ends.
 pub async fn resume(
     store: Arc<dyn Store>,
     options: &Options,
     work_dir: Option<&Path>,
     selection: &Selection<'_>,
+    on_outcome: &(dyn Fn(&Outcome) + Sync),
 ) -> Result<Vec<Outcome>> {
-    each_journal(store, options, selection, Intent::Forward, work_dir).await
+    each_journal(
+        store,
+        options,
+        selection,
+        Intent::Forward,
+        work_dir,
+        on_outcome,
+    )
+    .await
 }
 
 /// `alitx rollback`: undo the given journals; a published one is finished
@@ -352,7 +420,7 @@ pub async fn rollback(
     options: &Options,
     selection: &Selection<'_>,
 ) -> Result<Vec<Outcome>> {
-    each_journal(store, options, selection, Intent::Back, None).await
+    each_journal(store, options, selection, Intent::Back, None, &|_| {}).await
 }
 
 /// One line saying what a transaction did.
@@ -363,6 +431,15 @@ pub fn summary(report: &Report) -> String {
             "{} is published and stays (readers may already use it): {} restored, journal retired, in {:.1}s",
             report.revision.full_version(),
             crate::counted(report.keys_written.len(), "missing link"),
+            report.duration_seconds
+        ),
+        txn::Status::Committed if report.adopted => format!(
+            "published {}: completed the revision an earlier upload of this build left unpublished \
+             ({} written, {} of {} bytes sent) in {:.1}s",
+            report.revision.full_version(),
+            crate::counted(report.keys_written.len(), "key"),
+            report.bytes_sent,
+            report.tarball_bytes,
             report.duration_seconds
         ),
         txn::Status::Committed => format!(
@@ -385,5 +462,27 @@ pub fn summary(report: &Report) -> String {
             report.revision.full_version(),
             crate::counted(report.keys_deleted.len(), "key")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Action;
+
+    /// Scripts read `action` from `--json` and from the text lines: both
+    /// spell it the same, and the names never change.
+    #[test]
+    fn action_names_are_a_contract() {
+        let names = [
+            (Action::RolledForward, "rolled-forward"),
+            (Action::RolledBack, "rolled-back"),
+            (Action::Retired, "retired"),
+            (Action::Skipped, "skipped"),
+            (Action::Failed, "failed"),
+        ];
+        for (action, name) in names {
+            assert_eq!(serde_json::to_value(action).unwrap(), name);
+            assert_eq!(action.to_string(), name);
+        }
     }
 }

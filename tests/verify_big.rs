@@ -3,6 +3,7 @@
 //! that started it (Linux carries it over `exec`), so the tests around it
 //! must not be running in the same process.
 
+#[allow(dead_code)] // this binary uses a few of the helpers
 mod common;
 
 use std::os::unix::process::ExitStatusExt;

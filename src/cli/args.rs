@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::check;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::journal::DEFAULT_PREFIX;
+use crate::record;
 use crate::storage::{self, LocalRoot};
 use crate::txn::Options;
 use crate::verify;
@@ -17,9 +18,10 @@ use crate::verify;
 const AFTER_HELP: &str = "\
 Exit codes: 0 success (also: already published), 1 error, 2 usage (a bad
 command line), 3 conflict (another object or build holds one of the
-revision's keys), 4 a live upload owns the journal (or took it over from
-this one), 5 `check` found something to repair (`repair`: left something for
-a later run or a person, and said why), 6 `verify` found a corrupt revision.
+revision's keys; `repair --unpublish`: other revisions depend on it), 4 a
+live upload owns the journal (or took it over from this one), 5 `check`
+found something to repair (`repair`: left something for a later run or a
+person, and said why), 6 `verify` found a corrupt revision.
 
 S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 ~/.aws/credentials); the endpoint from --endpoint-url, else AWS_ENDPOINT_URL,
@@ -53,6 +55,21 @@ pub(super) enum Command {
     /// finishes it.
     #[command(after_help = AFTER_HELP, disable_version_flag = true)]
     Upload(UploadArgs),
+    /// Run uploads handed over on standard input, in this one process.
+    ///
+    /// Each input line is a JSON array of `alitx upload` arguments; each
+    /// upload's answer is one line of JSON on standard output: the report
+    /// `alitx upload --json` prints, or {"status": "error", "error": {...},
+    /// "exit_code": N}. Connections to a store (and their TLS sessions)
+    /// stay open from one upload to the next. Ends at the end of input.
+    /// Killed, it leaves what a killed `alitx upload` of the upload in
+    /// progress leaves: its journal, which the next upload of it or
+    /// `alitx resume` finishes. scripts/alibuild-alitx runs one per build.
+    #[command(after_help = AFTER_HELP)]
+    ServeUploads {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// List the journals of open, abandoned or unretired transactions.
     #[command(after_help = AFTER_HELP)]
     Journals {
@@ -125,8 +142,10 @@ pub(super) enum Command {
     /// back exactly as `rollback` does, and aborts stale staged uploads no
     /// journal references. Never deletes anything of a published revision,
     /// one a live journal covers, or one touched less than --min-age ago.
-    /// The one exception: `--unpublish` with --package, --version and
-    /// --revision removes that revision, tarball included.
+    /// A revision with every link but no tarball (`unpublished`: it may
+    /// have been published and retired) is kept: its number stays
+    /// reserved. The one exception: `--unpublish` with --package, --version
+    /// and --revision removes that revision, tarball included.
     /// Exit 0 when everything was repaired, 5 when something was left
     /// alone (said why), 1 on an error; --dry-run exits as the real run
     /// would.
@@ -143,8 +162,17 @@ pub(super) enum Command {
         /// Remove the one revision named by --package, --version and
         /// --revision, tarball included, although it is published (readers
         /// may already use it): only for a revision known to be bad.
+        ///
+        /// Refused (exit 3, nothing deleted) while other revisions' dist
+        /// links name its tarball: they are listed. TARS/<arch>/<pkg>.manifest
+        /// is left alone: it keeps the number reserved, and a rebuild of the
+        /// same hash publishes the revision again.
         #[arg(long, requires_all = ["package", "version", "revision"])]
         unpublish: bool,
+        /// With --unpublish: remove the revision even though other
+        /// revisions' dist links name its tarball (they break).
+        #[arg(long, requires = "unpublish")]
+        ignore_dependents: bool,
         /// With --unpublish: the revision's version.
         #[arg(long, value_name = "VER", requires = "unpublish")]
         version: Option<String>,
@@ -184,6 +212,7 @@ impl Command {
         match self {
             Command::Completions { .. } => None,
             Command::Upload(a) => Some(&a.output),
+            Command::ServeUploads { output } => Some(output),
             Command::Journals { output, .. }
             | Command::Resume { output, .. }
             | Command::Rollback { output, .. }
@@ -196,7 +225,7 @@ impl Command {
     /// The store flags, for commands that talk to a store.
     pub(super) fn store(&self) -> Option<&StoreArgs> {
         match self {
-            Command::Completions { .. } => None,
+            Command::Completions { .. } | Command::ServeUploads { .. } => None,
             Command::Upload(a) => Some(&a.store),
             Command::Journals { store, .. }
             | Command::Resume { store, .. }
@@ -243,6 +272,34 @@ impl ScanArgs {
     }
 }
 
+/// A journal prefix: relative, ending in '/', and apart from the keys
+/// readers use and the publication records (a journal written over a
+/// record would destroy it, and every record would list as a journal).
+fn parse_journal_prefix(prefix: &str) -> std::result::Result<String, String> {
+    let relative = prefix.ends_with('/')
+        && !prefix.starts_with('/')
+        && prefix
+            .trim_end_matches('/')
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    let overlaps = ["TARS/", record::PREFIX]
+        .into_iter()
+        .find(|taken| prefix.starts_with(taken) || taken.starts_with(prefix));
+    match (relative, overlaps) {
+        (true, None) => Ok(prefix.to_string()),
+        (false, _) => Err(format!(
+            "{prefix:?} is not a relative path ending in '/' (default {DEFAULT_PREFIX})"
+        )),
+        (true, Some(taken)) => Err(format!(
+            "{prefix:?} overlaps {taken}, which holds {}: journals live apart (default {DEFAULT_PREFIX})",
+            match taken {
+                "TARS/" => "the store's packages",
+                _ => "the publication records",
+            }
+        )),
+    }
+}
+
 /// `90`, `90s`, `10m`, `2h`, `1d`.
 fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let (number, unit) = text.split_at(
@@ -273,8 +330,9 @@ pub(super) struct StoreArgs {
     /// S3 endpoint [default: $AWS_ENDPOINT_URL, else https://s3.cern.ch].
     #[arg(long, value_name = "URL")]
     pub(super) endpoint_url: Option<String>,
-    /// Where journals live in the store, outside TARS/.
-    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_PREFIX)]
+    /// Where journals live in the store: a relative path ending in '/',
+    /// outside TARS/ and .alitx/published/ (the publication records).
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_journal_prefix)]
     pub(super) journal_prefix: String,
     /// Seconds an uploader's lease lasts without renewal.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
@@ -329,6 +387,14 @@ pub(super) struct UploadArgs {
     /// Links written in parallel.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub(super) link_concurrency: u64,
+    /// When the revision's package link already names this very build but
+    /// its tarball is missing (an earlier upload was killed after its links,
+    /// or the clean-up retired the tarball), complete it only if nothing of
+    /// it moved for this long (e.g. 15m, 1h): a younger one may belong to an
+    /// upload still running, and exits 4 saying when to retry. Any key of
+    /// it that differs from this build's is a conflict (exit 3).
+    #[arg(long, value_name = "DURATION", env = "ALITX_ADOPT_AFTER", default_value = "15m", value_parser = parse_duration)]
+    pub(super) adopt_after: Duration,
     #[command(flatten)]
     pub(super) output: OutputArgs,
 }
@@ -373,25 +439,12 @@ impl VerifyArgs {
 }
 
 impl StoreArgs {
-    pub(super) fn options(&self) -> Result<Options> {
-        let prefix = &self.journal_prefix;
-        let valid = prefix.ends_with('/')
-            && !prefix.starts_with('/')
-            && !prefix.starts_with("TARS/")
-            && prefix
-                .trim_end_matches('/')
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != "..");
-        if !valid {
-            return Err(Error::input(format!(
-                "invalid --journal-prefix {prefix:?}: a relative path ending in '/', outside TARS/ (default {DEFAULT_PREFIX})"
-            )));
-        }
-        Ok(Options {
-            journal_prefix: prefix.clone(),
+    pub(super) fn options(&self) -> Options {
+        Options {
+            journal_prefix: self.journal_prefix.clone(),
             lease: Duration::from_secs(self.lease_seconds.max(1)),
             ..Options::default()
-        })
+        }
     }
 
     /// Open the store; a local one must exist, except for `upload`

@@ -4,6 +4,7 @@
 
 mod args;
 mod output;
+mod serve;
 
 use std::io::IsTerminal;
 
@@ -14,15 +15,15 @@ use crate::check;
 use crate::error::{exit, Error, Result};
 use crate::layout::Revision;
 use crate::recovery::{self, Selection};
-use crate::repair;
+use crate::repair::{self, ActionKind};
 use crate::storage::{self, LocalRoot};
 use crate::txn::{self, Options};
 use crate::workdir;
 
 use args::{Cli, Command, UploadArgs, VerifyArgs};
 use output::{
-    print_check, print_completions, print_journals, print_json, print_repair, print_verify,
-    report_outcomes,
+    print_check, print_completions, print_journals, print_json, print_outcome, print_repair,
+    print_verify, report_outcomes,
 };
 
 /// Parse the command line, run the command, and return the exit code.
@@ -39,11 +40,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(err) => {
             if json {
-                print_json(&json!({
-                    "status": "error",
-                    "error": { "kind": err.kind_name(), "message": err.message },
-                    "exit_code": err.exit_code(),
-                }));
+                print_json(&error_json(&err));
             }
             eprintln!("alitx: error: {err}");
             err.exit_code()
@@ -51,24 +48,43 @@ pub fn main() -> i32 {
     }
 }
 
+/// What `--json` prints for a command that failed.
+fn error_json(err: &Error) -> serde_json::Value {
+    json!({
+        "status": "error",
+        "error": { "kind": err.kind_name(), "message": err.message },
+        "exit_code": err.exit_code(),
+    })
+}
+
 /// Run the command, stopping it when its `--timeout` passes.
 async fn run_within_timeout(command: Command) -> Result<i32> {
-    let limit = command.store().filter(|s| !s.timeout.is_zero()).map(|s| {
-        let store = storage::describe(&s.remote_store, s.endpoint_url.as_deref());
-        (s.timeout, store)
-    });
-    let Some((limit, store)) = limit else {
-        return run(command).await;
+    let deadline = command.store().and_then(deadline);
+    within_timeout(deadline, run(command)).await
+}
+
+/// How long a command on `store` may take (`--timeout`, 0: forever), and
+/// the store as its timeout message names it.
+fn deadline(store: &args::StoreArgs) -> Option<(std::time::Duration, String)> {
+    let described = || storage::describe(&store.remote_store, store.endpoint_url.as_deref());
+    (!store.timeout.is_zero()).then(|| (store.timeout, described()))
+}
+
+/// `work`, stopped when `deadline` passes.
+async fn within_timeout<T>(
+    deadline: Option<(std::time::Duration, String)>,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let Some((limit, store)) = deadline else {
+        return work.await;
     };
-    tokio::time::timeout(limit, run(command))
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::store(format!(
-                "stopped after --timeout {}s: the command on {store} had not finished; \
-                 an upload stopped here keeps its journal (the same upload, or `alitx resume`, finishes it)",
-                limit.as_secs()
-            )))
-        })
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(Error::store(format!(
+            "stopped after --timeout {}s: the command on {store} had not finished; \
+             an upload stopped here keeps its journal (the same upload, or `alitx resume`, finishes it)",
+            limit.as_secs()
+        )))
+    })
 }
 
 fn init_logging(verbose: u8) {
@@ -94,13 +110,14 @@ fn init_logging(verbose: u8) {
 async fn run(command: Command) -> Result<i32> {
     match command {
         Command::Upload(args) => upload(args).await,
+        Command::ServeUploads { .. } => serve::serve_uploads().await,
         Command::Verify(args) => verify(args).await,
         Command::Completions { shell } => {
             print_completions(shell);
             Ok(exit::OK)
         }
         Command::Journals { store, output } => {
-            let options = store.options()?;
+            let options = store.options();
             let entries = recovery::list_journals(
                 &*store.open(LocalRoot::MustExist).await?,
                 &options.journal_prefix,
@@ -117,17 +134,23 @@ async fn run(command: Command) -> Result<i32> {
             journals,
             output,
         } => {
-            let options = store.options()?;
+            let options = store.options();
             let selection = Selection {
                 ids: &journals,
                 architecture: architecture.as_deref(),
                 force,
+            };
+            let print_as_it_ends = |outcome: &recovery::Outcome| {
+                if !output.json {
+                    print_outcome(outcome);
+                }
             };
             let outcomes = recovery::resume(
                 store.open(LocalRoot::MustExist).await?,
                 &options,
                 work_dir.as_deref(),
                 &selection,
+                &print_as_it_ends,
             )
             .await?;
             Ok(report_outcomes(
@@ -142,7 +165,7 @@ async fn run(command: Command) -> Result<i32> {
             journals,
             output,
         } => {
-            let options = store.options()?;
+            let options = store.options();
             let selection = Selection {
                 ids: &journals,
                 architecture: None,
@@ -154,6 +177,9 @@ async fn run(command: Command) -> Result<i32> {
                 &selection,
             )
             .await?;
+            if !output.json {
+                outcomes.iter().for_each(print_outcome);
+            }
             Ok(report_outcomes(
                 &outcomes,
                 output.json,
@@ -165,7 +191,7 @@ async fn run(command: Command) -> Result<i32> {
             scan,
             output,
         } => {
-            let options = store.options()?;
+            let options = store.options();
             let report = check::scan(
                 &*store.open(LocalRoot::MustExist).await?,
                 &scan.options(&options.journal_prefix),
@@ -187,11 +213,12 @@ async fn run(command: Command) -> Result<i32> {
             scan,
             dry_run,
             unpublish,
+            ignore_dependents,
             version,
             revision,
             output,
         } => {
-            let options = store.options()?;
+            let options = store.options();
             let backend = store.open(LocalRoot::MustExist).await?;
             let found = check::scan(&*backend, &scan.options(&options.journal_prefix)).await?;
             let report = match (unpublish, scan.package.clone(), version, revision) {
@@ -200,6 +227,8 @@ async fn run(command: Command) -> Result<i32> {
                         package,
                         version,
                         revision,
+                        ignore_dependents,
+                        concurrency: scan.concurrency as usize,
                     };
                     repair::unpublish(backend, found, &target, dry_run).await?
                 }
@@ -213,18 +242,39 @@ async fn run(command: Command) -> Result<i32> {
             } else {
                 print_repair(&report, scan.package.as_deref());
             }
-            Ok(if report.actions.iter().any(|a| a.action == "failed") {
-                exit::ERROR
-            } else if report.left_over {
-                exit::NEEDS_REPAIR
-            } else {
-                exit::OK
-            })
+            Ok(
+                if report
+                    .actions
+                    .iter()
+                    .any(|a| a.action == ActionKind::Failed)
+                {
+                    exit::ERROR
+                } else if report.left_over {
+                    exit::NEEDS_REPAIR
+                } else {
+                    exit::OK
+                },
+            )
         }
     }
 }
 
 async fn upload(args: UploadArgs) -> Result<i32> {
+    let progress = !args.output.json && std::io::stderr().is_terminal();
+    let (local, options) = upload_plan(&args, progress)?;
+    let store = args.store.open(LocalRoot::MayCreate).await?;
+    let report = txn::upload(store, local, &options).await?;
+    if args.output.json {
+        print_json(&report);
+    } else {
+        println!("{}", recovery::summary(&report));
+    }
+    Ok(exit::OK)
+}
+
+/// The revision `args` names, read from its work dir, and the upload's
+/// options: what an upload checks before it opens the store.
+fn upload_plan(args: &UploadArgs, progress: bool) -> Result<(workdir::LocalRevision, Options)> {
     let revision = Revision::new(
         &args.architecture,
         &args.package,
@@ -237,17 +287,11 @@ async fn upload(args: UploadArgs) -> Result<i32> {
         part_size: (args.part_size << 20) as usize,
         concurrency: args.concurrency as usize,
         link_concurrency: args.link_concurrency as usize,
-        progress: !args.output.json && std::io::stderr().is_terminal(),
-        ..args.store.options()?
+        adopt_after: args.adopt_after,
+        progress,
+        ..args.store.options()
     };
-    let store = args.store.open(LocalRoot::MayCreate).await?;
-    let report = txn::upload(store, local, &options).await?;
-    if args.output.json {
-        print_json(&report);
-    } else {
-        println!("{}", recovery::summary(&report));
-    }
-    Ok(exit::OK)
+    Ok((local, options))
 }
 
 async fn verify(args: VerifyArgs) -> Result<i32> {

@@ -8,8 +8,8 @@ use crate::check;
 use crate::counted;
 use crate::error::exit;
 use crate::recovery::{self, Outcome};
-use crate::repair;
-use crate::verify::{Class, VerifyReport};
+use crate::repair::{self, ActionKind};
+use crate::verify::{Class, Remedy, VerifyReport};
 
 use super::args::Cli;
 
@@ -51,7 +51,11 @@ pub(super) fn print_check(report: &check::CheckReport, package: Option<&str>) {
                 state.as_str().unwrap_or(""),
                 if r.recent { " (recent)" } else { "" },
                 r.id(),
-                r.reasons.join("; ")
+                r.reasons
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
         }
         for warning in &r.warnings {
@@ -85,12 +89,13 @@ pub(super) fn print_check(report: &check::CheckReport, package: Option<&str>) {
     let s = &report.summary;
     say_if_empty(report, package);
     println!(
-        "{}: {} complete, {} partial ({} recent), {} published-incomplete, {} in flight, {} abandoned, {} with warnings; {} ({} invalid), {}; {} listed in {:.1}s",
+        "{}: {} complete, {} partial ({} recent), {} published-incomplete, {} unpublished, {} in flight, {} abandoned, {} with warnings; {} ({} invalid), {}; {} listed in {:.1}s",
         counted(s.revisions, "revision"),
         s.complete,
         s.partial,
         s.recent,
         s.published_incomplete,
+        s.unpublished,
         s.in_flight,
         s.abandoned,
         s.warnings,
@@ -128,25 +133,33 @@ pub(super) fn print_repair(report: &repair::RepairReport, package: Option<&str>)
         "deleted"
     };
     for a in &report.actions {
-        match a.action.as_str() {
-            "left-alone" | "failed" => println!("{}  {}: {}", a.action, a.revision, a.message),
-            _ => {
-                println!("{}  {}: {}", a.action, a.revision, a.message);
-                for key in &a.keys {
-                    println!("  {verb} {key}");
-                }
-                for key in &a.restored {
-                    println!(
-                        "  {} {key}",
-                        if report.dry_run {
-                            "would restore"
-                        } else {
-                            "restored"
-                        }
-                    );
-                }
-            }
+        println!("{}  {}: {}", a.action, a.revision, a.message);
+        let failed = matches!(a.action, ActionKind::LeftAlone | ActionKind::Failed);
+        for key in &a.keys {
+            // A failure half-way: the keys deleted before it.
+            println!("  {} {key}", if failed { "deleted" } else { verb });
         }
+        for key in &a.restored {
+            println!(
+                "  {} {key}",
+                if report.dry_run {
+                    "would restore"
+                } else {
+                    "restored"
+                }
+            );
+        }
+    }
+    for r in report
+        .check
+        .revisions
+        .iter()
+        .filter(|r| r.state == check::State::Unpublished)
+    {
+        println!(
+            "kept  {}: every link without its tarball: it may have been published and retired, so its number stays reserved",
+            r.id()
+        );
     }
     let uploads = report
         .aborted_uploads
@@ -211,39 +224,64 @@ pub(super) fn print_verify(report: &VerifyReport, remote_store: &str) {
         s.bytes_read,
         s.seconds
     );
-    let corrupt: Vec<_> = report
+    let remedies: Vec<_> = report
         .revisions
         .iter()
-        .filter(|r| r.class == Class::Corrupt)
+        .filter_map(|r| Some((r, r.remedy()?)))
         .collect();
-    if !corrupt.is_empty() {
+    if remedies
+        .iter()
+        .any(|(_, remedy)| *remedy == Remedy::Unpublish)
+    {
         println!(
-            "a corrupt revision must not be used: remove it, then build it again (its next build publishes it anew):"
+            "a revision whose tarball fails must not be used: remove it, then build it again (its next build publishes it anew):"
         );
     }
-    for r in corrupt {
-        println!(
-            "  alitx repair --remote-store {remote_store} --architecture {} --package {} --version {} --revision {} --unpublish",
-            r.architecture, r.package, r.version, r.revision
-        );
+    for (r, remedy) in remedies {
+        match remedy {
+            Remedy::Unpublish => println!(
+                "  alitx repair --remote-store {remote_store} --architecture {} --package {} --version {} --revision {} --unpublish",
+                r.architecture, r.package, r.version, r.revision
+            ),
+            Remedy::DeleteRecord { key } => println!(
+                "{}: its tarball is intact, its publication record {key} is not: no command rewrites the record of a \
+                 published revision; delete that key from {remote_store} (with any S3 client; in a local store, the file \
+                 of that path), and the revision verifies as no-record, as a stock upload does",
+                r.id
+            ),
+            Remedy::RepairLinks => println!(
+                "{}: its tarball is intact, its links are not: `alitx check --package {}` says what is wrong, and \
+                 `alitx repair` re-creates the missing links of a published revision",
+                r.id, r.package
+            ),
+        }
     }
 }
 
+/// One journal's outcome: a line on stdout, or the error on stderr.
+pub(super) fn print_outcome(outcome: &Outcome) {
+    match &outcome.error {
+        None => println!("{}: {}: {}", outcome.id, outcome.action, outcome.message),
+        Some(err) => eprintln!("alitx: error: {}: {err}", outcome.id),
+    }
+}
+
+/// The exit code of a set of outcomes. Their text lines were printed as
+/// each ended ([`print_outcome`]); `--json` prints them all now, with the
+/// errors on stderr.
 pub(super) fn report_outcomes(outcomes: &[Outcome], json: bool, nothing: &str) -> i32 {
     if json {
         print_json(&outcomes);
+        outcomes
+            .iter()
+            .filter(|o| o.error.is_some())
+            .for_each(print_outcome);
     } else if outcomes.is_empty() {
         println!("{nothing}");
     }
     let mut code = exit::OK;
-    for outcome in outcomes {
-        if !json && outcome.error.is_none() {
-            println!("{}: {}: {}", outcome.id, outcome.action, outcome.message);
-        }
-        if let Some(err) = &outcome.error {
-            eprintln!("alitx: error: {}: {err}", outcome.id);
-            code = code.max(err.exit_code());
-        }
+    for err in outcomes.iter().filter_map(|o| o.error.as_ref()) {
+        code = code.max(err.exit_code());
     }
     // A refused live journal (4) or a conflict (3) outranks a plain
     // failure (1) only if no failure happened: a failure needs attention

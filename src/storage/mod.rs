@@ -4,11 +4,12 @@
 //! The interface offers exactly the primitives the protocol needs: a
 //! put-if-absent for the commit-critical keys, plain puts for the journal,
 //! and a staged (multipart) upload that stays invisible until completed.
-//! Every backend must pass the conformance suite in `tests/conformance.rs`.
+//! Every backend must pass the conformance suite in `tests/suite/conformance.rs`.
 
 mod local;
 mod s3;
 mod s3_http;
+mod s3_tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,13 +44,23 @@ pub struct ObjectInfo {
     pub website_redirect: Option<String>,
 }
 
-/// One uploaded part of a staged upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One uploaded part of a staged upload. Two are equal when they describe
+/// the same bytes at the same place, whenever they were listed.
+#[derive(Debug, Clone, Eq)]
 pub struct UploadedPart {
     pub number: u32,
     pub size: u64,
     /// Hex MD5 of the part's bytes, without quotes.
     pub md5: String,
+    /// Seconds since the epoch when the store received it, when a listing
+    /// tells.
+    pub received_at: Option<i64>,
+}
+
+impl PartialEq for UploadedPart {
+    fn eq(&self, other: &Self) -> bool {
+        (self.number, self.size, &self.md5) == (other.number, other.size, &other.md5)
+    }
 }
 
 /// One object found by a listing.
@@ -241,12 +252,13 @@ pub enum LocalRoot {
     /// The directory must exist: checking, resuming or repairing a store
     /// that is not there is a mistyped path.
     MustExist,
-    /// `upload` may start a new store, inside a directory that exists.
+    /// `upload` may start a new store named by a `file://` URL, inside a
+    /// directory that exists; a bare path must exist.
     MayCreate,
 }
 
 /// Before a local store is opened: check that its directory exists, or
-/// create it (`MayCreate`, and only in an existing parent). Returns the
+/// create it (`MayCreate`, a `file://` URL, and only in an existing parent). Returns the
 /// directory it created; S3 stores pass unchecked.
 pub fn prepare_local_root(spec: &str, mode: LocalRoot) -> Result<Option<PathBuf>> {
     let StoreSpec::Local { root } = parse_spec(spec)? else {
@@ -268,8 +280,22 @@ pub fn prepare_local_root(spec: &str, mode: LocalRoot) -> Result<Option<PathBuf>
     }
     if mode == LocalRoot::MustExist {
         return Err(Error::input(format!(
-            "the local store {} does not exist: check --remote-store (`alitx upload` starts a new store)",
+            "the local store {} does not exist: check --remote-store (`alitx upload` to a file:/// URL starts a new store)",
             root.display()
+        )));
+    }
+    // A bare name is most often an S3 bucket whose scheme was forgotten:
+    // a new store only for a URL, which cannot be that.
+    if !spec.starts_with("file://") {
+        let bucket = spec.strip_suffix("::rw").unwrap_or(spec);
+        let hint = match bucket.contains('/') {
+            true => String::new(),
+            false => format!("an S3 bucket is b3://{bucket} or s3://{bucket}; "),
+        };
+        return Err(Error::input(format!(
+            "the local store {} does not exist: check --remote-store ({hint}to start a new local store, name it as file://{}); nothing was written",
+            root.display(),
+            std::path::absolute(&root).unwrap_or_else(|_| root.clone()).display()
         )));
     }
     let parent = match root.parent() {

@@ -2,6 +2,8 @@
 //! path-style addressing, a custom endpoint, credentials from the
 //! environment or the shared credentials file, never from the network.
 
+use std::path::PathBuf;
+
 use async_trait::async_trait;
 use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
 use aws_config::meta::credentials::CredentialsProviderChain;
@@ -22,6 +24,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use super::s3_http;
+use super::s3_tls::{self, Trust};
 use super::{
     Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Segments, Store,
     UploadedPart,
@@ -37,10 +40,14 @@ pub struct S3Config {
     pub bucket: String,
     pub endpoint: String,
     pub region: String,
+    /// The PEM bundle of certificate authorities an `https://` endpoint is
+    /// checked against instead of the system's (`AWS_CA_BUNDLE`).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl S3Config {
-    /// Endpoint: the flag, else `AWS_ENDPOINT_URL`, else CERN S3.
+    /// Endpoint: the flag, else `AWS_ENDPOINT_URL`, else CERN S3; CA bundle:
+    /// `AWS_CA_BUNDLE`.
     pub fn from_env(bucket: String, endpoint: Option<&str>) -> Result<Self> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let endpoint = endpoint
@@ -58,6 +65,7 @@ impl S3Config {
             region: env("AWS_REGION")
                 .or_else(|| env("AWS_DEFAULT_REGION"))
                 .unwrap_or_else(|| "us-east-1".into()),
+            ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
         })
     }
 
@@ -72,6 +80,8 @@ pub struct S3Store {
     client: Client,
     credentials: CredentialsProviderChain,
     config: S3Config,
+    /// What the endpoint's certificate is checked against (`None`: plain HTTP).
+    trust: Option<Trust>,
 }
 
 impl S3Store {
@@ -85,11 +95,16 @@ impl S3Store {
             )
             .or_else("Profile", ProfileFileCredentialsProvider::builder().build())
         };
+        let trust = match s3_http::uses_tls(&config.endpoint) {
+            true => Some(Trust::resolve(config.ca_bundle.as_deref()).await),
+            false => None,
+        };
+        let tls = trust.as_ref().map(Trust::tls_context).transpose()?;
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
             .credentials_provider(credentials())
             .endpoint_url(&config.endpoint)
-            .http_client(s3_http::client(&config.endpoint))
+            .http_client(s3_http::client(tls))
             .retry_config(RetryConfig::standard().with_max_attempts(s3_http::ATTEMPTS))
             // No attempt timeout: the stall limit ends an attempt that stopped
             // moving, however long a large part legitimately takes.
@@ -119,6 +134,7 @@ impl S3Store {
             client: Client::from_conf(s3),
             credentials: credentials(),
             config,
+            trust,
         })
     }
 
@@ -150,10 +166,14 @@ impl S3Store {
             SdkError::DispatchFailure(failure) if failure.is_timeout() => {
                 self.no_answer(op, &target, &err)
             }
-            SdkError::DispatchFailure(_) => Error::store(format!(
-                "cannot reach the S3 endpoint {endpoint} ({op} {target}: {}); check --endpoint-url / AWS_ENDPOINT_URL and that the server is up",
-                source_chain(&err)
-            )),
+            SdkError::DispatchFailure(_) => match (&self.trust, source_chain(&err)) {
+                (Some(trust), cause) if s3_tls::is_certificate_error(&cause) => {
+                    s3_tls::untrusted(endpoint, trust, &cause)
+                }
+                (_, cause) => Error::store(format!(
+                    "cannot reach the S3 endpoint {endpoint} ({op} {target}: {cause}); check --endpoint-url / AWS_ENDPOINT_URL and that the server is up"
+                )),
+            },
             _ => {
                 let status = err.raw_response().map(|r| r.status().as_u16());
                 let code = err.code().unwrap_or("").to_string();
@@ -487,6 +507,7 @@ impl Store for S3Store {
             number,
             size,
             md5: md5_hex,
+            received_at: None,
         })
     }
 
@@ -519,6 +540,7 @@ impl Store for S3Store {
                 number: p.part_number().unwrap_or(0) as u32,
                 size: p.size().unwrap_or(0).max(0) as u64,
                 md5: p.e_tag().unwrap_or_default().trim_matches('"').to_string(),
+                received_at: p.last_modified().map(|t| t.secs()),
             }));
             match (out.is_truncated(), out.next_part_number_marker()) {
                 (Some(true), Some(next)) => marker = Some(next.to_string()),

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aws_smithy_http_client::proxy::ProxyConfig;
-use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext};
 use aws_smithy_http_client::Connector;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::{
@@ -44,16 +44,22 @@ pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// Attempts per request, the first included.
 pub const ATTEMPTS: u32 = 4;
 
-/// The SDK's default client (hyper 1, proxies from the environment) with
-/// every attempt under a [`StallGuard`]; with rustls unless `endpoint` is a
-/// plain `http://` URL and no HTTPS proxy is configured for it, since loading
-/// the system's root certificates costs each process about 5 ms of CPU.
-pub fn client(endpoint: &str) -> SharedHttpClient {
+/// Whether requests to `endpoint` go over TLS: unless it is a plain
+/// `http://` URL and no HTTPS proxy is configured for it (loading the
+/// system's root certificates costs each process about 5 ms of CPU, so a
+/// plain endpoint skips it).
+pub fn uses_tls(endpoint: &str) -> bool {
     let https_proxy = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
         .iter()
         .filter_map(|name| std::env::var(name).ok())
         .any(|proxy| proxy.to_ascii_lowercase().starts_with("https://"));
-    let tls = !endpoint.starts_with("http://") || https_proxy;
+    !endpoint.starts_with("http://") || https_proxy
+}
+
+/// The SDK's default client (hyper 1, proxies from the environment) with
+/// every attempt under a [`StallGuard`]; with rustls and `tls`'s trusted
+/// authorities when given (see [`uses_tls`]).
+pub fn client(tls: Option<TlsContext>) -> SharedHttpClient {
     SharedHttpClient::new(GuardedClient {
         inner: aws_smithy_http_client::Builder::new().build_with_connector_fn(
             move |settings, components| {
@@ -62,11 +68,12 @@ pub fn client(endpoint: &str) -> SharedHttpClient {
                 if let Some(components) = components {
                     builder.set_sleep_impl(components.sleep_impl());
                 }
-                match tls {
-                    true => builder
+                match &tls {
+                    Some(tls) => builder
                         .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                        .tls_context(tls.clone())
                         .build(),
-                    false => builder.build_http(),
+                    None => builder.build_http(),
                 }
             },
         ),

@@ -6,7 +6,6 @@
 //! `scripts/test.sh` sets them). Without them they fail, so a run that
 //! skipped S3 is never mistaken for a green one, unless `ALITX_SKIP_S3=1`
 //! says so explicitly.
-#![allow(dead_code)]
 
 pub mod proxy;
 
@@ -18,15 +17,23 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use alitx::layout::{Revision, DIST_DIRS};
-use alitx::storage::{self, Store};
+use alitx::storage::{self, S3Config, S3Store, Store};
 use aws_sdk_s3::Client;
 
 pub const ARCH: &str = "slc9_x86-64";
 
 /// A store under test, with an independent view of what readers see.
+/// `https`: alitx reaches the bucket over the gateway's HTTPS endpoint
+/// (the independent view stays on plain HTTP).
 pub enum TestStore {
-    Local { dir: tempfile::TempDir },
-    S3 { bucket: String, client: Client },
+    Local {
+        dir: tempfile::TempDir,
+    },
+    S3 {
+        bucket: String,
+        client: Client,
+        https: bool,
+    },
 }
 
 /// The backends to run a test against: always the local directory, and
@@ -50,6 +57,32 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .unwrap()
     })
+}
+
+/// The backends and, unless S3 is skipped, S3 over HTTPS (`s3-https`).
+pub fn backends_and_https() -> Vec<&'static str> {
+    let mut kinds = backends();
+    if kinds.contains(&"s3") {
+        kinds.push("s3-https");
+    }
+    kinds
+}
+
+/// The gateway's HTTPS endpoint and the CA bundle that signs its
+/// certificate, as `scripts/rgw.sh env` exports them.
+pub fn https_endpoint() -> (String, String) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: run the tests through scripts/test.sh, whose gateway also serves \
+                 HTTPS (a gateway started by an older scripts/rgw.sh does not: stop and start it again)"
+            )
+        })
+    };
+    (
+        var("ALITX_TEST_HTTPS_ENDPOINT"),
+        var("ALITX_TEST_CA_BUNDLE"),
+    )
 }
 
 pub fn endpoint() -> String {
@@ -84,7 +117,7 @@ pub async fn s3_client() -> Client {
 /// tarballs would not fit.
 impl Drop for TestStore {
     fn drop(&mut self) {
-        let TestStore::S3 { bucket, client } = self else {
+        let TestStore::S3 { bucket, client, .. } = self else {
             return;
         };
         // From a thread of its own: a drop may happen inside the runtime.
@@ -131,20 +164,30 @@ impl TestStore {
             "local" => TestStore::Local {
                 dir: tempfile::tempdir().unwrap(),
             },
-            "s3" => {
+            "s3" | "s3-https" => {
                 let client = s3_client().await;
                 let bucket = format!("alitx-test-{}", alitx::random_hex(6));
                 client.create_bucket().bucket(&bucket).send().await.unwrap();
-                TestStore::S3 { bucket, client }
+                let https = kind == "s3-https";
+                TestStore::S3 {
+                    bucket,
+                    client,
+                    https,
+                }
             }
             other => panic!("unknown backend {other}"),
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    /// The environment an `alitx` command needs to reach this store: for
+    /// HTTPS, the endpoint and `AWS_CA_BUNDLE`.
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
         match self {
-            TestStore::Local { .. } => "local",
-            TestStore::S3 { .. } => "s3",
+            TestStore::S3 { https: true, .. } => {
+                let (endpoint, ca_bundle) = https_endpoint();
+                vec![("AWS_ENDPOINT_URL", endpoint), ("AWS_CA_BUNDLE", ca_bundle)]
+            }
+            _ => vec![],
         }
     }
 
@@ -166,7 +209,19 @@ impl TestStore {
     /// The store through alitx's own backend (for the conformance suite and
     /// for seeding foreign objects).
     pub async fn open(&self) -> Arc<dyn Store> {
-        storage::open(&self.spec(), None).await.unwrap()
+        match self {
+            TestStore::S3 {
+                bucket,
+                https: true,
+                ..
+            } => {
+                let (endpoint, ca_bundle) = https_endpoint();
+                let mut config = S3Config::from_env(bucket.clone(), Some(&endpoint)).unwrap();
+                config.ca_bundle = Some(ca_bundle.into());
+                Arc::new(S3Store::connect(config).await.unwrap())
+            }
+            _ => storage::open(&self.spec(), None).await.unwrap(),
+        }
     }
 
     /// Every key readers can see (internal backend state excluded), with

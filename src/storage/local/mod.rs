@@ -613,6 +613,7 @@ impl Store for LocalStore {
             number,
             size: data.len() as u64,
             md5,
+            received_at: None,
         };
         fs::rename(&temp.path, dir.join(part_file_name(&part)))
             .and_then(|()| fsync_dir(&dir))
@@ -713,6 +714,11 @@ fn part_files(dir: &Path) -> Result<Vec<UploadedPart>> {
                     number,
                     size: meta.len(),
                     md5: md5.to_string(),
+                    received_at: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs() as i64),
                 });
             }
         }

@@ -7,17 +7,15 @@
 //! The random test replays with `ALITX_FAULT_SEED=N` (it prints the seed of
 //! each round); `ALITX_FAULT_ROUNDS=K` runs K rounds, seeds N, N+1, ...
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
+use crate::common::proxy::{Counts, Fault, Faults, Match, Proxy, Rule};
+use crate::common::*;
 use alitx::journal::{Journal, DEFAULT_PREFIX};
 use alitx::layout::DIST_DIRS;
 use aws_sdk_s3::error::SdkError;
-use common::proxy::{Counts, Fault, Faults, Match, Proxy, Rule};
-use common::*;
 
 const PART_MIB: u64 = 5;
 

@@ -8,14 +8,12 @@
 //! virtualenv with it), else the repository's `.venv/bin/python`. Without
 //! it these tests fail, unless `ALITX_SKIP_ALIBUILD=1` says to skip them.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 /// The recipes (name, version, requirement), built in this order.
 const PACKAGES: [(&str, &str, Option<&str>); 4] = [
@@ -65,7 +63,7 @@ fn alibuild_python() -> Option<PathBuf> {
 /// when aliBuild or the backend is explicitly skipped.
 fn setup(backend: &str) -> Option<(PathBuf, Recipes)> {
     let python = alibuild_python()?;
-    backends()
+    backends_and_https()
         .contains(&backend)
         .then(|| (python, Recipes::new()))
 }
@@ -290,7 +288,12 @@ fn helper_writes_what_stock_alibuild_writes_and_reads() {
     assert_eq!(snapshot, rt.block_on(stock.snapshot()));
     assert_eq!(rt.block_on(ours.pending_uploads()), 0);
 
-    let (TestStore::S3 { client, bucket: a }, TestStore::S3 { bucket: b, .. }) = (&ours, &stock)
+    let (
+        TestStore::S3 {
+            client, bucket: a, ..
+        },
+        TestStore::S3 { bucket: b, .. },
+    ) = (&ours, &stock)
     else {
         unreachable!()
     };
@@ -482,9 +485,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Wait until `parent`'s `alitx upload` of `package` has recorded its
-/// staged upload in its journal (it is sending the tarball's parts), then
-/// stop it (SIGSTOP) there; its pid.
+/// Wait until the upload of `package` by `parent`'s alitx (its `alitx
+/// serve-uploads`) has recorded its staged upload in its journal (it is
+/// sending the tarball's parts), then stop that process (SIGSTOP) there;
+/// its pid.
 fn stop_upload_mid_bulk(
     store: &TestStore,
     parent: u32,
@@ -500,7 +504,7 @@ fn stop_upload_mid_bulk(
             "no upload of {package} seen: {}",
             log()
         );
-        if let Some(pid) = upload_child(parent, package) {
+        if let Some(pid) = upload_child(parent) {
             let staged = rt.block_on(async {
                 for key in backend.list(".alitx/journals/").await.unwrap() {
                     let Some(bytes) = backend.get(&key).await.unwrap() else {
@@ -525,8 +529,8 @@ fn stop_upload_mid_bulk(
     }
 }
 
-/// The pid of `parent`'s child running `alitx upload` of `package`.
-fn upload_child(parent: u32, package: &str) -> Option<u32> {
+/// The pid of `parent`'s child running alitx's uploads (`alitx serve-uploads`).
+fn upload_child(parent: u32) -> Option<u32> {
     fs::read_dir("/proc").ok()?.find_map(|entry| {
         let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
         if proc_stat(pid)?.parent != parent {
@@ -534,7 +538,7 @@ fn upload_child(parent: u32, package: &str) -> Option<u32> {
         }
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        (words.contains(&&b"upload"[..]) && words.contains(&package.as_bytes())).then_some(pid)
+        words.contains(&&b"serve-uploads"[..]).then_some(pid)
     })
 }
 
@@ -678,12 +682,15 @@ fn helper_help_and_what_it_needs() {
     assert!(rt.block_on(store.keys()).is_empty());
 }
 
-/// The leftovers of a stock upload killed before its tarball (package link
-/// and dist links, no tarball) make the next stock build of that package
-/// fail; `alitx check` reports the revision partial, `alitx repair` removes
-/// exactly it, and the same stock build then succeeds and publishes it.
+/// A stock upload whose tarball is then deleted (as ALICE's clean-up
+/// retires old revisions, or as a stock upload killed before its tarball
+/// leaves it) makes the next stock build of that package fail. `alitx
+/// check` reports the revision `unpublished` (exit 0: its number stays
+/// reserved), bulk `alitx repair` keeps every key of it, `repair
+/// --unpublish` naming it removes exactly its keys, and the same stock
+/// build then succeeds and publishes it.
 #[test]
-fn after_repair_a_stock_build_of_a_partial_revision_succeeds() {
+fn a_retired_stock_revision_is_kept_until_unpublish_names_it() {
     let Some((python, recipes)) = setup("s3") else {
         return;
     };
@@ -697,36 +704,81 @@ fn after_repair_a_stock_build_of_a_partial_revision_succeeds() {
     let first = built_work_dir(first);
     let complete = first.expected(0..PACKAGES.len());
     let topx = PACKAGES.len() - 1;
-    let tarball = first.pkgs[topx].revision().store_key();
-    rt.block_on(async { store.open().await.delete(&tarball).await.unwrap() });
+    let top = first.pkgs[topx].revision();
+    rt.block_on(async { store.open().await.delete(&top.store_key()).await.unwrap() });
+    let mut retired = complete.clone();
+    retired.remove(&top.store_key());
 
     let stuck = tempfile::tempdir().unwrap();
     let out = run(&mut recipes.build(&python, false, stuck.path(), &store.spec()));
     assert_ne!(out.status.code(), Some(0), "{}", output(&out));
     assert!(output(&out).contains("already exists"), "{}", output(&out));
+    assert_eq!(rt.block_on(store.snapshot()), retired);
 
     let spec = store.spec();
     let check = alitx(&args(&["check", "--remote-store", &spec, "--json"]));
-    assert_exit(&check, 5);
-    let partial: Vec<String> = json(&check)["revisions"]
+    assert_exit(&check, 0);
+    let states: BTreeMap<String, String> = json(&check)["revisions"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["state"] == "partial")
-        .map(|r| r["tarball"].as_str().unwrap().to_string())
+        .map(|r| {
+            (
+                r["tarball"].as_str().unwrap().to_string(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(partial, [first.pkgs[topx].revision().tarball_name()]);
+    let mut expected: BTreeMap<String, String> = first
+        .pkgs
+        .iter()
+        .map(|p| (p.revision().tarball_name(), "complete".to_string()))
+        .collect();
+    expected.insert(top.tarball_name(), "unpublished".into());
+    assert_eq!(states, expected);
 
-    let repair = alitx(&args(&[
+    for extra in [&[][..], &["--package", "topx"][..]] {
+        let mut repair = args(&["repair", "--remote-store", &spec, "--min-age", "0"]);
+        repair.extend(args(extra));
+        assert_exit(&alitx(&repair), 0);
+        assert_eq!(rt.block_on(store.snapshot()), retired, "{extra:?}");
+    }
+
+    let unpublish = args(&[
         "repair",
         "--remote-store",
         &spec,
-        "--min-age",
-        "0",
-    ]));
-    assert_exit(&repair, 0);
-    let mut left = complete.clone();
-    left.retain(|key, _| !key.contains("/topx/") && !key.contains("/topx-"));
+        "--package",
+        "topx",
+        "--version",
+        &top.version,
+        "--revision",
+        &top.revision,
+        "--unpublish",
+        "--json",
+    ]);
+    let mut dry = unpublish.clone();
+    dry.push("--dry-run".into());
+    let out = alitx(&dry);
+    assert_exit(&out, 0);
+    let mut topx_keys: Vec<String> = retired
+        .keys()
+        .filter(|key| key.contains("/topx/") || key.contains("/topx-"))
+        .cloned()
+        .collect();
+    topx_keys.sort();
+    let mut would: Vec<String> = json(&out)["would_delete"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    would.sort();
+    assert_eq!(would, topx_keys);
+    assert_eq!(rt.block_on(store.snapshot()), retired, "dry run");
+    assert_exit(&alitx(&unpublish), 0);
+    let mut left = retired.clone();
+    left.retain(|key, _| !topx_keys.contains(key));
     assert_eq!(rt.block_on(store.snapshot()), left, "only topx's keys went");
 
     let again = tempfile::tempdir().unwrap();
@@ -740,6 +792,51 @@ fn after_repair_a_stock_build_of_a_partial_revision_succeeds() {
     );
 }
 
+/// The seed's incident, healed: a stock upload that died after its links
+/// (package link and dist links in the store, the tarball never came) and
+/// a rebuild of the same hash through the helper. While the leftovers are
+/// younger than `--adopt-after` the build fails saying when to retry; once
+/// they are older (`ALITX_ADOPT_AFTER=0s` here) the helper's upload
+/// completes the revision, the build is green, and stock aliBuild reuses
+/// every package.
+#[test]
+fn the_helper_completes_a_revision_a_killed_stock_upload_left() {
+    let Some((python, recipes)) = setup("s3") else {
+        return;
+    };
+    let rt = runtime();
+    let store = rt.block_on(TestStore::new("s3"));
+    let first = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(&mut recipes.build(&python, false, first.path(), &store.spec())),
+        0,
+    );
+    let first = built_work_dir(first);
+    let topx = PACKAGES.len() - 1;
+    let tarball = first.pkgs[topx].revision().store_key();
+    rt.block_on(async { store.open().await.delete(&tarball).await.unwrap() });
+    let leftovers = rt.block_on(store.snapshot());
+
+    let young = tempfile::tempdir().unwrap();
+    let out = run(&mut recipes.build(&python, true, young.path(), &store.spec()));
+    assert_ne!(out.status.code(), Some(0), "{}", output(&out));
+    assert!(output(&out).contains("re-run in"), "{}", output(&out));
+    assert_eq!(rt.block_on(store.snapshot()), leftovers, "young: untouched");
+
+    let again = tempfile::tempdir().unwrap();
+    let out = run(recipes
+        .build(&python, true, again.path(), &store.spec())
+        .env("ALITX_ADOPT_AFTER", "0s"));
+    assert_exit(&out, 0);
+    let again = built_work_dir(again);
+    assert_eq!(again.pkgs[topx].revision(), first.pkgs[topx].revision());
+    assert_eq!(
+        rt.block_on(store.snapshot()),
+        again.expected(0..PACKAGES.len())
+    );
+    assert_stock_reuses(&python, &recipes, &store, &store.spec(), &[]);
+}
+
 /// The helper checks each tarball aliBuild fetches against the record alitx
 /// left when it published it, before aliBuild unpacks it: on RGW (`b3://`)
 /// and from a local-directory store (read as `localhost:/path`, see
@@ -750,6 +847,13 @@ fn after_repair_a_stock_build_of_a_partial_revision_succeeds() {
 #[test]
 fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_on_rgw() {
     fetches_are_checked_against_records("s3");
+}
+
+/// The same through the gateway's HTTPS endpoint, aliBuild's boto3 and
+/// alitx trusting its CA through `AWS_CA_BUNDLE`.
+#[test]
+fn helper_refuses_a_fetched_tarball_that_differs_from_its_record_over_https() {
+    fetches_are_checked_against_records("s3-https");
 }
 
 #[test]
@@ -772,7 +876,9 @@ fn fetches_are_checked_against_records(backend: &str) {
         _ => store.spec(),
     };
     assert_exit(
-        &run(&mut recipes.build(&python, true, writer.path(), &rw)),
+        &run(recipes
+            .build(&python, true, writer.path(), &rw)
+            .envs(store.cli_env())),
         0,
     );
     let writer = built_work_dir(writer);
@@ -791,6 +897,7 @@ fn fetches_are_checked_against_records(backend: &str) {
         let before = recipes.built();
         let out = run(recipes
             .build(&python, true, wd.path(), &read_spec)
+            .envs(store.cli_env())
             .env("RSYNC_RSH", &rsh));
         let built: Vec<String> = recipes.built()[before.len()..].to_vec();
         (out, wd, built)

@@ -1,9 +1,7 @@
 //! The command line itself, apart from any one command's work: shell
 //! completions, usage errors, and what reaches a terminal or a log.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn completions_cover_every_command_and_flag_in_bash_zsh_and_fish() {
@@ -72,11 +70,12 @@ fn a_local_store_that_does_not_exist_is_an_error_naming_it() {
 }
 
 #[test]
-fn upload_starts_a_new_local_store_only_in_an_existing_directory() {
+fn upload_starts_a_new_local_store_only_for_a_url_in_an_existing_directory() {
     let wd = WorkDir::chain(1, 0);
     let parent = tempfile::tempdir().unwrap();
-    let upload_to =
-        |store: &std::path::Path| alitx(&wd.upload_args_to(0, &store.display().to_string()));
+    let upload_to = |store: &std::path::Path| {
+        alitx(&wd.upload_args_to(0, &format!("file://{}", store.display())))
+    };
 
     let deep = parent.path().join("no-such-dir/store");
     let out = upload_to(&deep);
@@ -92,7 +91,17 @@ fn upload_starts_a_new_local_store_only_in_an_existing_directory() {
     );
     assert!(!parent.path().join("no-such-dir").exists());
 
+    // A bare path starts no store: it may be a bucket's name.
     let new = parent.path().join("store");
+    let out = alitx(&wd.upload_args_to(0, &new.display().to_string()));
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("to start a new local store, name it as file://"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!new.exists());
+
     let out = upload_to(&new);
     assert_exit(&out, 0);
     assert!(
@@ -106,8 +115,11 @@ fn upload_starts_a_new_local_store_only_in_an_existing_directory() {
         std::fs::read(wd.tarball_path(0)).unwrap()
     );
 
-    // The second upload finds the store: nothing to say about it.
+    // The second upload finds the store, by URL or bare path: nothing to
+    // say about it.
     let out = upload_to(&new);
+    assert_exit(&out, 0);
+    let out = alitx(&wd.upload_args_to(0, &new.display().to_string()));
     assert_exit(&out, 0);
     assert!(
         !stderr(&out).contains("new local store"),

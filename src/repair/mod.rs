@@ -6,21 +6,27 @@
 //! the store alone determines (its package link, its own link in each dist
 //! directory). An abandoned journal is rolled back by the very code
 //! `alitx rollback` runs; staged uploads older than the threshold that no
-//! pending journal references are aborted. `--unpublish` is the one
-//! deliberate exception: it removes one named revision, tarball included.
+//! pending journal references are aborted. A revision whose every link is
+//! in place without its tarball (`unpublished`) may have been published and
+//! retired: repair keeps it. `--unpublish` is the one deliberate exception:
+//! it removes one named revision, tarball included (`unpublish`).
+
+mod unpublish;
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::check::{CheckReport, RevisionReport, State};
+use crate::check::{CheckReport, Reason, RevisionReport, State};
 use crate::deletion::{delete_unpublished, Deleter, Deletion};
 use crate::error::{Error, Result};
-use crate::layout::{Revision, DIST_DIRS};
+use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
 use crate::recovery::{self, Selection};
 use crate::storage::{Created, Metadata, Store};
 use crate::txn::{self, Options};
+
+pub use unpublish::{unpublish, Unpublish};
 
 /// What repair did (or, in a dry run, would do) to one revision.
 #[derive(Debug, Serialize)]
@@ -28,15 +34,56 @@ pub struct Action {
     /// `<arch>/<tarball>`
     pub revision: String,
     pub state: State,
-    /// `deleted`, `restored`, `rolled-back`, `left-alone`, `failed`, or
-    /// with --dry-run `would-delete`, `would-restore`, `would-roll-back`.
-    pub action: String,
+    pub action: ActionKind,
     pub message: String,
-    /// Keys deleted (or that would be).
+    /// Keys deleted (or that would be); for a failed repair, those deleted
+    /// before it failed.
     pub keys: Vec<String>,
     /// Links re-created (or that would be).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub restored: Vec<String>,
+}
+
+/// What repair did to one revision; the JSON names are a contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionKind {
+    Deleted,
+    Restored,
+    RolledBack,
+    LeftAlone,
+    Failed,
+    Unpublished,
+    WouldDelete,
+    WouldRestore,
+    WouldRollBack,
+    WouldUnpublish,
+}
+
+impl std::fmt::Display for ActionKind {
+    /// The JSON name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = serde_json::to_value(self).expect("an action serialises");
+        f.write_str(name.as_str().unwrap_or_default())
+    }
+}
+
+impl Action {
+    fn new(revision: &RevisionReport, action: ActionKind, message: String) -> Self {
+        Action {
+            revision: revision.id(),
+            state: revision.state,
+            action,
+            message,
+            keys: Vec::new(),
+            restored: Vec::new(),
+        }
+    }
+
+    fn with_keys(mut self, keys: Vec<String>) -> Self {
+        self.keys = keys;
+        self
+    }
 }
 
 /// A stale staged upload repair aborted (or would abort).
@@ -103,16 +150,9 @@ pub async fn repair(
                     (State::PublishedIncomplete, true) => {
                         restore_links(&*store, revision, dry_run).await
                     }
-                    _ => delete_partial(&*store, revision, dry_run).await,
+                    _ => Ok(delete_partial(&*store, revision, dry_run).await),
                 };
-                result.unwrap_or_else(|e| Action {
-                    revision: revision.id(),
-                    state: revision.state,
-                    action: "failed".into(),
-                    message: e.message,
-                    keys: Vec::new(),
-                    restored: Vec::new(),
-                })
+                result.unwrap_or_else(|e| Action::new(revision, ActionKind::Failed, e.message))
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -135,7 +175,7 @@ pub async fn repair(
     let left_over = check.summary.invalid_journals > 0
         || actions
             .iter()
-            .any(|a| a.action == "left-alone" || a.action == "failed");
+            .any(|a| matches!(a.action, ActionKind::LeftAlone | ActionKind::Failed));
     Ok(RepairReport {
         dry_run,
         store: check.store.clone(),
@@ -159,43 +199,71 @@ fn left_alone(revision: &RevisionReport) -> Action {
             revision.age_seconds.unwrap_or(0)
         )
     } else {
-        revision.reasons.last().cloned().unwrap_or_default()
+        revision
+            .reasons
+            .iter()
+            .find(|r| matches!(r, Reason::LeftAlone(_)))
+            .map(Reason::to_string)
+            .unwrap_or_default()
     };
-    Action {
-        revision: revision.id(),
-        state: revision.state,
-        action: "left-alone".into(),
-        message: why,
-        keys: Vec::new(),
-        restored: Vec::new(),
-    }
+    Action::new(revision, ActionKind::LeftAlone, why)
+}
+
+fn joined(reasons: &[Reason]) -> String {
+    reasons
+        .iter()
+        .map(Reason::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Delete a partial revision's own keys, in the order `check` listed them
 /// (dist links, package link), each through the one deletion rule: a
-/// tarball that appeared since the scan (an upload finishing) stops it.
-async fn delete_partial(
+/// tarball that appeared since the scan (an upload finishing) stops it. A
+/// failure half-way says which keys were deleted before it.
+async fn delete_partial(store: &dyn Store, revision: &RevisionReport, dry_run: bool) -> Action {
+    if dry_run {
+        return Action::new(revision, ActionKind::WouldDelete, joined(&revision.reasons))
+            .with_keys(revision.keys.clone());
+    }
+    let mut deleted = Vec::new();
+    match delete_keys(store, revision, &mut deleted).await {
+        Ok(None) => Action::new(revision, ActionKind::Deleted, joined(&revision.reasons)),
+        Ok(Some(published)) => Action::new(
+            revision,
+            ActionKind::LeftAlone,
+            format!(
+                "{published} exists (an upload finished it since the scan, or its links name it): \
+                 the revision is published, and published is final; run check again"
+            ),
+        ),
+        Err(e) => Action::new(
+            revision,
+            ActionKind::Failed,
+            match deleted.len() {
+                0 => e.message,
+                n => format!(
+                    "{} (after deleting {})",
+                    e.message,
+                    crate::counted(n, "key")
+                ),
+            },
+        ),
+    }
+    .with_keys(deleted)
+}
+
+/// [`delete_partial`]'s deletes, each key pushed to `deleted` once gone;
+/// `Some(tarball)` if the revision's tarball appeared and stopped them.
+async fn delete_keys(
     store: &dyn Store,
     revision: &RevisionReport,
-    dry_run: bool,
-) -> Result<Action> {
-    let action = |action: &str, message: String, keys: Vec<String>| Action {
-        revision: revision.id(),
-        state: revision.state,
-        action: action.into(),
-        message,
-        keys,
-        restored: Vec::new(),
+    deleted: &mut Vec<String>,
+) -> Result<Option<String>> {
+    let tarball = match expected_tarball(revision) {
+        Some(tarball) => Some(tarball),
+        None => named_by_own_links(store, revision).await?,
     };
-    if dry_run {
-        return Ok(action(
-            "would-delete",
-            revision.reasons.join("; "),
-            revision.keys.clone(),
-        ));
-    }
-    let tarball = expected_tarball(revision);
-    let mut deleted = Vec::new();
     for key in &revision.keys {
         if !owned(revision, key) {
             return Err(Error::store(format!(
@@ -205,29 +273,76 @@ async fn delete_partial(
         }
         let deletion = match &tarball {
             Some(tarball) => delete_unpublished(store, tarball, key, Deleter::Repair).await?,
-            // No link names its tarball, and the scan found none of its
-            // name: nothing to check against.
-            None => {
-                store.delete(key).await?;
-                Deletion::Deleted
-            }
+            None => delete_naming_nothing(store, revision, key).await?,
         };
         match deletion {
             Deletion::Deleted => deleted.push(key.clone()),
-            Deletion::Published => {
-                return Ok(action(
-                    "left-alone",
-                    format!(
-                        "{} appeared since the scan: an upload finished it, and published is final; run check again",
-                        tarball.unwrap_or_default()
-                    ),
-                    deleted,
-                ))
-            }
+            Deletion::Published => return Ok(tarball),
             Deletion::Missing | Deletion::NotOurs => {}
         }
     }
-    Ok(action("deleted", revision.reasons.join("; "), deleted))
+    Ok(None)
+}
+
+/// The store tarball of a revision whose hash `check` could not tell,
+/// from the bodies of its own links (package link, its own link in each
+/// dist directory): `None` when none names one of its name. An error when
+/// they name different ones.
+async fn named_by_own_links(
+    store: &dyn Store,
+    revision: &RevisionReport,
+) -> Result<Option<String>> {
+    let own = format!("/{}", revision.tarball);
+    let mut named = std::collections::BTreeSet::new();
+    for key in revision.keys.iter().filter(|k| k.ends_with(&own)) {
+        let kind = link_kind(revision, key);
+        let body = store.get(key).await?.unwrap_or_default();
+        if let Some(target) = layout::link_target(&revision.architecture, kind, &body) {
+            if target.ends_with(&own) {
+                named.insert(target);
+            }
+        }
+    }
+    if named.len() > 1 {
+        return Err(Error::conflict(format!(
+            "{}: its links name different store tarballs ({}): left for a person",
+            revision.id(),
+            named.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(named.pop_first())
+}
+
+/// Whether `key`, a key of `revision`, is its package link or a dist link.
+fn link_kind(revision: &RevisionReport, key: &str) -> LinkKind {
+    match key == revision.package_link_key() {
+        true => LinkKind::Package,
+        false => LinkKind::Dist,
+    }
+}
+
+/// Delete `key` of a revision none of whose links names a store tarball of
+/// it, if its body still names none right before the delete: nothing can
+/// publish the revision through it.
+async fn delete_naming_nothing(
+    store: &dyn Store,
+    revision: &RevisionReport,
+    key: &str,
+) -> Result<Deletion> {
+    let Some(body) = store.get(key).await? else {
+        return Ok(Deletion::Missing);
+    };
+    let own = format!("/{}", revision.tarball);
+    if layout::link_target(&revision.architecture, link_kind(revision, key), &body)
+        .is_some_and(|t| t.ends_with(&own))
+    {
+        return Err(Error::conflict(format!(
+            "{key} now names a store tarball of {}: run check again",
+            revision.id()
+        )));
+    }
+    store.delete(key).await?;
+    Ok(Deletion::Deleted)
 }
 
 /// Re-create, with put-if-absent, what the store alone determines of a
@@ -254,22 +369,20 @@ async fn restore_links(
             restored.push(link.key);
         }
     }
-    Ok(Action {
-        revision: revision.id(),
-        state: revision.state,
-        action: if dry_run { "would-restore" } else { "restored" }.into(),
-        message: format!(
-            "published, so final: {}; {} the links the store determines",
-            revision.reasons.join("; "),
-            if dry_run {
-                "would re-create"
-            } else {
-                "re-created"
-            }
+    let (kind, verb) = match dry_run {
+        true => (ActionKind::WouldRestore, "would re-create"),
+        false => (ActionKind::Restored, "re-created"),
+    };
+    let mut action = Action::new(
+        revision,
+        kind,
+        format!(
+            "published, so final: {}; {verb} the links the store determines",
+            joined(&revision.reasons)
         ),
-        keys: Vec::new(),
-        restored,
-    })
+    );
+    action.restored = restored;
+    Ok(action)
 }
 
 /// The revision a published report describes.
@@ -292,7 +405,7 @@ fn published_revision(revision: &RevisionReport) -> Result<Revision> {
 /// The store tarball a partial revision lacks, if `check` knew its hash.
 fn expected_tarball(revision: &RevisionReport) -> Option<String> {
     let hash = revision.hash.as_deref()?;
-    Some(crate::layout::store_key(
+    Some(layout::store_key(
         &revision.architecture,
         hash,
         &revision.tarball,
@@ -303,15 +416,15 @@ fn expected_tarball(revision: &RevisionReport) -> Option<String> {
 /// link directly inside one of its dist directories.
 fn owned(revision: &RevisionReport, key: &str) -> bool {
     let arch = &revision.architecture;
-    let Some(full) = crate::layout::tarball_full_version(arch, &revision.tarball) else {
+    let Some(full) = layout::tarball_full_version(arch, &revision.tarball) else {
         return false;
     };
-    let tarball = crate::layout::parse_store_key(arch, key)
-        .is_ok_and(|(_, _, name)| name == revision.tarball);
-    let package_link = key == format!("TARS/{arch}/{}/{}", revision.package, revision.tarball);
-    let dist_link = crate::layout::DIST_DIRS.iter().any(|dir| {
+    let tarball =
+        layout::parse_store_key(arch, key).is_ok_and(|(_, _, name)| name == revision.tarball);
+    let package_link = key == revision.package_link_key();
+    let dist_link = layout::DIST_DIRS.iter().any(|dir| {
         key.strip_prefix(&format!("TARS/{arch}/{dir}/{}/{full}/", revision.package))
-            .is_some_and(|name| crate::layout::tarball_full_version(arch, name).is_some())
+            .is_some_and(|name| layout::tarball_full_version(arch, name).is_some())
     });
     tarball || package_link || dist_link
 }
@@ -334,14 +447,12 @@ async fn roll_back(
             .ok_or_else(|| Error::input(format!("journal {id} disappeared since the scan")))?;
         let mut keys = txn::rollback_keys(&*store, &journal).await?;
         keys.push(key);
-        return Ok(Action {
-            revision: revision.id(),
-            state: revision.state,
-            action: "would-roll-back".into(),
-            message: format!("as `alitx rollback {id}`"),
-            keys,
-            restored: Vec::new(),
-        });
+        return Ok(Action::new(
+            revision,
+            ActionKind::WouldRollBack,
+            format!("as `alitx rollback {id}`"),
+        )
+        .with_keys(keys));
     }
     let ids = [id.clone()];
     let selection = Selection {
@@ -358,135 +469,49 @@ async fn roll_back(
     }
     let mut keys = outcome.report.map(|r| r.keys_deleted).unwrap_or_default();
     keys.push(crate::journal::key_from_arg(&options.journal_prefix, &id)?);
-    Ok(Action {
-        revision: revision.id(),
-        state: revision.state,
-        action: "rolled-back".into(),
-        message: outcome.message,
-        keys,
-        restored: Vec::new(),
-    })
+    Ok(Action::new(revision, ActionKind::RolledBack, outcome.message).with_keys(keys))
 }
 
-/// The one revision `repair --unpublish` removes, named exactly.
-#[derive(Debug, Clone)]
-pub struct Unpublish {
-    pub package: String,
-    pub version: String,
-    pub revision: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `repair --unpublish`: the deliberate exception to "published is final".
-/// Removes one named revision: its tarball first (readers stop finding
-/// it), then its dist links, then its package link (the revision number is
-/// free again), then its publication record. Refused while a journal
-/// covers it.
-pub async fn unpublish(
-    store: Arc<dyn Store>,
-    check: CheckReport,
-    target: &Unpublish,
-    dry_run: bool,
-) -> Result<RepairReport> {
-    let name = format!("{}-{}-{}", target.package, target.version, target.revision);
-    let found: Vec<&RevisionReport> = check
-        .revisions
+    /// The JSON names of repair's actions are a contract.
+    #[test]
+    fn action_names_are_pinned() {
+        let names: Vec<String> = [
+            ActionKind::Deleted,
+            ActionKind::Restored,
+            ActionKind::RolledBack,
+            ActionKind::LeftAlone,
+            ActionKind::Failed,
+            ActionKind::Unpublished,
+            ActionKind::WouldDelete,
+            ActionKind::WouldRestore,
+            ActionKind::WouldRollBack,
+            ActionKind::WouldUnpublish,
+        ]
         .iter()
-        .filter(|r| {
-            r.package == target.package
-                && r.version.as_deref() == Some(&target.version)
-                && r.revision.as_deref() == Some(&target.revision)
+        .map(|kind| {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json.as_str(), Some(&*kind.to_string()));
+            kind.to_string()
         })
         .collect();
-    let revision = match found[..] {
-        [one] => one,
-        [] => {
-            return Err(Error::input(format!(
-                "{} holds no revision {name}{}: nothing to unpublish; `alitx check --package {}` lists what it holds",
-                check.store,
-                match check.architectures[..] {
-                    [ref one] => format!(" for {one}"),
-                    _ => String::new(),
-                },
-                target.package
-            )))
-        }
-        _ => {
-            return Err(Error::input(format!(
-                "{name} is in several architectures ({}): name one with --architecture",
-                found
-                    .iter()
-                    .map(|r| r.architecture.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )))
-        }
-    };
-    if let Some(journal) = &revision.journal {
-        return Err(Error::new(
-            crate::error::ErrorKind::LiveLease,
-            format!(
-                "{} is covered by the journal {journal} ({}): finish it first with `alitx resume` or `alitx rollback {journal}`",
-                revision.id(),
-                revision.reasons.first().cloned().unwrap_or_default()
-            ),
-        ));
-    }
-    let arch = &revision.architecture;
-    let mut keys = Vec::new();
-    if let Some(hash) = &revision.hash {
-        let tarball = crate::layout::store_key(arch, hash, &revision.tarball);
-        if store.head(&tarball).await?.is_some() {
-            keys.push(tarball);
-        }
-    }
-    for dir in DIST_DIRS {
-        let prefix = format!("TARS/{arch}/{dir}/{}/{name}/", target.package);
-        keys.extend(
-            store
-                .list_dir(&prefix, false)
-                .await?
-                .objects
-                .into_iter()
-                .map(|o| o.key),
+        assert_eq!(
+            names,
+            [
+                "deleted",
+                "restored",
+                "rolled-back",
+                "left-alone",
+                "failed",
+                "unpublished",
+                "would-delete",
+                "would-restore",
+                "would-roll-back",
+                "would-unpublish"
+            ]
         );
     }
-    let package_link = format!("TARS/{arch}/{}/{}", target.package, revision.tarball);
-    if store.head(&package_link).await?.is_some() {
-        keys.push(package_link);
-    }
-    let record = crate::record::key_for(arch, &name);
-    if store.head(&record).await?.is_some() {
-        keys.push(record);
-    }
-    if !dry_run {
-        for key in &keys {
-            store.delete(key).await?;
-        }
-    }
-    let action = Action {
-        revision: revision.id(),
-        state: revision.state,
-        action: if dry_run {
-            "would-unpublish"
-        } else {
-            "unpublished"
-        }
-        .into(),
-        message: format!("{name} removed on request (--unpublish), tarball included"),
-        keys: keys.clone(),
-        restored: Vec::new(),
-    };
-    Ok(RepairReport {
-        dry_run,
-        store: check.store.clone(),
-        actions: vec![action],
-        deleted: (!dry_run).then(|| keys.clone()),
-        would_delete: dry_run.then_some(keys),
-        restored: None,
-        would_restore: None,
-        aborted_uploads: (!dry_run).then(Vec::new),
-        would_abort_uploads: dry_run.then(Vec::new),
-        left_over: false,
-        check,
-    })
 }

@@ -1,9 +1,7 @@
 //! A 1 GiB tarball uploads with bounded memory. Kept in its own test binary:
 //! the peak RSS of waited-for children (`RUSAGE_CHILDREN`) is then alitx's.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const LIMIT_MIB: i64 = 200;
 

@@ -8,12 +8,10 @@
 //! .venv-alibuild-1.17.20); without it this test fails, unless
 //! `ALITX_SKIP_ALIBUILD=1`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn unsupported_alibuild_python() -> Option<PathBuf> {
     if std::env::var("ALITX_SKIP_ALIBUILD").as_deref() == Ok("1") {

@@ -2,14 +2,12 @@
 //! byte-exact layout, the reader invariant under a concurrent observer,
 //! idempotence, conflicts, and bad input that must leave the store alone.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::common::*;
 use alitx::layout::DIST_DIRS;
-use common::*;
 
 /// Upload every package of `wd` in dependency order; assert each succeeds.
 fn upload_all(wd: &WorkDir, store: &TestStore) {
@@ -61,7 +59,7 @@ fn layout_is_byte_exact_for_a_real_alibuild_work_dir() {
             }
         });
         match &store {
-            TestStore::S3 { client, bucket } => rt.block_on(async {
+            TestStore::S3 { client, bucket, .. } => rt.block_on(async {
                 // Dist links are public-read; package links and tarballs are not.
                 for key in expected.keys() {
                     let public = is_public_read(client, bucket, key).await;
@@ -115,7 +113,7 @@ fn json_report_names_the_journal_keys_and_bytes() {
         );
         assert!(report["duration_seconds"].as_f64().unwrap() > 0.0);
         assert_eq!(report["parts_total"], 1);
-        if let TestStore::S3 { bucket, client } = &store {
+        if let TestStore::S3 { bucket, client, .. } = &store {
             // One conditional PUT, not a multipart upload: the ETag is the
             // body's MD5, without the "-<parts>" suffix.
             let head = rt
@@ -161,7 +159,7 @@ fn uploading_twice_writes_nothing_the_second_time() {
         assert_eq!(report["status"], "already-published");
         assert_eq!(report["keys_written"].as_array().unwrap().len(), 0);
         assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
-        if let TestStore::S3 { client, bucket } = &store {
+        if let TestStore::S3 { client, bucket, .. } = &store {
             // Not even rewritten with the same bytes: modification times hold.
             rt.block_on(async {
                 let listed = client
@@ -250,6 +248,93 @@ fn a_foreign_dist_link_with_another_body_is_a_conflict_undone_completely() {
             "{kind}: only the foreign object may remain"
         );
         assert_eq!(rt.block_on(store.pending_uploads()), 0);
+    }
+}
+
+/// What a stock upload killed after some of its links leaves (its package
+/// link and the links of one dist directory, as stock aliBuild writes them:
+/// no alitx metadata, redirects without the leading `/`): the same build
+/// completes it once it is older than `--adopt-after`, and refuses, naming
+/// when to retry, while it is younger. A key that differs from this build's
+/// is a conflict. Each refusal writes nothing.
+#[test]
+fn a_rebuild_of_the_same_hash_completes_a_revision_left_unpublished() {
+    let rt = runtime();
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(2, 1 << 10);
+        let rev = wd.pkgs[1].revision();
+        let expected = wd.expected([1]);
+        let leftovers: BTreeMap<String, Vec<u8>> = expected
+            .iter()
+            .filter(|(key, _)| {
+                **key == rev.package_link().key || key.starts_with(&rev.dist_prefix("dist"))
+            })
+            .map(|(key, body)| (key.clone(), body.clone()))
+            .collect();
+        assert!(leftovers.len() >= 3, "{leftovers:?}");
+        rt.block_on(async {
+            let backend = store.open().await;
+            for (key, body) in &leftovers {
+                let body = String::from_utf8(body.clone()).unwrap();
+                let package_link = *key == rev.package_link().key;
+                let link = alitx::layout::Link {
+                    key: key.clone(),
+                    symlink_target: match package_link {
+                        true => format!("../../{body}"),
+                        false => format!("../../../../../{body}"),
+                    },
+                    redirect: (!package_link).then(|| body.clone()),
+                    body,
+                };
+                backend
+                    .put_link_if_absent(&link, &Default::default())
+                    .await
+                    .unwrap();
+            }
+        });
+
+        let young = alitx(&wd.upload_args(1, &store));
+        assert_exit(&young, 4);
+        assert!(stderr(&young).contains("re-run in"), "{}", stderr(&young));
+        assert_eq!(rt.block_on(store.snapshot()), leftovers, "{kind}: young");
+
+        let mut adopt = wd.upload_args(1, &store);
+        adopt.extend(args(&["--adopt-after", "0s"]));
+        let out = alitx(&adopt);
+        assert_exit(&out, 0);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("completed the revision"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_exact(&store, &wd, &[1], &format!("{kind}: adopted"));
+        rt.block_on(async {
+            let backend = store.open().await;
+            for key in leftovers.keys() {
+                let info = backend.head(key).await.unwrap().unwrap();
+                assert!(info.metadata.is_empty(), "{kind}: {key} was rewritten");
+            }
+        });
+
+        // Another store: a dist link of the revision names another build.
+        let store = rt.block_on(TestStore::new(kind));
+        rt.block_on(store.put_foreign(&rev.package_link().key, rev.package_link().body.as_bytes()));
+        let odd = format!("{}other-v1-1.{ARCH}.tar.gz", rev.dist_prefix("dist-direct"));
+        let odd_body = alitx::layout::store_key(
+            ARCH,
+            &hash_of("other"),
+            &format!("other-v1-1.{ARCH}.tar.gz"),
+        );
+        rt.block_on(store.put_foreign(&odd, odd_body.as_bytes()));
+        let before = rt.block_on(store.snapshot());
+        let mut adopt = wd.upload_args(1, &store);
+        adopt.extend(args(&["--adopt-after", "0s"]));
+        let out = alitx(&adopt);
+        assert_exit(&out, 3);
+        assert!(stderr(&out).contains(&odd), "{}", stderr(&out));
+        assert_eq!(rt.block_on(store.snapshot()), before, "{kind}: differs");
+        assert!(list_journals(&store.spec()).as_array().unwrap().is_empty());
     }
 }
 

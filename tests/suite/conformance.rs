@@ -8,14 +8,12 @@
 //! the raw `TestStore`. `conformance!` makes one `#[test]` per check, and
 //! `on_every_backend` runs it on a fresh store of every backend.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::{backends_and_https, hash_of, is_public_read, runtime, TestStore, ARCH};
 use alitx::layout::{Link, Revision};
 use alitx::storage::{Created, Metadata, ObjectInfo, Segments, Store, UploadedPart};
 use bytes::Bytes;
-use common::{backends, hash_of, is_public_read, runtime, TestStore, ARCH};
 use futures::future::LocalBoxFuture;
 use futures::StreamExt;
 use md5::Md5;
@@ -58,10 +56,11 @@ conformance!(
     preflight_says_what_to_fix,
 );
 
-/// Run `check` on a fresh store of every backend; a failure names both.
+/// Run `check` on a fresh store of every backend, S3 over HTTPS too; a
+/// failure names both.
 fn on_every_backend(check: &str, run: Check) {
     let rt = runtime();
-    for kind in backends() {
+    for kind in backends_and_https() {
         rt.block_on(async {
             let raw = TestStore::new(kind).await;
             let store = raw.open().await;
@@ -196,6 +195,7 @@ fn expected_part(number: u32, data: &[u8]) -> UploadedPart {
         number,
         size: data.len() as u64,
         md5: md5_hex(data),
+        received_at: None,
     }
 }
 
@@ -473,7 +473,7 @@ async fn check_link(t: &TestStore, store: &dyn Store, link: &Link) {
     assert_eq!(head, Some(expected));
 
     match t {
-        TestStore::S3 { client, bucket } => {
+        TestStore::S3 { client, bucket, .. } => {
             let public = is_public_read(client, bucket, &link.key).await;
             assert_eq!(public, link.redirect.is_some(), "AllUsers READ grant");
         }

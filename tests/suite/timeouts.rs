@@ -2,14 +2,12 @@
 //! itself, in bounded time, with an error that names the endpoint and the
 //! cause, and `-v` shows each retry as it happens.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::proxy::{Fault, Faults, Match, Proxy, Rule};
-use common::*;
+use crate::common::proxy::{Fault, Faults, Match, Proxy, Rule};
+use crate::common::*;
 
 /// Credentials for a server that never checks them.
 const CREDENTIALS: [(&str, &str); 2] = [
@@ -241,5 +239,72 @@ fn an_upload_whose_server_stalls_ends_within_two_minutes_and_resume_finishes_it(
             "the store after resume"
         );
         assert_eq!(rt.block_on(store.pending_uploads()), 0);
+    }
+}
+
+/// A server that freezes mid-upload (from some request on it answers
+/// nothing, lease renewals included) ends the upload within two minutes
+/// with a store error naming the endpoint: exit 1, never 4 ("someone else
+/// owns it"), the journal kept; resume straight to the server then
+/// publishes the revision exactly.
+#[test]
+fn an_upload_whose_server_freezes_ends_within_two_minutes_as_a_store_error() {
+    for kind in backends().into_iter().filter(|kind| *kind == "s3") {
+        let rt = runtime();
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(1, 48 << 20);
+        let proxy = Proxy::start(Faults::only(Rule::from_nth(
+            12,
+            Match::any(),
+            Fault::Stall {
+                after_body_bytes: 1 << 20,
+            },
+        )));
+        let mut upload = with_endpoint(wd.upload_args(0, &store), &proxy.url());
+        upload.extend(args(&["--part-size", "5"]));
+        let started = Instant::now();
+        let out = alitx(&upload);
+        let took = started.elapsed();
+        let err = stderr(&out);
+        assert_exit(&out, 1);
+        assert!(took < Duration::from_secs(120), "took {took:?}: {err}");
+        assert!(
+            err.contains(&format!("the S3 endpoint {} did not answer", proxy.url())),
+            "{err}"
+        );
+        assert!(err.contains("`alitx resume`"), "{err}");
+        assert!(proxy.counts().stalled >= 1, "{:?}", proxy.counts());
+
+        let listed = list_journals(&store.spec());
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+        assert_eq!(listed[0]["state"], "pending");
+        let resumed = alitx(&wd.resume_args(&store, &[]));
+        assert_exit(&resumed, 0);
+        assert_exact(&store, &wd, &[0], "after resume");
+    }
+}
+
+/// A store error while reading the links of a revision that is already
+/// published is a store error (exit 1), never "a partial revision left by
+/// another uploader" (exit 3); nothing is written.
+#[test]
+fn a_failed_read_of_a_published_revisions_links_is_a_store_error() {
+    for kind in backends().into_iter().filter(|kind| *kind == "s3") {
+        let rt = runtime();
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(1, 1 << 10);
+        assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
+        let before = rt.block_on(store.snapshot());
+        let proxy = Proxy::start(Faults::only(Rule::every(
+            Match::method("GET").path_contains("/dist-runtime/"),
+            Fault::SlowDown,
+        )));
+        let out = alitx(&with_endpoint(wd.upload_args(0, &store), &proxy.url()));
+        let err = stderr(&out);
+        assert_exit(&out, 1);
+        assert!(!err.contains("partial revision"), "{err}");
+        assert!(err.contains("SlowDown"), "{err}");
+        assert!(proxy.counts().injected() >= 4, "{:?}", proxy.counts());
+        assert_eq!(rt.block_on(store.snapshot()), before);
     }
 }

@@ -12,14 +12,12 @@
 //! `ALITX_RACE_ROUNDS=N` runs each grid of delays and settle times N times
 //! (default 1, a few minutes in all on both backends).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use alitx::journal::Journal;
-use common::*;
 
 const PART_MIB: &str = "5";
 /// How long the second process of a race starts after the first.

@@ -5,19 +5,17 @@
 //! put-if-absent, and a full disk (refused early with both figures; abort
 //! and delete still work).
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::common::*;
 use alitx::error::ErrorKind;
 use alitx::layout::Revision;
 use alitx::storage::{LocalStore, Metadata, ObjectInfo, Store, UploadedPart};
 use bytes::Bytes;
-use common::*;
 
 const MIB: usize = 1 << 20;
 

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""The latency benchmark: alitx against aliBuild's boto3 upload step over
+HTTPS, through scripts/delay_proxy.py at each round-trip time of RTTS
+(milliseconds, default "0 5 20"), on the gateway's TLS endpoint. Run by
+`scripts/bench.sh latency`, which sets up what scripts/bench.py needs plus
+ALITX_TEST_HTTPS_ENDPOINT, ALITX_TEST_CA_BUNDLE and RGW_LOG (the gateway's
+log, whose "req done" lines count the requests).
+
+Uploaders: alitx, one process per package (`alitx upload`); serve, one
+alitx process for all (`alitx serve-uploads`, as scripts/alibuild-alitx
+runs it); boto3, aliBuild's upload step (one process). Workloads, smaller
+than bench.py's: W1 one package, W1_BYTES (default 64 MiB) and 3 x 200
+links; W2 W2_PACKAGES (default 10) packages of 1 MiB and 3 x 50 links. Per
+RTT (and workload of WORKLOADS, default "W1 W2"): an untimed warm-up round, then RUNS rounds of the uploaders
+interleaved (order rotated), each on a fresh bucket; the table gives
+medians, ratios to boto3, and per package the TCP connections (counted at
+the proxy) and the requests (counted in the gateway's log).
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import shutil
+
+import bench
+
+RTTS = [float(r) for r in os.environ.get("RTTS", "0 5 20").split()]
+W1_BYTES = int(os.environ.get("W1_BYTES", str(64 << 20)))
+W2_PACKAGES = int(os.environ.get("W2_PACKAGES", "10"))
+WORKLOADS = os.environ.get("WORKLOADS", "W1 W2").split()
+TLS_PORT = int(os.environ["ALITX_TEST_HTTPS_ENDPOINT"].rsplit(":", 1)[1])
+CA = os.environ["ALITX_TEST_CA_BUNDLE"]
+RGW_LOG = os.environ["RGW_LOG"]
+PROXY_PORT = int(os.environ.get("PROXY_PORT", str(TLS_PORT + 1)))
+PROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delay_proxy.py")
+
+
+def requests_served():
+    """Requests the gateway has finished, once its log stopped growing."""
+    last = None
+    for _ in range(50):
+        with open(RGW_LOG, "rb") as f:
+            count = f.read().count(b" req done ")
+        if count == last:
+            return count
+        last = count
+        time.sleep(0.3)
+    return last
+
+
+class Proxy:
+    """scripts/delay_proxy.py at `rtt` ms in front of the TLS endpoint."""
+    def __init__(self, rtt):
+        self.counts = tempfile.NamedTemporaryFile(prefix="alitx-proxy-", delete=False).name
+        self.proc = subprocess.Popen([sys.executable, PROXY, str(PROXY_PORT), str(TLS_PORT), str(rtt),
+                                      self.counts])
+        self.endpoint = f"https://127.0.0.1:{PROXY_PORT}"
+        for _ in range(100):
+            if subprocess.run(["curl", "-s", "-o", "/dev/null", "--cacert", CA, self.endpoint]).returncode == 0:
+                return
+            time.sleep(0.1)
+        sys.exit("the delay proxy did not start")
+
+    def connections(self):
+        with open(self.counts) as f:
+            return int(f.read() or 0)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        os.unlink(self.counts)
+
+
+def measure(proxy, sw, specs, uploaders):
+    """Per uploader: (median seconds, connections and requests per package)."""
+    env = {"AWS_CA_BUNDLE": CA}
+    results = {u: ([], [], []) for u in uploaders}
+
+    def one(fn):
+        bucket = bench.fresh_bucket()
+        conns, reqs = proxy.connections(), requests_served()
+        secs, _ = fn(sw, bucket, specs, endpoint=proxy.endpoint, env=env)
+        conns, reqs = proxy.connections() - conns, requests_served() - reqs
+        bench.empty_bucket(bucket)
+        return secs, conns / len(specs), reqs / len(specs)
+
+    for fn in uploaders.values():
+        one(fn)
+    order = list(uploaders.items())
+    for r in range(bench.RUNS):
+        for uploader, fn in order[r % len(order):] + order[:r % len(order)]:
+            secs, conns, reqs = one(fn)
+            for values, v in zip(results[uploader], (secs, conns, reqs)):
+                values.append(v)
+            print(f"  run {r + 1}: {uploader:6} {secs:7.2f} s  {conns:5.1f} connections "
+                  f"{reqs:6.1f} requests per package", flush=True)
+    return {u: [statistics.median(v) for v in vs] for u, vs in results.items()}
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="alitx-bench-latency-")
+    uploaders = {"alitx": bench.alitx_upload, "serve": bench.alitx_serve_upload,
+                 "boto3": bench.boto3_upload}
+    rows = []
+    try:
+        w1 = os.path.join(work, "w1")
+        w1_specs = [bench.make_package(w1, "big", W1_BYTES, 200)]
+        w2 = os.path.join(work, "w2")
+        w2_specs = [bench.make_package(w2, f"small{i}", 1 << 20, 50) for i in range(W2_PACKAGES)]
+        for rtt in RTTS:
+            proxy = Proxy(rtt)
+            try:
+                for name, sw, specs in (("W1", w1, w1_specs), ("W2", w2, w2_specs)):
+                    if name not in WORKLOADS:
+                        continue
+                    print(f"RTT {rtt:g} ms, {name}", flush=True)
+                    rows.append((rtt, name, len(specs), measure(proxy, sw, specs, uploaders)))
+            finally:
+                proxy.stop()
+    finally:
+        shutil.rmtree(work)
+    print(f"\nHTTPS through the delay proxy: medians over {bench.RUNS} runs; W1 {W1_BYTES} B and "
+          f"3 x 200 links, W2 {W2_PACKAGES} x 1 MiB and 3 x 50 links; per package: s, connections, requests")
+    print("  alitx: one `alitx upload` per package; serve: one `alitx serve-uploads` for all "
+          "(as scripts/alibuild-alitx runs it); boto3: aliBuild's upload step, one process")
+    print(f"  {'RTT':>4} {'load':4} " + " ".join(f"{u + ' s':>8}" for u in uploaders)
+          + " " + " ".join(f"{u + '/boto3':>12}" for u in uploaders if u != "boto3")
+          + " " + " ".join(f"{u + ' conn':>10}" for u in uploaders)
+          + " " + " ".join(f"{u + ' req':>9}" for u in uploaders))
+    for rtt, name, n, m in rows:
+        b = m["boto3"][0]
+        print(f"  {rtt:4g} {name:4} " + " ".join(f"{m[u][0] / n:8.3f}" for u in uploaders)
+              + " " + " ".join(f"{m[u][0] / b:12.2f}" for u in uploaders if u != "boto3")
+              + " " + " ".join(f"{m[u][1]:10.1f}" for u in uploaders)
+              + " " + " ".join(f"{m[u][2]:9.1f}" for u in uploaders))
+
+
+if __name__ == "__main__":
+    main()

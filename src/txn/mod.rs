@@ -1,0 +1,543 @@
+//! The transaction engine: publish one package revision so that readers
+//! never see it partial, and roll an interrupted one forward or back.
+//!
+//! Order of writes (see `docs/protocol.md`):
+//! intent journal → staged tarball parts ∥ (package link claim → dist links)
+//! → complete the staged upload (the commit point readers see) → journal
+//! committed → journal retired. The decisions are pure functions in
+//! [`plan`]; `publish` and `undo` execute them, `adopt` reads what a
+//! rebuild may complete. The engine talks only to [`Store`]; who may act
+//! on a journal is `ownership`'s business, what may be deleted
+//! `deletion`'s.
+
+mod adopt;
+pub mod plan;
+mod publish;
+mod undo;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::failpoint::failpoint;
+use crate::journal::Journal;
+use crate::layout::{Link, Revision};
+use crate::ownership::{read_journal, JournalHandle, Takeover};
+use crate::storage::{Created, ObjectInfo, Store};
+use crate::workdir::LocalRevision;
+
+use plan::{Adoption, Aftermath, LocalFiles, Plan, Start, Tarball};
+pub use publish::retire_committed;
+use publish::{read_whole_if_small, WholeTarball};
+pub use undo::rollback_keys;
+
+/// Tunables of one upload.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub journal_prefix: String,
+    pub part_size: usize,
+    /// Parts in flight at once.
+    pub concurrency: usize,
+    /// Link writes in flight at once.
+    pub link_concurrency: usize,
+    pub lease: Duration,
+    /// Draw a progress bar of the tarball's bytes on stderr.
+    pub progress: bool,
+    /// A revision an earlier upload left unpublished is completed by a
+    /// rebuild of the same hash only once it was quiet this long.
+    pub adopt_after: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            journal_prefix: crate::journal::DEFAULT_PREFIX.into(),
+            part_size: 8 << 20,
+            concurrency: 8,
+            link_concurrency: 32,
+            lease: Duration::from_secs(120),
+            progress: false,
+            adopt_after: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// This run published the revision.
+    Committed,
+    /// The store already held the complete revision; nothing was written.
+    AlreadyPublished,
+    /// The transaction was undone; nothing of it remains.
+    RolledBack,
+}
+
+/// What a transaction did, for humans and for `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub status: Status,
+    pub journal: String,
+    pub txn: Option<String>,
+    pub revision: Revision,
+    pub store: String,
+    pub keys_written: Vec<String>,
+    pub keys_deleted: Vec<String>,
+    pub tarball_bytes: u64,
+    pub tarball_sha256: Option<String>,
+    /// Tarball bytes sent in this run (parts the store already held are not).
+    pub bytes_sent: u64,
+    pub parts_total: u32,
+    pub parts_reused: u32,
+    pub duration_seconds: f64,
+    /// This run completed a revision an earlier upload of the same build
+    /// left unpublished (its links were there, its tarball was not).
+    pub adopted: bool,
+}
+
+impl Report {
+    fn new(status: Status, journal: String, revision: &Revision, store: &dyn Store) -> Self {
+        Report {
+            status,
+            journal,
+            txn: None,
+            revision: revision.clone(),
+            store: store.describe(),
+            keys_written: vec![],
+            keys_deleted: vec![],
+            tarball_bytes: 0,
+            tarball_sha256: None,
+            bytes_sent: 0,
+            parts_total: 0,
+            parts_reused: 0,
+            duration_seconds: 0.0,
+            adopted: false,
+        }
+    }
+}
+
+/// What a process continuing a journaled transaction wants done with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Publish: roll forward when the local files match the journal, back
+    /// otherwise.
+    Forward,
+    /// Undo it, unless the revision is already published (then it is
+    /// final, and only the journal's bookkeeping is finished).
+    Back,
+}
+
+/// How a transaction this process drove ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Published, found published, or rolled back as asked.
+    Done(Report),
+    /// A conflict or a tarball that failed verification: the transaction
+    /// was undone (`report`), nothing of it stays; `cause` says why.
+    Undone { report: Report, cause: Error },
+}
+
+/// Rounds `upload` takes at most: each one that does not end it found a
+/// journal and finished it first.
+const UPLOAD_ROUNDS: usize = 5;
+
+/// Publish the revision read from the work dir: the `upload` command.
+pub async fn upload(
+    store: Arc<dyn Store>,
+    local: LocalRevision,
+    options: &Options,
+) -> Result<Report> {
+    let started = Instant::now();
+    // A tarball that fits in one part is read and verified while the store
+    // is first read, so that a bad one is refused before anything is written.
+    let (reachable, whole) = tokio::join!(store.preflight(), read_whole_if_small(&local, options));
+    // The preflight's error says best what is wrong with the store.
+    reachable?;
+    debug!("store reachable: {}", store.describe());
+    let mut whole = Some(whole);
+    for _ in 0..UPLOAD_ROUNDS {
+        if let Some(mut report) = upload_round(&store, &local, &mut whole, options).await? {
+            report.duration_seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+    }
+    Err(Error::conflict(format!(
+        "{} kept changing in the store while this upload started ({UPLOAD_ROUNDS} journals found and finished): \
+         another process is uploading the same revision; check with `alitx journals` and re-run",
+        local.revision.full_version()
+    )))
+}
+
+/// One look at the store and what follows from it: the report once the
+/// upload is over, `None` when a journal found was finished first and the
+/// store must be read again.
+async fn upload_round(
+    store: &Arc<dyn Store>,
+    local: &LocalRevision,
+    whole: &mut Option<Result<Option<WholeTarball>>>,
+    options: &Options,
+) -> Result<Option<Report>> {
+    let revision = &local.revision;
+    let prefix = &options.journal_prefix;
+    let journal_key = Journal::key_of(prefix, revision);
+    let (store_key, link_key) = (revision.store_key(), revision.package_link().key);
+    let (existing, tarball, package_link) = tokio::try_join!(
+        read_journal(&**store, prefix, &journal_key),
+        store.head(&store_key),
+        store.head(&link_key),
+    )?;
+    let facts = plan::StartFacts {
+        journal: existing.as_ref().map(|j| j.state),
+        tarball: tarball.is_some(),
+        package_link: package_link.is_some(),
+    };
+    match plan::start(facts) {
+        Start::RetireCommitted => {
+            // The last writer died after publishing, before retiring.
+            info!("retiring committed journal {journal_key}");
+            let existing = existing.expect("a committed journal");
+            retire_committed(&**store, &existing, prefix).await?;
+            Ok(None)
+        }
+        Start::TakeOver => {
+            let takeover =
+                JournalHandle::take_over(store.clone(), prefix, &journal_key, options.lease, false)
+                    .await?;
+            let handle = match takeover {
+                Takeover::Busy(owner) => return Err(live_lease_error(&owner)),
+                Takeover::Retired => return Ok(None),
+                Takeover::Owned(handle) => handle,
+            };
+            info!("took over abandoned journal {journal_key}");
+            match continue_owned(
+                store.clone(),
+                &handle,
+                Some(local),
+                Intent::Forward,
+                options,
+            )
+            .await?
+            {
+                // It described other bytes: undone, now publish ours.
+                Ended::Done(report) if report.status == Status::RolledBack => Ok(None),
+                Ended::Done(report) => Ok(Some(report)),
+                Ended::Undone { cause, .. } => {
+                    warn!("{cause}; starting a new transaction");
+                    Ok(None)
+                }
+            }
+        }
+        Start::CheckPublished => {
+            links_complete(&**store, revision, &local.links).await?;
+            let mut report = Report::new(
+                Status::AlreadyPublished,
+                Journal::id_of(revision),
+                revision,
+                &**store,
+            );
+            report.tarball_bytes = local.tarball.size;
+            Ok(Some(report))
+        }
+        Start::CheckAdoption => {
+            let facts = adopt::facts(&**store, local).await?;
+            match plan::adoption(facts, options.adopt_after) {
+                Adoption::Adopt => {
+                    info!(
+                        "{} was left unpublished by an earlier upload of this very build: completing it",
+                        revision.full_version()
+                    );
+                    begin(store, local, whole, true, options).await.map(Some)
+                }
+                Adoption::TooRecent { retry_after } => {
+                    Err(adopt::too_recent(revision, retry_after))
+                }
+                Adoption::Taken => Err(taken_error(revision)),
+                Adoption::Differs(keys) => Err(adopt::differs(revision, &keys)),
+            }
+        }
+        Start::Begin => begin(store, local, whole, false, options).await.map(Some),
+    }
+}
+
+/// Write the intent journal and drive a new transaction to its end.
+async fn begin(
+    store: &Arc<dyn Store>,
+    local: &LocalRevision,
+    whole: &mut Option<Result<Option<WholeTarball>>>,
+    adopting: bool,
+    options: &Options,
+) -> Result<Report> {
+    let revision = &local.revision;
+    let prefix = &options.journal_prefix;
+    let journal_key = Journal::key_of(prefix, revision);
+    let whole = whole.take().transpose()?.flatten();
+    // A full local disk is refused now, with both figures, not half-way.
+    store.ensure_space(local.tarball.size).await?;
+
+    // Intent: the journal is the first write; a concurrent writer of the
+    // same revision collides here.
+    let mut journal = Journal::new(
+        crate::random_hex(8),
+        revision,
+        local.tarball,
+        &local.links,
+        options.part_size as u64,
+        options.lease,
+    );
+    journal.adopts = adopting;
+    match store
+        .put_if_absent(&journal_key, journal.to_bytes(), &journal.journal_metadata())
+        .await?
+    {
+        Created::Yes => {}
+        Created::AlreadyExists => match read_journal(&**store, prefix, &journal_key).await? {
+            // A retried request whose first answer was lost: it is ours.
+            Some(stored) if stored.txn == journal.txn => {
+                debug!("intent: the journal's first write had stored it")
+            }
+            Some(other) => return Err(live_lease_error(&other)),
+            None => {
+                return Err(Error::conflict(format!(
+                    "another upload of {} started and finished while this one was starting; re-run to check the result",
+                    revision.full_version()
+                )))
+            }
+        },
+    }
+    debug!("intent: journal {journal_key} written");
+    failpoint("after-intent");
+    let handle = JournalHandle::created(store.clone(), prefix, journal);
+    let ended = drive(
+        store.clone(),
+        &handle,
+        Some(local),
+        whole,
+        Tarball::Absent,
+        Intent::Forward,
+        options,
+    )
+    .await?;
+    match ended {
+        Ended::Done(mut report) => {
+            report.adopted = adopting;
+            Ok(report)
+        }
+        Ended::Undone { cause, .. } => {
+            Err(cause.context_after("nothing of this upload was left in the store"))
+        }
+    }
+}
+
+/// Continue a transaction whose journal this process now owns (after
+/// [`JournalHandle::take_over`]): finish it if its tarball is published,
+/// else roll it forward (with `local` files that match it) or back.
+pub async fn continue_owned(
+    store: Arc<dyn Store>,
+    handle: &Arc<JournalHandle>,
+    local: Option<&LocalRevision>,
+    intent: Intent,
+    options: &Options,
+) -> Result<Ended> {
+    let started = Instant::now();
+    let journal = handle.snapshot().await;
+    let options = Options {
+        part_size: journal.tarball.part_size as usize,
+        ..options.clone()
+    };
+    let tarball = undo::tarball_now(&*store, &journal).await?;
+    let mut ended = drive(store, handle, local, None, tarball, intent, &options).await?;
+    let (Ended::Done(report) | Ended::Undone { report, .. }) = &mut ended;
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(ended)
+}
+
+/// Why the local files cannot complete `journal`, if they cannot.
+pub fn mismatch(journal: &Journal, local: &LocalRevision) -> Option<String> {
+    if local.revision != journal.revision {
+        return Some("the work dir holds a different build of this revision".into());
+    }
+    if (local.tarball.size, local.tarball.mtime_ns)
+        != (journal.tarball.size, journal.tarball.mtime_ns)
+    {
+        return Some(format!(
+            "{} changed since the journal was written",
+            local.tarball_path.display()
+        ));
+    }
+    let planned: Vec<&Link> = journal.links().collect();
+    let found: Vec<&Link> = local.links.iter().collect();
+    if planned != found {
+        return Some("the work dir's links differ from the journal's".into());
+    }
+    None
+}
+
+/// Drive an owned transaction to its end, with the lease renewed meanwhile:
+/// execute [`plan::plan`], and on failure what [`plan::aftermath`] says.
+async fn drive(
+    store: Arc<dyn Store>,
+    handle: &Arc<JournalHandle>,
+    local: Option<&LocalRevision>,
+    whole: Option<WholeTarball>,
+    tarball: Tarball,
+    intent: Intent,
+    options: &Options,
+) -> Result<Ended> {
+    let _renewals = handle.keep_alive();
+    let journal = handle.snapshot().await;
+    let local_files = match local.map(|local| (local, mismatch(&journal, local))) {
+        Some((_, None)) => LocalFiles::Match,
+        Some((_, Some(why))) => LocalFiles::Mismatch(why),
+        None => LocalFiles::None,
+    };
+    let result = match plan::plan(tarball, intent, local_files) {
+        Plan::FinishPublished => publish::finish_published(&*store, handle, options).await,
+        Plan::LeaveToForeign => return Err(undo::leave_to_foreign(&*store, handle, &journal).await),
+        Plan::RollForward => {
+            let local = local.expect("a matching work dir");
+            publish::roll_forward(store.clone(), handle, local, whole, options).await
+        }
+        Plan::RollBack(why) => {
+            match why {
+                plan::RollBackWhy::Asked => {}
+                plan::RollBackWhy::LocalMismatch(why) => {
+                    warn!("rolling back {}: {why}", journal.id())
+                }
+                plan::RollBackWhy::NoWorkDir => info!(
+                    "rolling back {}: no work dir with its files was given",
+                    journal.id()
+                ),
+            }
+            undo::roll_back(&*store, handle).await
+        }
+    };
+    let err = match result {
+        Ok(report) => return Ok(Ended::Done(report)),
+        Err(err) => err,
+    };
+    let (facts, now) = undo::failure_facts(&*store, handle, &journal, err.kind).await;
+    // Failing because another process took over or retired the journal
+    // (its completion removed our staged upload, say) is losing it,
+    // whatever the request said.
+    let err = match (&now, err.kind) {
+        (_, ErrorKind::LostOwnership) | (None, _) => err,
+        (Some(now), _) => {
+            debug!("{err}");
+            undo::lost_error(handle.key(), now)
+        }
+    };
+    match plan::aftermath(facts) {
+        Aftermath::AlreadyPublished => {
+            info!("{err}");
+            let mut report = Report::new(
+                Status::AlreadyPublished,
+                journal.id(),
+                &journal.revision,
+                &*store,
+            );
+            report.txn = Some(journal.txn.clone());
+            report.tarball_bytes = journal.tarball.size;
+            report.tarball_sha256 = journal.tarball.sha256.clone();
+            Ok(Ended::Done(report))
+        }
+        Aftermath::KeepForResume => Err(kept_for_resume(err, &journal)),
+        Aftermath::LeaveToForeign => Err(undo::leave_to_foreign(&*store, handle, &journal).await),
+        // Rolled back by another process while this one still wrote: what
+        // it wrote since is swept, under the one deletion rule.
+        Aftermath::SweepLateLinks => Err(match undo::sweep_late_links(&*store, &journal).await {
+            Ok(0) => err,
+            Ok(n) => err.context_after(format!(
+                "its transaction was rolled back; the {} this process wrote after that were deleted",
+                crate::counted(n, "link")
+            )),
+            Err(e) => err.context_after(format!("removing the links it wrote late failed ({e})")),
+        }),
+        Aftermath::Undo => {
+            warn!("undoing {}: {err}", journal.id());
+            match undo::roll_back(&*store, handle).await {
+                Ok(report) => Ok(Ended::Undone { report, cause: err }),
+                Err(undo) if undo.kind == ErrorKind::ForeignPublished => Err(undo),
+                Err(undo) => Err(Error::store(format!(
+                    "{err}; undoing it failed too ({undo}); run `alitx rollback {}`",
+                    journal.id()
+                ))),
+            }
+        }
+    }
+}
+
+fn kept_for_resume(err: Error, journal: &Journal) -> Error {
+    if err.kind == ErrorKind::LostOwnership {
+        return err.context_after("this process stopped and left the transaction to its new owner");
+    }
+    let id = journal.id();
+    err.context_after(format!(
+        "the journal {id} keeps what was sent: re-run the same command, or `alitx resume`, to finish; `alitx rollback {id}` to undo"
+    ))
+}
+
+/// Whether `info` describes an object this transaction wrote.
+fn is_ours(info: &ObjectInfo, journal: &Journal) -> bool {
+    crate::deletion::written_by(info, &journal.txn)
+}
+
+fn live_lease_error(journal: &Journal) -> Error {
+    let o = &journal.owner;
+    Error::new(
+        ErrorKind::LiveLease,
+        format!(
+            "{} is being uploaded by {} (pid {} on {}, started {}s ago; lease valid {}s more): \
+             wait for it, or if that process is dead run `alitx resume --force {}`",
+            journal.revision.full_version(),
+            o.tool,
+            o.pid,
+            o.host,
+            crate::now_secs() - o.started_at,
+            journal.lease_expires_at - crate::now_secs(),
+            journal.id()
+        ),
+    )
+}
+
+/// With the tarball present: every link is there exactly, or a conflict
+/// naming the partial revision.
+async fn links_complete(store: &dyn Store, revision: &Revision, links: &[Link]) -> Result<()> {
+    // A link that cannot be read is a store error, never a missing link.
+    let differs: Vec<bool> = futures::stream::iter(links)
+        .map(|link| async move {
+            Ok::<_, Error>(store.get(&link.key).await?.as_deref() != Some(link.body.as_bytes()))
+        })
+        .buffer_unordered(32)
+        .try_collect()
+        .await?;
+    let missing = differs.into_iter().filter(|differs| *differs).count();
+    if missing == 0 {
+        return Ok(());
+    }
+    Err(Error::conflict(format!(
+        "{} is in the store but {missing} of its links are missing or different: a partial revision left by another uploader; \
+         inspect it with `alitx check --package {}`",
+        revision.store_key(),
+        revision.package
+    )))
+}
+
+/// The package link exists but the tarball does not: refused before writing
+/// anything.
+fn taken_error(revision: &Revision) -> Error {
+    let link = revision.package_link();
+    Error::conflict(format!(
+            "{} already exists but {} does not: revision {} of {} is taken by another build or is a leftover of a killed upload; \
+             `alitx check --package {}` tells which",
+            link.key,
+            revision.store_key(),
+            revision.revision,
+            revision.package,
+            revision.package
+        ))
+}

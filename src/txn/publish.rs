@@ -1,0 +1,553 @@
+//! Publishing: stage the tarball while the links are written, make it
+//! appear in one atomic step after every link, then commit (journal marked
+//! committed, publication record, journal retired).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::failpoint::failpoint;
+use crate::journal::{Journal, State, SHA256_METADATA};
+use crate::layout::Link;
+use crate::ownership::JournalHandle;
+use crate::storage::{Created, Store, UploadedPart};
+use crate::tarball::{self, Part};
+use crate::workdir::{FileIdentity, LocalRevision};
+
+use super::undo::abort_staged_uploads;
+use super::{is_ours, Options, Report, Status};
+
+/// The tarball is ours and published: write any recorded link that is
+/// missing (the journal holds every key and body), then commit.
+pub(super) async fn finish_published(
+    store: &dyn Store,
+    handle: &JournalHandle,
+    options: &Options,
+) -> Result<Report> {
+    let journal = handle.snapshot().await;
+    let tarball = store.head(&journal.tarball.key).await?.ok_or_else(|| {
+        Error::lost_ownership(format!(
+            "{} disappeared after it was published: another process unpublished it",
+            journal.tarball.key
+        ))
+    })?;
+    let mut report = Report::new(Status::Committed, journal.id(), &journal.revision, store);
+    report.txn = Some(journal.txn.clone());
+    report.tarball_bytes = tarball.size;
+    report.tarball_sha256 = journal
+        .tarball
+        .sha256
+        .clone()
+        .or_else(|| tarball.metadata.get(SHA256_METADATA).cloned());
+    let metadata = journal.object_metadata();
+    let restored: Vec<Option<String>> = futures::stream::iter(journal.links())
+        .map(|link| {
+            let metadata = &metadata;
+            async move {
+                let created = store.put_link_if_absent(link, metadata).await?;
+                Ok::<_, Error>((created == Created::Yes).then(|| link.key.clone()))
+            }
+        })
+        .buffer_unordered(options.link_concurrency.max(1))
+        .try_collect()
+        .await?;
+    report.keys_written = restored.into_iter().flatten().collect();
+    if !report.keys_written.is_empty() {
+        warn!(
+            "{} is published: restored {} missing links",
+            journal.id(),
+            report.keys_written.len()
+        );
+    }
+    commit(store, handle, report).await
+}
+
+/// The tarball is published: mark the journal committed and leave the
+/// publication record, at once (neither depends on the other: a crash
+/// between them is rolled forward either way), then retire the journal.
+/// Losing the journal to another owner now is harmless: it finishes the
+/// same way.
+async fn commit(store: &dyn Store, handle: &JournalHandle, report: Report) -> Result<Report> {
+    let journal = handle.snapshot().await;
+    let (marked, recorded) = tokio::join!(
+        handle.update(|j| j.state = State::Committed),
+        write_record(store, &journal, report.tarball_sha256.as_deref())
+    );
+    match marked {
+        Ok(()) => {}
+        Err(e) if e.kind == ErrorKind::LostOwnership => {
+            info!("{e}; the revision is published, its new owner retires the journal");
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    }
+    debug!("journal marked committed");
+    failpoint("after-commit-mark");
+    recorded?;
+    if journal.tarball.upload_id.is_some() || journal.takeovers > 0 {
+        abort_staged_uploads(store, &journal, false).await?;
+    }
+    handle.retire().await?;
+    Ok(report)
+}
+
+/// Leave the publication record of a committed transaction.
+pub(super) async fn write_record(
+    store: &dyn Store,
+    journal: &Journal,
+    sha256: Option<&str>,
+) -> Result<()> {
+    match sha256 {
+        Some(sha256) => crate::record::write(store, journal, sha256).await,
+        None => {
+            warn!(
+                "{} is published, but its SHA-256 is not known here: no publication record written",
+                journal.tarball.key
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Publish the tarball (absent when the transaction was checked) and
+/// commit.
+pub(super) async fn roll_forward(
+    store: Arc<dyn Store>,
+    handle: &JournalHandle,
+    local: &LocalRevision,
+    whole: Option<WholeTarball>,
+    options: &Options,
+) -> Result<Report> {
+    let journal = handle.snapshot().await;
+    let key = journal.tarball.key.clone();
+    let mut report = Report::new(Status::Committed, journal.id(), &journal.revision, &*store);
+    report.txn = Some(journal.txn.clone());
+    report.tarball_bytes = local.tarball.size;
+    // A tarball that fits in one part, with no staged upload to resume,
+    // is published by one conditional PUT instead of a multipart upload.
+    let sent = match whole {
+        Some(whole) => put_whole(&*store, handle, &journal, local, whole, options).await?,
+        None if journal.tarball.upload_id.is_none() && fits_one_part(local, options) => {
+            let whole = read_whole(local, options.part_size).await?;
+            put_whole(&*store, handle, &journal, local, whole, options).await?
+        }
+        None => put_staged(store.clone(), handle, &journal, local, options).await?,
+    };
+    report.keys_written = sent.links_written;
+    report.keys_written.push(key.clone());
+    report.bytes_sent = sent.bytes_sent;
+    report.parts_total = sent.parts_total;
+    report.parts_reused = sent.parts_reused;
+    report.tarball_sha256 = Some(sent.sha256);
+    info!("published {key}");
+    failpoint("after-publish");
+    commit(&*store, handle, report).await
+}
+
+/// What publishing the tarball and writing the links did.
+struct Published {
+    links_written: Vec<String>,
+    sha256: String,
+    bytes_sent: u64,
+    parts_total: u32,
+    parts_reused: u32,
+}
+
+fn fits_one_part(local: &LocalRevision, options: &Options) -> bool {
+    local.tarball.size <= options.part_size as u64
+}
+
+/// A tarball that fits in one part, read and verified whole; `None` for a
+/// larger one, which is read while its parts are sent.
+pub(super) async fn read_whole_if_small(
+    local: &LocalRevision,
+    options: &Options,
+) -> Result<Option<WholeTarball>> {
+    match fits_one_part(local, options) {
+        true => read_whole(local, options.part_size).await.map(Some),
+        false => Ok(None),
+    }
+}
+
+/// A tarball read and verified whole, before any of it is sent.
+pub(super) struct WholeTarball {
+    scanned: tarball::Scanned,
+    data: Bytes,
+}
+
+async fn read_whole(local: &LocalRevision, part_size: usize) -> Result<WholeTarball> {
+    let path = local.tarball_path.clone();
+    let revision = local.revision.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut data = None;
+        let scanned = tarball::scan(&path, part_size, &revision, |part| {
+            // A second part: the file grew since it was measured.
+            match data.replace(part.data) {
+                None => Ok(()),
+                Some(_) => Err(changed_while_read(&path)),
+            }
+        })?;
+        Ok(WholeTarball {
+            scanned,
+            data: data.unwrap_or_default(),
+        })
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Io, format!("reader task: {e}")))?
+}
+
+/// Write the links, then publish the verified tarball with one
+/// put-if-absent: it appears at once, after every link, and never over an
+/// object another uploader put there.
+async fn put_whole(
+    store: &dyn Store,
+    handle: &JournalHandle,
+    journal: &Journal,
+    local: &LocalRevision,
+    whole: WholeTarball,
+    options: &Options,
+) -> Result<Published> {
+    let links_written = write_links(store, handle, journal, options.link_concurrency).await?;
+    check_unchanged(journal, local, &whole.scanned)?;
+    let key = &journal.tarball.key;
+    let bytes_sent = whole.data.len() as u64;
+    let mut metadata = journal.object_metadata();
+    metadata.insert(SHA256_METADATA.into(), whole.scanned.sha256.clone());
+    handle.confirm().await?;
+    let created = store.put_if_absent(key, whole.data, &metadata).await?;
+    // Taken already: ours only if a retried request had stored it.
+    if created == Created::AlreadyExists
+        && !store
+            .head(key)
+            .await?
+            .is_some_and(|info| is_ours(&info, journal))
+    {
+        return Err(Error::conflict(format!(
+            "{key} appeared in the store from another uploader just before publishing"
+        )));
+    }
+    Ok(Published {
+        links_written,
+        sha256: whole.scanned.sha256,
+        bytes_sent,
+        parts_total: 1,
+        parts_reused: 0,
+    })
+}
+
+/// Stage the tarball's parts (resuming a recorded upload) while the links
+/// are written, record the verified SHA-256, then complete the upload: the
+/// tarball appears at once, after every link.
+async fn put_staged(
+    store: Arc<dyn Store>,
+    handle: &JournalHandle,
+    journal: &Journal,
+    local: &LocalRevision,
+    options: &Options,
+) -> Result<Published> {
+    let key = &journal.tarball.key;
+    // The upload id is recorded before anything else is written, so that
+    // no crash can orphan a staged upload.
+    let (upload_id, existing) =
+        staged_upload(&*store, handle, key, &journal.object_metadata()).await?;
+    let links = write_links(&*store, handle, journal, options.link_concurrency);
+    let bulk = send_tarball(store.clone(), key, &upload_id, local, options, existing);
+    let (links_written, sent) = tokio::try_join!(links, bulk)?;
+    debug!(
+        "tarball staged: {} parts, {} B sent",
+        sent.parts.len(),
+        sent.bytes_sent
+    );
+    failpoint("after-bulk");
+    check_unchanged(journal, local, &sent.scanned)?;
+    let sha256 = sent.scanned.sha256.clone();
+    // Also confirms that this process still owns the transaction.
+    handle.update(|j| j.tarball.sha256 = Some(sha256)).await?;
+
+    // Ceph ignores If-None-Match on completion: look just before. A
+    // completion whose answer was lost (the retry finds no upload) has
+    // published our tarball all the same.
+    match store.head(key).await? {
+        Some(info) if is_ours(&info, journal) => {
+            debug!("{key} is already published by this transaction")
+        }
+        Some(_) => {
+            return Err(Error::conflict(format!(
+                "{key} appeared in the store from another uploader just before publishing"
+            )))
+        }
+        None => {
+            if let Err(e) = store.complete_upload(key, &upload_id, &sent.parts).await {
+                if !store
+                    .head(key)
+                    .await?
+                    .is_some_and(|info| is_ours(&info, journal))
+                {
+                    return Err(e);
+                }
+                debug!("{key}: the completion's answer was lost, but it is published");
+            }
+        }
+    }
+    Ok(Published {
+        links_written,
+        sha256: sent.scanned.sha256,
+        bytes_sent: sent.bytes_sent,
+        parts_total: sent.parts.len() as u32,
+        parts_reused: sent.reused,
+    })
+}
+
+/// The bytes just read are the ones the journal describes: the file did
+/// not change during the read, nor since an earlier read recorded its hash.
+fn check_unchanged(
+    journal: &Journal,
+    local: &LocalRevision,
+    scanned: &tarball::Scanned,
+) -> Result<()> {
+    if FileIdentity::of(&local.tarball_path)? != local.tarball || scanned.size != local.tarball.size
+    {
+        return Err(changed_while_read(&local.tarball_path));
+    }
+    if journal
+        .tarball
+        .sha256
+        .as_ref()
+        .is_some_and(|recorded| *recorded != scanned.sha256)
+    {
+        return Err(Error::verification(format!(
+            "{} no longer has the SHA-256 recorded in the journal",
+            local.tarball_path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn changed_while_read(path: &std::path::Path) -> Error {
+    Error::verification(format!(
+        "{} changed while it was being uploaded; rebuild or re-run",
+        path.display()
+    ))
+}
+
+/// The staged upload of the tarball and the parts it already holds: the
+/// recorded one when resuming, else a new one recorded in the journal
+/// before any part is sent.
+async fn staged_upload(
+    store: &dyn Store,
+    handle: &JournalHandle,
+    key: &str,
+    metadata: &crate::storage::Metadata,
+) -> Result<(String, Vec<UploadedPart>)> {
+    if let Some(upload_id) = handle.snapshot().await.tarball.upload_id {
+        // Only a definite "no such upload" makes it gone; any other error
+        // keeps the journal (and the parts) for a later resume.
+        match store.list_parts(key, &upload_id).await? {
+            Some(parts) => return Ok((upload_id, parts)),
+            None => warn!("the recorded upload {upload_id} no longer exists; starting a new one"),
+        }
+    }
+    let upload_id = store.create_upload(key, metadata).await?;
+    debug!("staged upload {upload_id} created");
+    let recorded = upload_id.clone();
+    if let Err(e) = handle
+        .update(move |j| j.tarball.upload_id = Some(recorded))
+        .await
+    {
+        // Not recorded, so no one else could ever free it.
+        if e.kind == ErrorKind::LostOwnership {
+            store.abort_upload(key, &upload_id).await?;
+        }
+        return Err(e);
+    }
+    failpoint("after-create-upload");
+    Ok((upload_id, Vec::new()))
+}
+
+/// Claim the package link, then write every dist link. Returns the keys
+/// this call created. A key held by something else is a conflict, except
+/// a dist link that already has exactly our body.
+async fn write_links(
+    store: &dyn Store,
+    handle: &JournalHandle,
+    journal: &Journal,
+    concurrency: usize,
+) -> Result<Vec<String>> {
+    let metadata = journal.object_metadata();
+    let mut links = journal.links();
+    let package_link = links.next().expect("journals start with the package link");
+    let mut written = Vec::new();
+    // Adopting, the package link an earlier upload of this build left is
+    // this transaction's claim.
+    if put_link(store, journal, package_link, &metadata, journal.adopts).await? {
+        written.push(package_link.key.clone());
+    }
+    debug!("claimed {}", package_link.key);
+    failpoint("after-claim");
+    let dist: Vec<Option<String>> = futures::stream::iter(links)
+        .map(|link| {
+            let metadata = &metadata;
+            async move {
+                // A lost journal stops the writes at once, not at the next
+                // confirmation.
+                handle.ensure_not_lost()?;
+                let created = put_link(store, journal, link, metadata, true).await?;
+                Ok::<_, Error>(created.then(|| link.key.clone()))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    written.extend(dist.into_iter().flatten());
+    debug!("{} dist links in place", journal.links.len() - 1);
+    failpoint("after-links");
+    Ok(written)
+}
+
+/// Put one link if absent; `Ok(false)` if an acceptable object was there.
+async fn put_link(
+    store: &dyn Store,
+    journal: &Journal,
+    link: &Link,
+    metadata: &crate::storage::Metadata,
+    identical_ok: bool,
+) -> Result<bool> {
+    if store.put_link_if_absent(link, metadata).await? == Created::Yes {
+        return Ok(true);
+    }
+    let info = store.head(&link.key).await?;
+    if info.as_ref().is_some_and(|info| is_ours(info, journal)) {
+        return Ok(false);
+    }
+    if identical_ok && store.get(&link.key).await?.as_deref() == Some(link.body.as_bytes()) {
+        return Ok(false);
+    }
+    Err(Error::conflict(format!(
+        "{} already exists in the store and was not written by this transaction: another build holds revision {} of {}; \
+         if it is a leftover of a killed upload, run `alitx check`/`alitx repair --package {}`",
+        link.key, journal.revision.revision, journal.revision.package, journal.revision.package
+    )))
+}
+
+struct Sent {
+    scanned: tarball::Scanned,
+    parts: Vec<UploadedPart>,
+    bytes_sent: u64,
+    reused: u32,
+}
+
+/// Read the tarball once, verifying it, and upload every part the store
+/// does not already hold with the same bytes.
+async fn send_tarball(
+    store: Arc<dyn Store>,
+    key: &str,
+    upload_id: &str,
+    local: &LocalRevision,
+    options: &Options,
+    existing: Vec<UploadedPart>,
+) -> Result<Sent> {
+    let existing: HashMap<u32, UploadedPart> =
+        existing.into_iter().map(|p| (p.number, p)).collect();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Part>(1);
+    let path = local.tarball_path.clone();
+    let revision = local.revision.clone();
+    let part_size = options.part_size;
+    let reader = tokio::task::spawn_blocking(move || {
+        tarball::scan(&path, part_size, &revision, |part| {
+            failpoint(&format!("bulk-part-{}", part.number));
+            tx.blocking_send(part)
+                .map_err(|_| Error::new(ErrorKind::Io, "upload stopped"))
+        })
+    });
+    let sent_bytes = AtomicU64::new(0);
+    let reused = AtomicU64::new(0);
+    let bar = crate::progress::bar(
+        options.progress,
+        local.tarball.size,
+        "{msg} {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    );
+    bar.set_message(local.revision.tarball_name());
+    let uploads = tokio_stream_from(rx)
+        .map(|part| {
+            let store = store.clone();
+            let existing = existing.get(&part.number).cloned();
+            let (sent_bytes, reused, bar) = (&sent_bytes, &reused, &bar);
+            async move {
+                let size = part.data.len() as u64;
+                if let Some(have) = existing {
+                    // Staged parts are atomic: one that differs means the
+                    // file changed since it was sent.
+                    let md5 = md5_hex(part.data.clone()).await;
+                    if have.md5 != md5 || have.size != part.data.len() as u64 {
+                        return Err(Error::verification(format!(
+                            "part {} differs from the one staged earlier: the tarball changed since the journal was written",
+                            part.number
+                        )));
+                    }
+                    reused.fetch_add(1, Ordering::Relaxed);
+                    bar.inc(size);
+                    return Ok(have);
+                }
+                let uploaded = store
+                    .upload_part(key, upload_id, part.number, part.data)
+                    .await?;
+                failpoint(&format!("part-sent-{}", uploaded.number));
+                sent_bytes.fetch_add(size, Ordering::Relaxed);
+                bar.inc(size);
+                Ok::<_, Error>(uploaded)
+            }
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await;
+    bar.finish_and_clear();
+    let scanned = reader
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("reader task: {e}")))?;
+    // An upload error is the cause when both failed: the reader only saw
+    // its channel close.
+    let mut parts = uploads?;
+    let scanned = scanned?;
+    parts.sort_by_key(|p| p.number);
+    Ok(Sent {
+        scanned,
+        parts,
+        bytes_sent: sent_bytes.into_inner(),
+        reused: reused.into_inner() as u32,
+    })
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn md5_hex(data: Bytes) -> String {
+    tokio::task::spawn_blocking(move || hex::encode(Md5::digest(&data)))
+        .await
+        .expect("md5 task")
+}
+
+/// Retire the journal of a committed transaction (its revision is
+/// published and final), after leaving its publication record if the
+/// process that committed it died first.
+pub async fn retire_committed(store: &dyn Store, journal: &Journal, prefix: &str) -> Result<()> {
+    let sha256 = match &journal.tarball.sha256 {
+        Some(sha256) => Some(sha256.clone()),
+        None => store
+            .head(&journal.tarball.key)
+            .await?
+            .and_then(|info| info.metadata.get(SHA256_METADATA).cloned()),
+    };
+    write_record(store, journal, sha256.as_deref()).await?;
+    store
+        .delete(&Journal::key_of(prefix, &journal.revision))
+        .await
+}

@@ -1,0 +1,156 @@
+//! How `verify` reads a tarball: ranged GETs in parallel under a memory
+//! budget, hashed and fed in order to the gzip+tar verifier.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::PERMIT_BYTES;
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout::Revision;
+use crate::storage::{Segments, Store};
+use crate::tarball::{Piece, Verifier};
+
+/// One ranged GET's bytes in memory, as they arrived: it holds its memory
+/// permits until the verifier has consumed it, which bounds memory.
+struct Range {
+    data: Segments,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Piece for Range {
+    fn slices(&self) -> &[Bytes] {
+        self.data.as_slices()
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped: the ranged
+/// GETs still in flight when a tarball's reading stops early (a corrupt
+/// piece, an error) end with it instead of running to completion.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What reading a tarball through the verifier found.
+pub(super) struct TarballRead {
+    /// `Some` when every byte was read.
+    pub(super) sha256: Option<String>,
+    /// The gzip+tar verdict: entries, or why not.
+    pub(super) verdict: Result<u64>,
+}
+
+/// What every revision's verdict shares: the store, the memory budget and
+/// the progress bar.
+pub(super) struct Reader {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) concurrency: usize,
+    pub(super) chunk_size: u64,
+    pub(super) bytes_read: AtomicU64,
+    pub(super) bar: indicatif::ProgressBar,
+}
+
+impl Reader {
+    /// Stream `key` (`size` bytes) once through SHA-256 and the gzip+tar
+    /// verifier, in ranged GETs of `chunk_size`, several in flight.
+    pub(super) async fn read_tarball(
+        &self,
+        key: &str,
+        size: u64,
+        revision: &Revision,
+    ) -> Result<TarballRead> {
+        let verifier = Verifier::<Range>::start(revision)?;
+        // A dispatcher takes memory permits for the pieces in order and
+        // starts each ranged GET as a task of its own, so that bodies keep
+        // arriving while earlier pieces are hashed and verified. In order:
+        // a piece holds memory only after every earlier piece of its tarball
+        // does, so the piece consumed next can always arrive, however many
+        // tarballs share the permits.
+        let (gets, mut arrivals) = tokio::sync::mpsc::channel(self.concurrency);
+        let (store, permits, key) = (self.store.clone(), self.permits.clone(), key.to_string());
+        let chunk = self.chunk_size;
+        let dispatcher = AbortOnDrop(tokio::spawn(async move {
+            for offset in (0..size.div_ceil(chunk)).map(|i| i * chunk) {
+                let expected = chunk.min(size - offset);
+                let permit = permits
+                    .clone()
+                    .acquire_many_owned(expected.div_ceil(PERMIT_BYTES) as u32)
+                    .await
+                    .expect("the semaphore is never closed");
+                let (store, key) = (store.clone(), key.clone());
+                let get = AbortOnDrop(tokio::spawn(async move {
+                    match store.get_range(&key, offset, expected).await? {
+                        Some(data) if data.len() as u64 == expected => Ok(Range {
+                            data,
+                            _permit: permit,
+                        }),
+                        _ => Err(Error::store(format!(
+                            "{key} changed while it was read (it had {size} bytes); run verify again"
+                        ))),
+                    }
+                }));
+                if gets.send(get).await.is_err() {
+                    return; // The reading stopped early.
+                }
+            }
+        }));
+        let mut sha = Sha256::new();
+        let mut read = 0u64;
+        let mut failure = None;
+        while let Some(get) = arrivals.recv().await {
+            let joined = get
+                .await
+                .map_err(|e| Error::new(ErrorKind::Io, format!("reading task: {e}")));
+            let piece = match joined.and_then(|piece| piece) {
+                Ok(piece) => piece,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let len = piece.data.len() as u64;
+            let (hashed, piece) = tokio::task::spawn_blocking(move || {
+                piece.slices().iter().for_each(|slice| sha.update(slice));
+                (sha, piece)
+            })
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("hashing task: {e}")))?;
+            sha = hashed;
+            read += len;
+            self.bytes_read.fetch_add(len, Ordering::Relaxed);
+            self.bar.inc(len);
+            if !verifier.feed(piece).await {
+                break; // It failed: its verdict says why.
+            }
+        }
+        drop((arrivals, dispatcher));
+        let verdict = tokio::task::spawn_blocking(move || verifier.finish())
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("verifier task: {e}")))?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(TarballRead {
+            sha256: (read == size).then(|| hex::encode(sha.finalize())),
+            verdict,
+        })
+    }
+}

@@ -1,0 +1,28 @@
+//! The integration tests, in one binary (a test binary per file compiled
+//! and linked `tests/common` once each): every module talks to the
+//! local-directory store and to the real S3 server `scripts/test.sh`
+//! starts. `cargo test --test suite upload::` runs one module's tests.
+//! `tests/verify_big.rs` stays a binary of its own: it measures a child's
+//! peak RSS, which carries over its parent's across exec.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod alibuild;
+mod alibuild_versions;
+mod big_tarball;
+mod check;
+mod cli;
+mod conformance;
+mod containers;
+mod faults;
+mod https;
+mod local_store;
+mod many_journals;
+mod races;
+mod recovery;
+mod serve;
+mod store_states;
+mod timeouts;
+mod upload;
+mod verify;

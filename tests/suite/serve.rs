@@ -1,0 +1,169 @@
+//! `alitx serve-uploads`, the one process scripts/alibuild-alitx keeps for
+//! a build's uploads: every line is answered as `alitx upload --json`
+//! would, a bad line does not end it, and killed anywhere it leaves exactly
+//! the keys a killed `alitx upload` leaves, which `alitx resume` heals.
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Output, Stdio};
+
+use crate::common::*;
+
+/// `alitx serve-uploads` fed `lines` (then end of input), with `env`.
+fn serve(lines: &[String], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_alitx"))
+        .arg("serve-uploads")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    for line in lines {
+        // A killed process reads no further: a broken pipe is expected then.
+        if writeln!(input, "{line}").is_err() {
+            break;
+        }
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// The `alitx upload` arguments (without the command) of package `i`, as
+/// one input line.
+fn line(wd: &WorkDir, i: usize, store: &TestStore, extra: &[&str]) -> String {
+    let mut words = wd.upload_args(i, store)[1..].to_vec();
+    words.extend(args(extra));
+    serde_json::to_string(&words).unwrap()
+}
+
+fn answers(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_line_is_answered_and_a_bad_one_ends_nothing() {
+    let rt = runtime();
+    for kind in backends_and_https() {
+        let store = rt.block_on(TestStore::new(kind));
+        let wd = WorkDir::chain(3, 0);
+        let env = store.cli_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = serve(
+            &[
+                line(&wd, 0, &store, &[]),
+                "not json".into(),
+                line(&wd, 1, &store, &[]),
+                serde_json::to_string(&["--package", "x"]).unwrap(),
+                line(&wd, 2, &store, &[]),
+                line(&wd, 0, &store, &[]),
+            ],
+            &env,
+        );
+        assert_exit(&out, 0);
+        let answers = answers(&out);
+        let statuses: Vec<&str> = answers
+            .iter()
+            .map(|a| a["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                "committed",
+                "error",
+                "committed",
+                "error",
+                "committed",
+                "already-published"
+            ],
+            "{kind}: {answers:?}"
+        );
+        assert_eq!(answers[1]["exit_code"], 1);
+        assert!(
+            answers[1]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("must be a JSON array of `alitx upload` arguments"),
+            "{kind}: {}",
+            answers[1]
+        );
+        assert!(
+            answers[3]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("bad upload arguments"),
+            "{kind}: {}",
+            answers[3]
+        );
+        assert_eq!(answers[2]["journal"], format!("{ARCH}/pkg1-v1.0-1"));
+        assert_exact(&store, &wd, &[0, 1, 2], kind);
+    }
+}
+
+/// At every point of the crash matrix, a serve-uploads killed in its
+/// second upload (the first found its package published) answers the first
+/// only and leaves the keys that a killed `alitx upload` of that package
+/// leaves on a store holding the same first package (dist links aside
+/// while parts are sent: they race with them); `alitx resume` then
+/// publishes it exactly.
+#[test]
+fn killed_it_leaves_what_a_killed_upload_leaves() {
+    const POINTS: [&str; 9] = [
+        "after-intent",
+        "after-create-upload",
+        "bulk-part-1",
+        "bulk-part-3",
+        "after-claim",
+        "after-links",
+        "after-bulk",
+        "after-publish",
+        "after-commit-mark",
+    ];
+    let rt = runtime();
+    for kind in backends() {
+        let wd = WorkDir::chain(2, 12 << 20);
+        for point in POINTS {
+            let what = format!("{kind} {point}");
+            let multipart = ["--part-size", "5", "--concurrency", "2"];
+            // Package 0 holds one part: it reaches none of the bulk points.
+            let (ours, theirs) =
+                rt.block_on(async { (TestStore::new(kind).await, TestStore::new(kind).await) });
+            for store in [&ours, &theirs] {
+                assert_exit(&alitx(&wd.upload_args(0, store)), 0);
+            }
+            let mut upload = wd.upload_args(1, &theirs);
+            upload.extend(args(&multipart));
+            alitx_killed_at(&upload, point);
+
+            let out = serve(
+                &[line(&wd, 0, &ours, &[]), line(&wd, 1, &ours, &multipart)],
+                &[("ALITX_FAILPOINT", point)],
+            );
+            assert_eq!(out.status.signal(), Some(9), "{what}: {}", stderr(&out));
+            let answered: Vec<serde_json::Value> = answers(&out);
+            assert_eq!(answered.len(), 1, "{what}: {answered:?}");
+            assert_eq!(answered[0]["status"], "already-published", "{what}");
+            // While parts are sent, dist links are written alongside: how
+            // many are in place at the kill is a race.
+            let racing = |key: &String| point.starts_with("bulk-part-") && key.contains("/dist");
+            let left = |store: &TestStore| -> Vec<String> {
+                let keys = rt.block_on(store.keys());
+                keys.into_iter().filter(|k| !racing(k)).collect()
+            };
+            assert_eq!(left(&ours), left(&theirs), "{what}: keys left");
+            assert_eq!(
+                rt.block_on(ours.pending_uploads()),
+                rt.block_on(theirs.pending_uploads()),
+                "{what}: staged uploads left"
+            );
+
+            assert_exit(&alitx(&wd.resume_args(&ours, &[])), 0);
+            assert_exact(&ours, &wd, &[0, 1], &what);
+        }
+    }
+}
