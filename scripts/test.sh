@@ -75,7 +75,7 @@ alibuild_venv .venv-alibuild-1.17.20 'alibuild==1.17.20'
 export ALITX_ALIBUILD_PYTHON="$PWD/.venv/bin/python"
 export ALITX_ALIBUILD_UNSUPPORTED_PYTHON="$PWD/.venv-alibuild-1.17.20/bin/python"
 
-step "objdump (binutils) for tests/wheel.rs, which builds and checks the wheel (ALITX_WHEEL=0 skips it)"
+step "objdump (binutils) for tests/suite/wheel.rs, which builds and checks the wheel (ALITX_WHEEL=0 skips it)"
 command -v objdump >/dev/null || { apt-get update -qq && apt-get install -y -qq binutils; }
 export ALITX_WHEEL="${ALITX_WHEEL:-1}"
 

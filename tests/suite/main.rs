@@ -26,3 +26,4 @@ mod store_states;
 mod timeouts;
 mod upload;
 mod verify;
+mod wheel;

@@ -8,13 +8,11 @@
 //! target/wheel) and installs aliBuild from PyPI: it runs only with
 //! `ALITX_WHEEL=1` (scripts/test.sh sets it; README, "Development").
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
