@@ -355,6 +355,7 @@ async fn staged_upload(
     }
     let upload_id = store.create_upload(key, metadata).await?;
     debug!("staged upload {upload_id} created");
+    failpoint("before-record-upload");
     let recorded = upload_id.clone();
     if let Err(e) = handle
         .update(move |j| j.tarball.upload_id = Some(recorded))

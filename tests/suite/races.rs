@@ -466,62 +466,30 @@ fn a_zombie_owner_is_dead_and_resume_rolls_its_upload_forward() {
 }
 
 /// An upload killed after the store created its staged upload but before
-/// the journal recorded the upload id (a window of one journal rewrite,
-/// hit by killing the upload as soon as the staged upload is listed): the
-/// journal does not name the staged upload, yet `resume` and `rollback`
-/// must leave none behind.
+/// the journal recorded the upload id (the failpoint `before-record-upload`,
+/// a window of one journal rewrite): the journal does not name the staged
+/// upload, yet `resume` and `rollback` must leave none behind.
 #[test]
 fn a_kill_before_the_staged_upload_is_recorded_orphans_nothing() {
-    use std::os::unix::process::ExitStatusExt;
-    const ATTEMPTS: usize = 30;
     let rt = runtime();
     let wd = work_dir(&[("orphan", 12 << 20)], 0);
     for kind in backends() {
         for heal in ["resume", "rollback"] {
-            let mut hit = false;
-            for attempt in 0..ATTEMPTS {
-                let store = rt.block_on(TestStore::new(kind));
-                let backend = rt.block_on(store.open());
-                let mut upload = Command::new(env!("CARGO_BIN_EXE_alitx"))
-                    .args(upload_args(&wd, 0, &store))
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                while rt.block_on(backend.list_uploads("")).unwrap().is_empty() {
-                    if upload.try_wait().unwrap().is_some() {
-                        break;
-                    }
-                }
-                let _ = upload.kill();
-                if upload.wait().unwrap().signal() != Some(9) {
-                    continue;
-                }
-                let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &wd.pkgs[0].revision());
-                let journal: serde_json::Value =
-                    serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap())
-                        .unwrap();
-                if !journal["tarball"]["upload_id"].is_null() {
-                    continue;
-                }
-                eprintln!("{kind} {heal}: attempt {attempt} killed the upload with its staged upload unrecorded");
-                hit = true;
-                // The job runs again a little later: past the second of
-                // slack in which a new staged upload of the key frees the
-                // ones a retried request left.
-                std::thread::sleep(Duration::from_secs(2));
-                let out = match heal {
-                    "resume" => alitx(&resume_args(&store, &wd, &[0])),
-                    _ => alitx(&rollback_args(&store, &wd, 0)),
-                };
-                assert_exit(&out, 0);
-                let published: &[usize] = if heal == "resume" { &[0] } else { &[] };
-                assert_exact(&store, &wd, published, &format!("{kind} {heal}"));
-                break;
-            }
-            assert!(
-                hit,
-                "{kind} {heal}: no kill hit the window in {ATTEMPTS} attempts"
-            );
+            let store = rt.block_on(TestStore::new(kind));
+            let backend = rt.block_on(store.open());
+            alitx_killed_at(&upload_args(&wd, 0, &store), "before-record-upload");
+            assert_eq!(rt.block_on(store.pending_uploads()), 1, "{kind} {heal}");
+            let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &wd.pkgs[0].revision());
+            let journal: serde_json::Value =
+                serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap()).unwrap();
+            assert!(journal["tarball"]["upload_id"].is_null(), "{journal}");
+            let out = match heal {
+                "resume" => alitx(&resume_args(&store, &wd, &[0])),
+                _ => alitx(&rollback_args(&store, &wd, 0)),
+            };
+            assert_exit(&out, 0);
+            let published: &[usize] = if heal == "resume" { &[0] } else { &[] };
+            assert_exact(&store, &wd, published, &format!("{kind} {heal}"));
         }
     }
 }
