@@ -10,7 +10,7 @@ use alitx::journal::Journal;
 
 /// Every point where the crash matrix kills the upload of a tarball of
 /// several parts.
-const CRASH_POINTS: [&str; 9] = [
+pub(crate) const CRASH_POINTS: [&str; 9] = [
     "after-intent",
     "after-create-upload",
     "bulk-part-1",

@@ -113,21 +113,10 @@ fn every_line_is_answered_and_a_bad_one_ends_nothing() {
 /// publishes it exactly.
 #[test]
 fn killed_it_leaves_what_a_killed_upload_leaves() {
-    const POINTS: [&str; 9] = [
-        "after-intent",
-        "after-create-upload",
-        "bulk-part-1",
-        "bulk-part-3",
-        "after-claim",
-        "after-links",
-        "after-bulk",
-        "after-publish",
-        "after-commit-mark",
-    ];
     let rt = runtime();
     for kind in backends() {
         let wd = WorkDir::chain(2, 12 << 20);
-        for point in POINTS {
+        for point in crate::recovery::CRASH_POINTS {
             let what = format!("{kind} {point}");
             let multipart = ["--part-size", "5", "--concurrency", "2"];
             // Package 0 holds one part: it reaches none of the bulk points.
