@@ -12,12 +12,13 @@ if [ ! -x target/release/alitx ]; then
 fi
 cargo build --release
 alitx=$PWD/target/release/alitx
-out=${1:-$(mktemp -d /tmp/alitx-demo.XXXXXX)}
+out=$(realpath -m "${1:-$(mktemp -d /tmp/alitx-demo.XXXXXX)}")
 mkdir -p "$out"
 tar xzf examples/sw-example.tar.gz -C "$out"
 sw=$out/sw store=$out/store arch=slc9_x86-64
 
-# Package links name every built revision; upload those with fewer
+# A new local store is started only when named as a file:// URL (a bare
+# path must exist). Package links name every built revision; upload those with fewer
 # dependencies (dist links) first, as aliBuild does.
 links=$(cd "$sw/TARS/$arch" && for link in */*.tar.gz; do
           echo "$(find "dist/${link%%/*}" -type l | wc -l) $link"; done | sort -n | cut -d' ' -f2)
@@ -27,7 +28,7 @@ for link in $links; do
   hash=$(basename "$(dirname "$(readlink "$sw/TARS/$arch/$link")")")
   echo "+ alitx upload --package $pkg --version ${verrev%-*} --revision ${verrev##*-} --hash $hash"
   "$alitx" upload --work-dir "$sw" --architecture "$arch" --package "$pkg" \
-    --version "${verrev%-*}" --revision "${verrev##*-}" --hash "$hash" --remote-store "$store"
+    --version "${verrev%-*}" --revision "${verrev##*-}" --hash "$hash" --remote-store "file://$store"
 done
 
 echo
