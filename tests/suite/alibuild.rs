@@ -246,6 +246,21 @@ fn assert_stock_reuses(
     assert_eq!(fs::read_to_string(installed).unwrap(), "topx\n");
 }
 
+/// A stock aliBuild build of every package into `store`, then topx's
+/// tarball deleted: the state ALICE's clean-up leaves a retired revision
+/// in, and a stock upload killed after its links. The build's work dir.
+fn stock_build_with_topx_retired(python: &Path, recipes: &Recipes, store: &TestStore) -> WorkDir {
+    let work_dir = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(&mut recipes.build(python, false, work_dir.path(), &store.spec())),
+        0,
+    );
+    let built = built_work_dir(work_dir);
+    let tarball = built.pkgs[PACKAGES.len() - 1].revision().store_key();
+    runtime().block_on(async { store.open().await.delete(&tarball).await.unwrap() });
+    built
+}
+
 /// Through the helper (with `--debug`) to bucket A and stock aliBuild to
 /// bucket B of the same RGW: the same keys and bodies, dist links with the
 /// same redirect and ACL, no secret in the output; then stock aliBuild reads
@@ -696,16 +711,10 @@ fn a_retired_stock_revision_is_kept_until_unpublish_names_it() {
     };
     let rt = runtime();
     let store = rt.block_on(TestStore::new("s3"));
-    let first = tempfile::tempdir().unwrap();
-    assert_exit(
-        &run(&mut recipes.build(&python, false, first.path(), &store.spec())),
-        0,
-    );
-    let first = built_work_dir(first);
+    let first = stock_build_with_topx_retired(&python, &recipes, &store);
     let complete = first.expected(0..PACKAGES.len());
     let topx = PACKAGES.len() - 1;
     let top = first.pkgs[topx].revision();
-    rt.block_on(async { store.open().await.delete(&top.store_key()).await.unwrap() });
     let mut retired = complete.clone();
     retired.remove(&top.store_key());
 
@@ -806,15 +815,8 @@ fn the_helper_completes_a_revision_a_killed_stock_upload_left() {
     };
     let rt = runtime();
     let store = rt.block_on(TestStore::new("s3"));
-    let first = tempfile::tempdir().unwrap();
-    assert_exit(
-        &run(&mut recipes.build(&python, false, first.path(), &store.spec())),
-        0,
-    );
-    let first = built_work_dir(first);
+    let first = stock_build_with_topx_retired(&python, &recipes, &store);
     let topx = PACKAGES.len() - 1;
-    let tarball = first.pkgs[topx].revision().store_key();
-    rt.block_on(async { store.open().await.delete(&tarball).await.unwrap() });
     let leftovers = rt.block_on(store.snapshot());
 
     let young = tempfile::tempdir().unwrap();
