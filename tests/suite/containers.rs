@@ -4,8 +4,8 @@
 //! Another job's plain `alitx resume --architecture A --work-dir OTHER`,
 //! from this namespace or from another container that runs all along,
 //! never takes a live upload over; a dead one's journal waits out its
-//! lease, then is taken over. Each case runs in several timings; run with `--nocapture` to see
-//! them.
+//! lease, then is taken over. Each case runs at several points of the
+//! upload; run with `--nocapture` to see them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -203,10 +203,10 @@ fn only_outcome(out: &Output, id: &str) -> (String, String) {
     (field("action"), field("message"))
 }
 
-/// A live upload in a container, frozen (SIGSTOP) at varied moments after
-/// it claimed its package link so that the store holds still while two
-/// resumes of other jobs look at it: both skip it as busy and change no
-/// byte; continued, it publishes the revision exactly, exit 0.
+/// A live upload in a container, stopped (SIGSTOP, by the failpoint's
+/// `:stop`) at varied points of its work so that the store holds still
+/// while two resumes of other jobs look at it: both skip it as busy and
+/// change no byte; continued, it publishes the revision exactly, exit 0.
 #[test]
 fn a_live_upload_in_another_pid_namespace_is_never_taken_over() {
     let rt = runtime();
@@ -214,26 +214,17 @@ fn a_live_upload_in_another_pid_namespace_is_never_taken_over() {
     let other = tempfile::tempdir().unwrap();
     let container = Container::start();
     let id = Journal::id_of(&wd.pkgs[0].revision());
-    let claim = wd.pkgs[0].revision().package_link().key;
     for kind in backends() {
-        for freeze_after_ms in [0, 150, 600] {
-            let what = format!("{kind}, frozen {freeze_after_ms} ms after its claim");
+        for point in ["after-claim", "part-sent-2", "after-links"] {
+            let what = format!("{kind}, stopped at {point}");
             let store = rt.block_on(TestStore::new(kind));
-            let backend = rt.block_on(store.open());
             let upload = in_container(&upload_args(&wd, &store, 120))
+                .env("ALITX_FAILPOINT", format!("{point}:stop"))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while rt.block_on(backend.head(&claim)).unwrap().is_none() {
-                assert!(Instant::now() < deadline, "{what}: no claim");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            std::thread::sleep(Duration::from_millis(freeze_after_ms));
-            let pid = alitx_pid_in(&upload).expect("alitx runs in the container");
-            // SAFETY: signals our own descendant.
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            let pid = stopped_alitx_in(&upload, &what);
             let before = quiet_snapshot(&store);
             let listed = list_journals(&store.spec());
             assert_eq!(listed[0]["lease"], "live", "{what}: {listed}");
@@ -258,13 +249,28 @@ fn a_live_upload_in_another_pid_namespace_is_never_taken_over() {
                     "{what}, {resumer:?}: changed {changed:?}"
                 );
             }
-            // SAFETY: as above.
+            // SAFETY: signals our own descendant.
             unsafe { libc::kill(pid, libc::SIGCONT) };
             let finished = upload.wait_with_output().unwrap();
             assert_exit(&finished, 0);
             assert_eq!(json(&finished)["status"], "committed", "{what}");
             assert_exact(&store, &wd, &[0], &what);
         }
+    }
+}
+
+/// The host pid of alitx in the container `unshare` started, once it has
+/// stopped itself at its failpoint.
+fn stopped_alitx_in(unshare: &Child, what: &str) -> libc::pid_t {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(pid) = alitx_pid_in(unshare) {
+            if process_state(pid as u32) == Some('T') {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what}: alitx never stopped");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
