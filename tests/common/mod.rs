@@ -228,33 +228,49 @@ impl TestStore {
     /// its body; publication records (which hold times and transaction ids)
     /// are left to [`TestStore::records`].
     pub async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
-        let store = self.open().await;
-        let mut all = BTreeMap::new();
-        for key in store.list("").await.unwrap() {
-            if key.starts_with(alitx::record::PREFIX) {
-                continue;
-            }
-            let body = store.get(&key).await.unwrap().unwrap();
-            all.insert(key, body.to_vec());
-        }
-        all
+        let keys = self.keys().await;
+        self.bodies(keys).await
     }
 
     /// The publication records in the store, by key, parsed.
     pub async fn records(&self) -> BTreeMap<String, alitx::record::Record> {
-        let store = self.open().await;
-        let mut records = BTreeMap::new();
-        for key in store.list(alitx::record::PREFIX).await.unwrap() {
-            let body = store.get(&key).await.unwrap().unwrap();
-            let record = alitx::record::parse(&key, &body).unwrap();
-            records.insert(key, record);
-        }
-        records
+        let keys = self.open().await.list(alitx::record::PREFIX).await.unwrap();
+        self.bodies(keys)
+            .await
+            .into_iter()
+            .map(|(key, body)| {
+                let record = alitx::record::parse(&key, &body).unwrap();
+                (key, record)
+            })
+            .collect()
     }
 
-    /// Keys only, for short assertions.
+    /// The bodies of `keys`, read 16 at a time (one by one, a snapshot of
+    /// hundreds of links on the gateway takes seconds); a key deleted since
+    /// it was listed is left out, as a later listing would.
+    async fn bodies(&self, keys: impl IntoIterator<Item = String>) -> BTreeMap<String, Vec<u8>> {
+        use futures::StreamExt;
+        let store = self.open().await;
+        futures::stream::iter(keys)
+            .map(|key| {
+                let store = &store;
+                async move {
+                    let body = store.get(&key).await.unwrap()?;
+                    Some((key, body.to_vec()))
+                }
+            })
+            .buffer_unordered(16)
+            .filter_map(|read| async move { read })
+            .collect()
+            .await
+    }
+
+    /// The keys of a snapshot, without reading their bodies.
     pub async fn keys(&self) -> Vec<String> {
-        self.snapshot().await.into_keys().collect()
+        let keys = self.open().await.list("").await.unwrap();
+        keys.into_iter()
+            .filter(|key| !key.starts_with(alitx::record::PREFIX))
+            .collect()
     }
 
     /// Staged uploads that were neither completed nor aborted.
