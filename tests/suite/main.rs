@@ -2,15 +2,14 @@
 //! and linked `tests/common` once each): every module talks to the
 //! local-directory store and to the real S3 server `scripts/test.sh`
 //! starts. `cargo test --test suite upload::` runs one module's tests.
-//! `tests/verify_big.rs` stays a binary of its own: it measures a child's
-//! peak RSS, which carries over its parent's across exec.
+//! `tests/memory.rs` stays a binary of its own: it measures a child's peak
+//! RSS, which carries over its parent's across exec.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod alibuild;
 mod alibuild_versions;
-mod big_tarball;
 mod check;
 mod cli;
 mod conformance;

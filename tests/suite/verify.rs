@@ -3,7 +3,7 @@
 //! published; a tarball damaged in the store (one byte flipped, truncated,
 //! gone) is reported corrupt with exit code 6; a revision published without
 //! alitx has no record and passes; the record survives every crash point
-//! after publish. (Verify's memory on a 1 GiB tarball: tests/verify_big.rs.)
+//! after publish. (Verify's memory on a 1 GiB tarball: tests/memory.rs.)
 
 use std::collections::BTreeMap;
 
