@@ -277,81 +277,101 @@ fn stopped_alitx_in(unshare: &Child, what: &str) -> libc::pid_t {
 /// An upload in a container killed at varied points: its pid cannot be
 /// checked from outside, so its journal counts as live until the lease
 /// runs out, then a plain resume takes it over, rolling it forward with
-/// the files or back without them.
+/// the files or back without them. The rounds run side by side (each on a
+/// store of its own), so that their leases run out together.
 #[test]
 fn a_dead_upload_in_another_pid_namespace_is_taken_over_once_its_lease_expires() {
-    use std::os::unix::process::ExitStatusExt;
-    const LEASE_SECONDS: u64 = 10;
-    let rt = runtime();
     let wd = work_dir();
     let other = tempfile::tempdir().unwrap();
     let container = Container::start();
-    let id = Journal::id_of(&wd.pkgs[0].revision());
-    let key = Journal::key_of(DEFAULT_PREFIX, &wd.pkgs[0].revision());
     let rounds = [
         ("after-claim", Resumer::Here, true),
         ("after-links", Resumer::OtherContainer, false),
         ("part-sent-2", Resumer::OtherContainer, true),
         ("after-bulk", Resumer::Here, false),
     ];
-    for kind in backends() {
-        for (point, resumer, with_files) in rounds {
-            let what = format!("{kind}, killed at {point}, resumed {resumer:?}");
-            let store = rt.block_on(TestStore::new(kind));
-            let backend = rt.block_on(store.open());
-            let t0 = Instant::now();
-            let killed = in_container(&upload_args(&wd, &store, LEASE_SECONDS))
-                .env("ALITX_FAILPOINT", point)
-                .output()
-                .unwrap();
-            let took = t0.elapsed();
-            // The shell reports its child's SIGKILL as 128 + 9.
-            assert_eq!(
-                (killed.status.code(), killed.status.signal()),
-                (Some(137), None),
-                "{what}: {}",
-                stderr(&killed)
-            );
-            let journal: Journal =
-                serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap()).unwrap();
-            let before = rt.block_on(outline(&*backend, &key));
-            let heal_dir = if with_files { wd.path() } else { other.path() };
-            let (expected, published): (&str, &[usize]) = if with_files {
-                ("rolled-forward", &[0])
-            } else {
-                ("rolled-back", &[])
-            };
-            let started = alitx::now_secs();
-            let out = resumer.run(&plain_resume(&store, heal_dir), &container);
-            let (mut action, mut message) = only_outcome(&out, &id);
-            eprintln!(
-                "{what} after {:.1?}: {}s into the lease: {action}: {message}",
-                took,
-                started - (journal.lease_expires_at - LEASE_SECONDS as i64)
-            );
-            if alitx::now_secs() < journal.lease_expires_at {
-                assert_eq!(action, "skipped", "{what}: {message}");
-                let changed = changed_keys(&before, &rt.block_on(outline(&*backend, &key)));
-                assert!(changed.is_empty(), "{what}: changed {changed:?}");
+    std::thread::scope(|scope| {
+        for kind in backends() {
+            for (point, resumer, with_files) in rounds {
+                let heal_dir = if with_files { wd.path() } else { other.path() };
+                let (wd, container) = (&wd, &container);
+                scope.spawn(move || {
+                    dead_upload_round(wd, container, kind, point, resumer, heal_dir, with_files)
+                });
             }
-            // A machine slow enough to let the lease run out before the
-            // first resume sees it taken over there already.
-            if action == "skipped" {
-                let wait = journal.lease_expires_at + 1 - alitx::now_secs();
-                std::thread::sleep(Duration::from_secs(wait.max(0) as u64));
-                assert_eq!(
-                    list_journals(&store.spec())[0]["lease"],
-                    "expired",
-                    "{what}"
-                );
-                (action, message) = only_outcome(
-                    &resumer.run(&plain_resume(&store, heal_dir), &container),
-                    &id,
-                );
-                eprintln!("{what}: after the lease: {action}: {message}");
-            }
-            assert_eq!(action, expected, "{what}: {message}");
-            assert_exact(&store, &wd, published, &what);
         }
+    });
+}
+
+/// One round of the test above: kill at `point`, resume from `resumer`
+/// with `heal_dir` as work dir, which holds the tarball if `with_files`.
+fn dead_upload_round(
+    wd: &WorkDir,
+    container: &Container,
+    kind: &str,
+    point: &str,
+    resumer: Resumer,
+    heal_dir: &Path,
+    with_files: bool,
+) {
+    use std::os::unix::process::ExitStatusExt;
+    const LEASE_SECONDS: u64 = 10;
+    let rt = runtime();
+    let id = Journal::id_of(&wd.pkgs[0].revision());
+    let key = Journal::key_of(DEFAULT_PREFIX, &wd.pkgs[0].revision());
+    let what = format!("{kind}, killed at {point}, resumed {resumer:?}");
+    let store = rt.block_on(TestStore::new(kind));
+    let backend = rt.block_on(store.open());
+    let t0 = Instant::now();
+    let killed = in_container(&upload_args(wd, &store, LEASE_SECONDS))
+        .env("ALITX_FAILPOINT", point)
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    // The shell reports its child's SIGKILL as 128 + 9.
+    assert_eq!(
+        (killed.status.code(), killed.status.signal()),
+        (Some(137), None),
+        "{what}: {}",
+        stderr(&killed)
+    );
+    let journal: Journal =
+        serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap()).unwrap();
+    let before = rt.block_on(outline(&*backend, &key));
+    let (expected, published): (&str, &[usize]) = if with_files {
+        ("rolled-forward", &[0])
+    } else {
+        ("rolled-back", &[])
+    };
+    let started = alitx::now_secs();
+    let out = resumer.run(&plain_resume(&store, heal_dir), container);
+    let (mut action, mut message) = only_outcome(&out, &id);
+    eprintln!(
+        "{what} after {:.1?}: {}s into the lease: {action}: {message}",
+        took,
+        started - (journal.lease_expires_at - LEASE_SECONDS as i64)
+    );
+    if alitx::now_secs() < journal.lease_expires_at {
+        assert_eq!(action, "skipped", "{what}: {message}");
+        let changed = changed_keys(&before, &rt.block_on(outline(&*backend, &key)));
+        assert!(changed.is_empty(), "{what}: changed {changed:?}");
     }
+    // A machine slow enough to let the lease run out before the first
+    // resume sees it taken over there already.
+    if action == "skipped" {
+        let wait = journal.lease_expires_at + 1 - alitx::now_secs();
+        std::thread::sleep(Duration::from_secs(wait.max(0) as u64));
+        assert_eq!(
+            list_journals(&store.spec())[0]["lease"],
+            "expired",
+            "{what}"
+        );
+        (action, message) = only_outcome(
+            &resumer.run(&plain_resume(&store, heal_dir), container),
+            &id,
+        );
+        eprintln!("{what}: after the lease: {action}: {message}");
+    }
+    assert_eq!(action, expected, "{what}: {message}");
+    assert_exact(&store, wd, published, &what);
 }
