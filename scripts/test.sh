@@ -13,7 +13,9 @@
 #   binary), a trailing name filters them by module or name
 #   (`scripts/test.sh --test suite -- check::`, `-- upload::bad_input`).
 # Environment: KEEP_RGW=1 leaves the gateway running afterwards (the next run
-#   reuses it; `scripts/rgw.sh stop` ends it).
+#   reuses it; `scripts/rgw.sh stop` ends it). RUST_TEST_THREADS (default 4,
+#   twice the cores of the CI machines: most tests wait on leases, timeouts
+#   and the gateway rather than the CPU) sets how many tests run at once.
 #
 # fmt, clippy and the tests run even when one of them failed; a setup failure
 # (toolchain, aliBuild, gateway) stops the run. The last line is always
@@ -85,6 +87,7 @@ scripts/rgw.sh start
 eval "$(scripts/rgw.sh env)"
 unset ALITX_SKIP_S3
 set +e
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
 
 # Which targets: the caller's selection if any, else every unit and
 # integration test.

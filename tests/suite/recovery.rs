@@ -578,10 +578,11 @@ fn a_running_upload_renews_its_lease_and_resume_leaves_it_alone() {
         let store = rt.block_on(TestStore::new(kind));
         let wd = WorkDir::chain(1, 256 << 20);
         let mut upload = wd.upload_args(0, &store);
-        // A 1 s lease, renewed every third of a second.
+        // A 3 s lease, renewed every second: short, yet with room for a
+        // renewal delayed by a loaded machine.
         upload.extend(args(&[
             "--lease-seconds",
-            "1",
+            "3",
             "--concurrency",
             "1",
             "--part-size",
@@ -598,8 +599,8 @@ fn a_running_upload_renews_its_lease_and_resume_leaves_it_alone() {
             if let Some(bytes) = rt.block_on(backend.get(&key)).unwrap() {
                 let journal: Journal = serde_json::from_slice(&bytes).unwrap();
                 if child.try_wait().unwrap().is_none() {
-                    // Renewed every third of its length: never staler than
-                    // a second (timestamps are whole seconds).
+                    // Renewed every third of its length: never lapsed by
+                    // more than a second (timestamps are whole seconds).
                     assert!(
                         journal.lease_expires_at >= alitx::now_secs() - 1,
                         "{kind}: lease lapsed while uploading"
