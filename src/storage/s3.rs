@@ -29,7 +29,7 @@ use super::{
     Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Segments, Store,
     UploadedPart,
 };
-use crate::error::{Error, Result};
+use crate::error::{source_chain, Error, Result};
 use crate::layout::Link;
 
 /// What aliBuild's `b3://` stores use when no endpoint is given.
@@ -204,21 +204,6 @@ impl S3Store {
                 }
             }
         }
-    }
-}
-
-/// Every cause under `err`, outermost first (`err` itself when it has none).
-pub(super) fn source_chain(err: &dyn std::error::Error) -> String {
-    let mut parts = vec![];
-    let mut current = err.source();
-    while let Some(e) = current {
-        parts.push(e.to_string());
-        current = e.source();
-    }
-    if parts.is_empty() {
-        err.to_string()
-    } else {
-        parts.join(": ")
     }
 }
 
