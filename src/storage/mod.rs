@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use md5::{Digest, Md5};
 
 use crate::error::{Error, Result};
 use crate::layout::Link;
@@ -127,6 +128,20 @@ impl From<Bytes> for Segments {
     fn from(bytes: Bytes) -> Self {
         std::iter::once(bytes).collect()
     }
+}
+
+/// Hex MD5 of `data`, as S3 ETags, [`UploadedPart::md5`] and
+/// [`ObjectMeta::md5`] spell it.
+pub fn md5_hex(data: &[u8]) -> String {
+    hex::encode(Md5::digest(data))
+}
+
+/// [`md5_hex`] of a part or a body (megabytes), hashed off the async worker
+/// threads.
+pub async fn md5_hex_off_thread(data: Bytes) -> String {
+    tokio::task::spawn_blocking(move || md5_hex(&data))
+        .await
+        .expect("md5 task")
 }
 
 /// A staged upload that was started and neither completed nor aborted.

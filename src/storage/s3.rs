@@ -21,13 +21,12 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl
 use aws_sdk_s3::Client;
 use base64::Engine;
 use bytes::Bytes;
-use md5::{Digest, Md5};
 
 use super::s3_http;
 use super::s3_tls::{self, Trust};
 use super::{
-    Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Segments, Store,
-    UploadedPart,
+    md5_hex_off_thread, Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload,
+    Segments, Store, UploadedPart,
 };
 use crate::error::{source_chain, Error, Result};
 use crate::layout::Link;
@@ -211,16 +210,10 @@ fn status_of<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Op
     err.raw_response().map(|r| r.status().as_u16())
 }
 
-/// Base64 MD5 for `Content-MD5`, hashed off the async threads.
-async fn content_md5(data: &Bytes) -> (String, String) {
-    let data = data.clone();
-    let digest = tokio::task::spawn_blocking(move || Md5::digest(&data))
-        .await
-        .expect("md5 task");
-    (
-        base64::engine::general_purpose::STANDARD.encode(digest),
-        hex::encode(digest),
-    )
+/// The `Content-MD5` header (base64) of a body whose hex MD5 is `md5_hex`.
+fn content_md5(md5_hex: &str) -> String {
+    let digest = hex::decode(md5_hex).expect("an MD5 in hex");
+    base64::engine::general_purpose::STANDARD.encode(digest)
 }
 
 #[async_trait]
@@ -326,14 +319,14 @@ impl Store for S3Store {
     }
 
     async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created> {
-        let (md5, _) = content_md5(&body).await;
+        let md5 = md5_hex_off_thread(body.clone()).await;
         let request = self
             .client
             .put_object()
             .bucket(self.bucket())
             .key(key)
             .if_none_match("*")
-            .content_md5(md5)
+            .content_md5(content_md5(&md5))
             .set_metadata(Some(metadata.clone().into_iter().collect()))
             .body(ByteStream::from(body));
         match request.send().await {
@@ -344,12 +337,12 @@ impl Store for S3Store {
     }
 
     async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<()> {
-        let (md5, _) = content_md5(&body).await;
+        let md5 = md5_hex_off_thread(body.clone()).await;
         self.client
             .put_object()
             .bucket(self.bucket())
             .key(key)
-            .content_md5(md5)
+            .content_md5(content_md5(&md5))
             .set_metadata(Some(metadata.clone().into_iter().collect()))
             .body(ByteStream::from(body))
             .send()
@@ -360,14 +353,14 @@ impl Store for S3Store {
 
     async fn put_link_if_absent(&self, link: &Link, metadata: &Metadata) -> Result<Created> {
         let body = Bytes::from(link.body.clone());
-        let (md5, _) = content_md5(&body).await;
+        let md5 = md5_hex_off_thread(body.clone()).await;
         let mut request = self
             .client
             .put_object()
             .bucket(self.bucket())
             .key(&link.key)
             .if_none_match("*")
-            .content_md5(md5)
+            .content_md5(content_md5(&md5))
             .set_metadata(Some(metadata.clone().into_iter().collect()))
             .body(ByteStream::from(body));
         if let Some(redirect) = &link.redirect {
@@ -465,7 +458,7 @@ impl Store for S3Store {
         data: Bytes,
     ) -> Result<UploadedPart> {
         let size = data.len() as u64;
-        let (md5, md5_hex) = content_md5(&data).await;
+        let md5 = md5_hex_off_thread(data.clone()).await;
         let out = self
             .client
             .upload_part()
@@ -473,7 +466,7 @@ impl Store for S3Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(number as i32)
-            .content_md5(md5)
+            .content_md5(content_md5(&md5))
             .body(ByteStream::from(data))
             // Content-MD5 already protects the bytes; skip hashing them again
             // for the signature.
@@ -483,15 +476,15 @@ impl Store for S3Store {
             .await
             .map_err(|err| self.error("UploadPart", key, err))?;
         let etag = out.e_tag().unwrap_or_default().trim_matches('"');
-        if etag != md5_hex {
+        if etag != md5 {
             return Err(Error::store(format!(
-                "part {number} of {key}: the server stored ETag {etag}, expected MD5 {md5_hex}"
+                "part {number} of {key}: the server stored ETag {etag}, expected MD5 {md5}"
             )));
         }
         Ok(UploadedPart {
             number,
             size,
-            md5: md5_hex,
+            md5,
             received_at: None,
         })
     }

@@ -46,11 +46,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Segments, Store,
+    md5_hex, Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Segments, Store,
     UploadedPart,
 };
 use crate::error::{Error, Result};
@@ -602,7 +601,7 @@ impl Store for LocalStore {
         data: Bytes,
     ) -> Result<UploadedPart> {
         let (dir, _) = self.upload_record(key, upload_id)?;
-        let md5 = hex::encode(Md5::digest(&data));
+        let md5 = md5_hex(&data);
         let temp_path = dir.join(format!("{number:05}.{}{TEMP_SUFFIX}", crate::random_hex(6)));
         let temp = Temp::write(temp_path, &dir, &data)
             .map_err(|e| Error::io(format!("staging part {number} in {}", dir.display()), e))?;
@@ -769,7 +768,7 @@ fn object_meta(key: String, path: &Path) -> Result<Option<ObjectMeta>> {
         key,
         size: body.as_ref().map_or(meta.len(), |b| b.len() as u64),
         last_modified: Some(meta.mtime()),
-        md5: body.map(|b| hex::encode(Md5::digest(b.as_bytes()))),
+        md5: body.map(|b| md5_hex(b.as_bytes())),
     }))
 }
 
