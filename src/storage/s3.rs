@@ -11,6 +11,7 @@ use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{
     ProvideCredentials, RequestChecksumCalculation, ResponseChecksumValidation,
     StalledStreamProtectionConfig,
@@ -156,7 +157,7 @@ impl S3Store {
         &self,
         op: &str,
         key: &str,
-        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        err: SdkError<E, HttpResponse>,
     ) -> Error {
         let endpoint = &self.config.endpoint;
         let target = format!("s3://{}/{key}", self.bucket());
@@ -204,9 +205,26 @@ impl S3Store {
             }
         }
     }
+
+    /// The answer to `op` on `key`: `None` when the server answered 404
+    /// (no such key, or upload), an error for any other failure.
+    fn found<T, E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        op: &str,
+        key: &str,
+        answer: SdkResult<T, E>,
+    ) -> Result<Option<T>> {
+        match answer {
+            Ok(out) => Ok(Some(out)),
+            Err(err) if status_of(&err) == Some(404) => Ok(None),
+            Err(err) => Err(self.error(op, key, err)),
+        }
+    }
 }
 
-fn status_of<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+type SdkResult<T, E> = std::result::Result<T, SdkError<E, HttpResponse>>;
+
+fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
@@ -240,52 +258,46 @@ impl Store for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
-        match self
+        let answer = self
             .client
             .head_object()
             .bucket(self.bucket())
             .key(key)
             .send()
-            .await
-        {
-            Ok(out) => Ok(Some(ObjectInfo {
-                size: out.content_length().unwrap_or(0).max(0) as u64,
-                metadata: out
-                    .metadata()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-                website_redirect: out.website_redirect_location().map(str::to_string),
-            })),
-            Err(err) if status_of(&err) == Some(404) => Ok(None),
-            Err(err) => Err(self.error("HeadObject", key, err)),
-        }
+            .await;
+        let found = self.found("HeadObject", key, answer)?;
+        Ok(found.map(|out| ObjectInfo {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            metadata: out
+                .metadata()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            website_redirect: out.website_redirect_location().map(str::to_string),
+        }))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        match self
+        let answer = self
             .client
             .get_object()
             .bucket(self.bucket())
             .key(key)
             .send()
-            .await
-        {
-            Ok(out) => {
-                let body = out.body.collect().await.map_err(|e| {
-                    Error::store(format!(
-                        "reading s3://{}/{key} from {}: {}",
-                        self.bucket(),
-                        self.config.endpoint,
-                        source_chain(&e)
-                    ))
-                })?;
-                Ok(Some(body.into_bytes()))
-            }
-            Err(err) if status_of(&err) == Some(404) => Ok(None),
-            Err(err) => Err(self.error("GetObject", key, err)),
-        }
+            .await;
+        let Some(out) = self.found("GetObject", key, answer)? else {
+            return Ok(None);
+        };
+        let body = out.body.collect().await.map_err(|e| {
+            Error::store(format!(
+                "reading s3://{}/{key} from {}: {}",
+                self.bucket(),
+                self.config.endpoint,
+                source_chain(&e)
+            ))
+        })?;
+        Ok(Some(body.into_bytes()))
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Segments>> {
@@ -293,29 +305,28 @@ impl Store for S3Store {
             return Ok(self.head(key).await?.map(|_| Segments::default()));
         }
         let last = offset.saturating_add(len - 1);
-        match self
+        let answer = self
             .client
             .get_object()
             .bucket(self.bucket())
             .key(key)
             .range(format!("bytes={offset}-{last}"))
             .send()
-            .await
-        {
-            Ok(out) => {
-                let body = out.body.collect().await.map_err(|e| {
-                    Error::store(format!(
-                        "reading bytes {offset}-{last} of s3://{}/{key}: {e}",
-                        self.bucket()
-                    ))
-                })?;
-                Ok(Some(body.into_segments().collect()))
-            }
-            Err(err) if status_of(&err) == Some(404) => Ok(None),
-            // The range starts at or after the end of the object.
-            Err(err) if status_of(&err) == Some(416) => Ok(Some(Segments::default())),
-            Err(err) => Err(self.error("GetObject", key, err)),
+            .await;
+        // The range starts at or after the end of the object.
+        if matches!(&answer, Err(err) if status_of(err) == Some(416)) {
+            return Ok(Some(Segments::default()));
         }
+        let Some(out) = self.found("GetObject", key, answer)? else {
+            return Ok(None);
+        };
+        let body = out.body.collect().await.map_err(|e| {
+            Error::store(format!(
+                "reading bytes {offset}-{last} of s3://{}/{key}: {e}",
+                self.bucket()
+            ))
+        })?;
+        Ok(Some(body.into_segments().collect()))
     }
 
     async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created> {
@@ -376,18 +387,14 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        match self
+        let answer = self
             .client
             .delete_object()
             .bucket(self.bucket())
             .key(key)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(err) if status_of(&err) == Some(404) => Ok(()),
-            Err(err) => Err(self.error("DeleteObject", key, err)),
-        }
+            .await;
+        self.found("DeleteObject", key, answer).map(drop)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
@@ -561,19 +568,15 @@ impl Store for S3Store {
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
-        match self
+        let answer = self
             .client
             .abort_multipart_upload()
             .bucket(self.bucket())
             .key(key)
             .upload_id(upload_id)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(err) if status_of(&err) == Some(404) => Ok(()),
-            Err(err) => Err(self.error("AbortMultipartUpload", key, err)),
-        }
+            .await;
+        self.found("AbortMultipartUpload", key, answer).map(drop)
     }
 
     async fn list_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
