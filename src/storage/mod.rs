@@ -1,9 +1,10 @@
 //! The one small storage interface the transaction engine talks to, and the
 //! backends behind it: S3 (Ceph RGW, AWS, ...) and a local directory.
 //!
-//! The interface offers exactly the primitives the protocol needs: a
-//! put-if-absent for the commit-critical keys, plain puts for the journal,
-//! and a staged (multipart) upload that stays invisible until completed.
+//! The interface offers exactly the primitives the protocol needs: a put
+//! that only creates ([`PutMode::Create`], put-if-absent) for the
+//! commit-critical keys, overwriting puts for the journal, and a staged
+//! (multipart) upload that stays invisible until completed.
 //! Every backend must pass the conformance suite in `tests/suite/conformance.rs`.
 
 mod local;
@@ -35,6 +36,15 @@ pub enum Created {
     Yes,
     /// Something already holds the key; it was left untouched.
     AlreadyExists,
+}
+
+/// How [`Store::put`] treats a key something already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Create the key only if nothing holds it: the commit-critical keys.
+    Create,
+    /// Create or replace it (journal updates only): always [`Created::Yes`].
+    Overwrite,
 }
 
 /// What a HEAD returns.
@@ -174,11 +184,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// a large object piece by piece, in bounded memory.
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Segments>>;
 
-    /// Create `key` only if nothing holds it.
-    async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created>;
-
-    /// Create or replace `key` (journal updates only).
-    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<()>;
+    /// Write `key`, as `mode` says: [`PutMode::Create`] leaves a key that
+    /// something holds untouched and answers [`Created::AlreadyExists`].
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+        mode: PutMode,
+    ) -> Result<Created>;
 
     /// Create a link object only if nothing holds its key: on S3 an object
     /// with the link's body (and redirect and public-read ACL for dist

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use super::s3_http;
 use super::s3_tls::{self, Trust};
 use super::{
-    md5_hex_off_thread, Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload,
+    md5_hex_off_thread, Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, PutMode,
     Segments, Store, UploadedPart,
 };
 use crate::error::{source_chain, Error, Result};
@@ -206,6 +206,40 @@ impl S3Store {
         }
     }
 
+    /// PutObject `body` at `key` with its Content-MD5 and `metadata`, in
+    /// `mode`; a link's `redirect` comes with a public-read ACL.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+        mode: PutMode,
+        redirect: Option<&str>,
+    ) -> Result<Created> {
+        let md5 = md5_hex_off_thread(body.clone()).await;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(self.bucket())
+            .key(key)
+            .set_if_none_match((mode == PutMode::Create).then(|| "*".to_string()))
+            .content_md5(content_md5(&md5))
+            .set_metadata(Some(metadata.clone().into_iter().collect()))
+            .body(ByteStream::from(body));
+        if let Some(redirect) = redirect {
+            request = request
+                .website_redirect_location(redirect)
+                .acl(ObjectCannedAcl::PublicRead);
+        }
+        match request.send().await {
+            Ok(_) => Ok(Created::Yes),
+            Err(err) if mode == PutMode::Create && status_of(&err) == Some(412) => {
+                Ok(Created::AlreadyExists)
+            }
+            Err(err) => Err(self.error("PutObject", key, err)),
+        }
+    }
+
     /// The answer to `op` on `key`: `None` when the server answered 404
     /// (no such key, or upload), an error for any other failure.
     fn found<T, E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -329,61 +363,21 @@ impl Store for S3Store {
         Ok(Some(body.into_segments().collect()))
     }
 
-    async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created> {
-        let md5 = md5_hex_off_thread(body.clone()).await;
-        let request = self
-            .client
-            .put_object()
-            .bucket(self.bucket())
-            .key(key)
-            .if_none_match("*")
-            .content_md5(content_md5(&md5))
-            .set_metadata(Some(metadata.clone().into_iter().collect()))
-            .body(ByteStream::from(body));
-        match request.send().await {
-            Ok(_) => Ok(Created::Yes),
-            Err(err) if status_of(&err) == Some(412) => Ok(Created::AlreadyExists),
-            Err(err) => Err(self.error("PutObject", key, err)),
-        }
-    }
-
-    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<()> {
-        let md5 = md5_hex_off_thread(body.clone()).await;
-        self.client
-            .put_object()
-            .bucket(self.bucket())
-            .key(key)
-            .content_md5(content_md5(&md5))
-            .set_metadata(Some(metadata.clone().into_iter().collect()))
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|err| self.error("PutObject", key, err))?;
-        Ok(())
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+        mode: PutMode,
+    ) -> Result<Created> {
+        self.put_object(key, body, metadata, mode, None).await
     }
 
     async fn put_link_if_absent(&self, link: &Link, metadata: &Metadata) -> Result<Created> {
         let body = Bytes::from(link.body.clone());
-        let md5 = md5_hex_off_thread(body.clone()).await;
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(self.bucket())
-            .key(&link.key)
-            .if_none_match("*")
-            .content_md5(content_md5(&md5))
-            .set_metadata(Some(metadata.clone().into_iter().collect()))
-            .body(ByteStream::from(body));
-        if let Some(redirect) = &link.redirect {
-            request = request
-                .website_redirect_location(redirect)
-                .acl(ObjectCannedAcl::PublicRead);
-        }
-        match request.send().await {
-            Ok(_) => Ok(Created::Yes),
-            Err(err) if status_of(&err) == Some(412) => Ok(Created::AlreadyExists),
-            Err(err) => Err(self.error("PutObject", &link.key, err)),
-        }
+        let redirect = link.redirect.as_deref();
+        self.put_object(&link.key, body, metadata, PutMode::Create, redirect)
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -15,7 +15,7 @@ use crate::failpoint::failpoint;
 use crate::journal::{Journal, State, SHA256_METADATA};
 use crate::layout::Link;
 use crate::ownership::JournalHandle;
-use crate::storage::{md5_hex_off_thread, Created, Store, UploadedPart};
+use crate::storage::{md5_hex_off_thread, Created, PutMode, Store, UploadedPart};
 use crate::tarball::{self, Part};
 use crate::workdir::{FileIdentity, LocalRevision};
 
@@ -219,7 +219,9 @@ async fn put_whole(
     let mut metadata = journal.object_metadata();
     metadata.insert(SHA256_METADATA.into(), whole.scanned.sha256.clone());
     handle.confirm().await?;
-    let created = store.put_if_absent(key, whole.data, &metadata).await?;
+    let created = store
+        .put(key, whole.data, &metadata, PutMode::Create)
+        .await?;
     // Taken already: ours only if a retried request had stored it.
     if created == Created::AlreadyExists
         && !store

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::common::*;
 use alitx::error::ErrorKind;
 use alitx::layout::Revision;
-use alitx::storage::{LocalStore, Metadata, ObjectInfo, Store, UploadedPart};
+use alitx::storage::{LocalStore, Metadata, ObjectInfo, PutMode, Store, UploadedPart};
 use bytes::Bytes;
 
 const MIB: usize = 1 << 20;
@@ -161,7 +161,12 @@ fn a_foreign_file_at_a_reused_inode_has_no_alitx_metadata() {
         let store = open(&root);
         let key = revision().store_key();
         store
-            .put_if_absent(&key, Bytes::from_static(b"ours"), &txn("t1"))
+            .put(
+                &key,
+                Bytes::from_static(b"ours"),
+                &txn("t1"),
+                PutMode::Create,
+            )
             .await
             .unwrap();
         let path = root.join(&key);
@@ -190,7 +195,12 @@ fn a_foreign_rewrite_of_the_same_inode_has_no_alitx_metadata() {
         let store = open(root.path());
         let key = revision().store_key();
         store
-            .put_if_absent(&key, Bytes::from_static(b"ours"), &txn("t1"))
+            .put(
+                &key,
+                Bytes::from_static(b"ours"),
+                &txn("t1"),
+                PutMode::Create,
+            )
             .await
             .unwrap();
         let path = root.path().join(&key);
@@ -212,11 +222,21 @@ fn untouched_objects_keep_their_metadata_across_replacement_and_relinking() {
         let store = open(root.path());
         let key = ".alitx/journals/x.json";
         store
-            .put(key, Bytes::from_static(b"1"), &txn("t1"))
+            .put(
+                key,
+                Bytes::from_static(b"1"),
+                &txn("t1"),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
         store
-            .put(key, Bytes::from_static(b"22"), &txn("t2"))
+            .put(
+                key,
+                Bytes::from_static(b"22"),
+                &txn("t2"),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
         let info = store.head(key).await.unwrap().unwrap();
@@ -399,7 +419,12 @@ fn completion_never_replaces_an_object_that_appeared_meanwhile() {
         let parts = [filled(5 * MIB, 1), filled(100, 2)];
         let (id, uploaded) = stage(&*store, &key, &txn("t1"), &parts).await;
         store
-            .put_if_absent(&key, Bytes::from_static(b"foreign"), &Metadata::new())
+            .put(
+                &key,
+                Bytes::from_static(b"foreign"),
+                &Metadata::new(),
+                PutMode::Create,
+            )
             .await
             .unwrap();
 
@@ -587,7 +612,12 @@ fn a_full_disk_fails_cleanly_and_abort_and_delete_still_free_space() {
             "the half-assembled copy stays on a full disk: {staged:?}"
         );
         let err = store
-            .put(".alitx/journals/j.json", filled(MIB * 6, 7), &txn("t1"))
+            .put(
+                ".alitx/journals/j.json",
+                filled(MIB * 6, 7),
+                &txn("t1"),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap_err();
         assert!(err.to_string().contains("No space left on device"), "{err}");

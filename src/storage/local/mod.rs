@@ -49,8 +49,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    md5_hex, Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Segments, Store,
-    UploadedPart,
+    md5_hex, Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, PutMode, Segments,
+    Store, UploadedPart,
 };
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
@@ -165,7 +165,8 @@ impl LocalStore {
     }
 
     /// Publish the prepared temporary `temp` at `key` with its metadata:
-    /// exclusively with `link`, or replacing with `rename`. The sidecar is
+    /// exclusively with `link` (`Create`), or replacing with `rename`
+    /// (`Overwrite`). The sidecar is
     /// durable before the object appears; the temporary name is gone after.
     fn place(
         &self,
@@ -173,8 +174,9 @@ impl LocalStore {
         key: &str,
         metadata: Metadata,
         website_redirect: Option<String>,
-        exclusive: bool,
+        mode: PutMode,
     ) -> Result<Created> {
+        let exclusive = mode == PutMode::Create;
         let dest = self.path_of(key)?;
         let (_, identity) =
             Identity::of(&temp.path).map_err(|e| Error::io(temp.path.display(), e))?;
@@ -218,11 +220,11 @@ impl LocalStore {
         key: &str,
         body: &[u8],
         metadata: &Metadata,
-        exclusive: bool,
+        mode: PutMode,
     ) -> Result<Created> {
         self.path_of(key)?;
         let temp = self.write_temp(key, body)?;
-        self.place(temp, key, metadata.clone(), None, exclusive)
+        self.place(temp, key, metadata.clone(), None, mode)
     }
 
     fn upload_dir(&self, upload_id: &str) -> Result<PathBuf> {
@@ -496,12 +498,14 @@ impl Store for LocalStore {
         Ok(Some(Bytes::from(buf).into()))
     }
 
-    async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created> {
-        self.put_bytes(key, &body, metadata, true)
-    }
-
-    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<()> {
-        self.put_bytes(key, &body, metadata, false).map(|_| ())
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+        mode: PutMode,
+    ) -> Result<Created> {
+        self.put_bytes(key, &body, metadata, mode)
     }
 
     async fn put_link_if_absent(&self, link: &Link, metadata: &Metadata) -> Result<Created> {
@@ -515,7 +519,7 @@ impl Store for LocalStore {
             &link.key,
             metadata.clone(),
             link.redirect.clone(),
-            true,
+            PutMode::Create,
         )
     }
 
@@ -644,7 +648,13 @@ impl Store for LocalStore {
             return Err(self.taken(key, upload_id));
         }
         let assembled = self.assemble(&dir, upload_id, parts)?;
-        let created = self.place(assembled, key, record.metadata.clone(), None, true)?;
+        let created = self.place(
+            assembled,
+            key,
+            record.metadata.clone(),
+            None,
+            PutMode::Create,
+        )?;
         if created == Created::AlreadyExists && !self.holds_upload(key, &record, parts).await? {
             return Err(self.taken(key, upload_id));
         }
