@@ -202,13 +202,17 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Delete `key`; deleting a missing key succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
 
-    /// Every key under `prefix`, sorted.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>>;
-
     /// One level under `prefix` (empty, or ending in `/`), both parts
     /// sorted: like S3's ListObjectsV2 with delimiter `/`. With `recursive`,
-    /// every object under `prefix` at any depth, and no prefixes.
+    /// every object whose key starts with `prefix` (any prefix), at any
+    /// depth, and no prefixes.
     async fn list_dir(&self, prefix: &str, recursive: bool) -> Result<Listing>;
+
+    /// Every key that starts with `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let listing = self.list_dir(prefix, true).await?;
+        Ok(listing.objects.into_iter().map(|o| o.key).collect())
+    }
 
     /// Start a staged upload that will become `key` when completed.
     async fn create_upload(&self, key: &str, metadata: &Metadata) -> Result<String>;

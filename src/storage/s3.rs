@@ -391,11 +391,6 @@ impl Store for S3Store {
         self.found("DeleteObject", key, answer).map(drop)
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let listing = self.list_dir(prefix, true).await?;
-        Ok(listing.objects.into_iter().map(|o| o.key).collect())
-    }
-
     async fn list_dir(&self, prefix: &str, recursive: bool) -> Result<Listing> {
         let mut pages = self
             .client

@@ -543,21 +543,15 @@ impl Store for LocalStore {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut objects = Vec::new();
-        self.walk(&self.root, "", prefix, &mut objects)?;
-        let mut keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
-        keys.sort();
-        Ok(keys)
-    }
-
     async fn list_dir(&self, prefix: &str, recursive: bool) -> Result<Listing> {
-        let rel = prefix.strip_suffix('/').unwrap_or(prefix);
-        if !prefix.is_empty() && !prefix.ends_with('/') {
+        if !recursive && !prefix.is_empty() && !prefix.ends_with('/') {
             return Err(Error::store(format!(
                 "list_dir needs an empty prefix or one ending in '/', not {prefix:?}"
             )));
         }
+        // The deepest directory `prefix` names: a recursive listing's
+        // prefix may end in part of a name.
+        let rel = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
         let dir = if rel.is_empty() {
             self.root.clone()
         } else {
