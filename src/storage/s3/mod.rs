@@ -2,20 +2,12 @@
 //! path-style addressing, a custom endpoint, credentials from the
 //! environment or the shared credentials file, never from the network.
 
-use std::path::PathBuf;
+mod config;
 
 use async_trait::async_trait;
-use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
 use aws_config::meta::credentials::CredentialsProviderChain;
-use aws_config::profile::ProfileFileCredentialsProvider;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{
-    ProvideCredentials, RequestChecksumCalculation, ResponseChecksumValidation,
-    StalledStreamProtectionConfig,
-};
+use aws_sdk_s3::config::ProvideCredentials;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl};
@@ -32,48 +24,7 @@ use super::{
 use crate::error::{source_chain, Error, Result};
 use crate::layout::Link;
 
-/// What aliBuild's `b3://` stores use when no endpoint is given.
-pub const DEFAULT_ENDPOINT: &str = "https://s3.cern.ch";
-
-#[derive(Debug, Clone)]
-pub struct S3Config {
-    pub bucket: String,
-    pub endpoint: String,
-    pub region: String,
-    /// The PEM bundle of certificate authorities an `https://` endpoint is
-    /// checked against instead of the system's (`AWS_CA_BUNDLE`).
-    pub ca_bundle: Option<PathBuf>,
-}
-
-impl S3Config {
-    /// Endpoint: the flag, else `AWS_ENDPOINT_URL`, else CERN S3; CA bundle:
-    /// `AWS_CA_BUNDLE`.
-    pub fn from_env(bucket: String, endpoint: Option<&str>) -> Result<Self> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let endpoint = endpoint
-            .map(str::to_string)
-            .or_else(|| env("AWS_ENDPOINT_URL"))
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(Error::input(format!(
-                "invalid S3 endpoint {endpoint:?}: it must start with http:// or https:// (e.g. https://s3.cern.ch)"
-            )));
-        }
-        Ok(S3Config {
-            bucket,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            region: env("AWS_REGION")
-                .or_else(|| env("AWS_DEFAULT_REGION"))
-                .unwrap_or_else(|| "us-east-1".into()),
-            ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
-        })
-    }
-
-    /// `s3://BUCKET at ENDPOINT`.
-    pub fn describe(&self) -> String {
-        format!("s3://{} at {}", self.bucket, self.endpoint)
-    }
-}
+pub use config::S3Config;
 
 #[derive(Debug)]
 pub struct S3Store {
@@ -86,53 +37,14 @@ pub struct S3Store {
 
 impl S3Store {
     pub async fn connect(config: S3Config) -> Result<Self> {
-        // Environment first, then ~/.aws/credentials; no instance metadata
-        // or other network lookups.
-        let credentials = || {
-            CredentialsProviderChain::first_try(
-                "Environment",
-                EnvironmentVariableCredentialsProvider::new(),
-            )
-            .or_else("Profile", ProfileFileCredentialsProvider::builder().build())
-        };
         let trust = match s3_http::uses_tls(&config.endpoint) {
             true => Some(Trust::resolve(config.ca_bundle.as_deref()).await),
             false => None,
         };
         let tls = trust.as_ref().map(Trust::tls_context).transpose()?;
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(config.region.clone()))
-            .credentials_provider(credentials())
-            .endpoint_url(&config.endpoint)
-            .http_client(s3_http::client(tls))
-            .retry_config(RetryConfig::standard().with_max_attempts(s3_http::ATTEMPTS))
-            // No attempt timeout: the stall limit ends an attempt that stopped
-            // moving, however long a large part legitimately takes.
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(s3_http::CONNECT_LIMIT)
-                    .build(),
-            )
-            // A response body that stops arriving (a journal, a listing page).
-            .stalled_stream_protection(
-                StalledStreamProtectionConfig::enabled()
-                    .upload_enabled(false)
-                    .grace_period(s3_http::STALL_LIMIT)
-                    .build(),
-            )
-            .load()
-            .await;
-        let s3 = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .interceptor(s3_http::RetryLog)
-            // Ceph RGW predates the SDK's default flexible checksums; we send
-            // Content-MD5 on every write instead.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
         Ok(S3Store {
-            client: Client::from_conf(s3),
-            credentials: credentials(),
+            client: config.client(tls).await,
+            credentials: config::credentials(),
             config,
             trust,
         })
