@@ -5,6 +5,7 @@
 //! put-if-absent, and a full disk (refused early with both figures; abort
 //! and delete still work).
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -727,13 +728,8 @@ struct Syscall {
 
 fn parse_strace(log: &str) -> Vec<Syscall> {
     let mut calls = Vec::new();
-    for line in log.lines() {
-        // `PID  call(...)`: strace pads the pid, so a short one is
-        // followed by more than one space.
-        let Some((_, call)) = line.split_once(' ') else {
-            continue;
-        };
-        let Some((name, args)) = call.trim_start().split_once('(') else {
+    for call in joined_calls(log) {
+        let Some((name, args)) = call.split_once('(') else {
             continue;
         };
         if !args.ends_with("= 0") {
@@ -772,6 +768,42 @@ fn parse_strace(log: &str) -> Vec<Syscall> {
         });
     }
     calls
+}
+
+/// The calls of an `strace -f` log, one a line. `PID  call(...)`: strace
+/// pads the pid, so a short one is followed by more than one space. A call
+/// interrupted by another thread's prints as `PID name(args <unfinished
+/// ...>`, then `PID <... name resumed>rest`: it is joined up, and placed
+/// (strictly, for the check) where an fsync began and where any other call
+/// ended.
+fn joined_calls(log: &str) -> Vec<String> {
+    let mut calls = Vec::new();
+    let mut pending: HashMap<&str, (usize, &str)> = HashMap::new();
+    for (at, line) in log.lines().enumerate() {
+        let Some((pid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        if let Some(start) = call.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid, (at, start));
+        } else if let Some(resumed) = call.strip_prefix("<... ") {
+            let (Some((began, start)), Some((_, rest))) =
+                (pending.remove(pid), resumed.split_once(" resumed>"))
+            else {
+                continue;
+            };
+            let at = if start.starts_with("fsync") {
+                began
+            } else {
+                at
+            };
+            calls.push((at, format!("{start}{rest}")));
+        } else {
+            calls.push((at, call.to_string()));
+        }
+    }
+    calls.sort_by_key(|(at, _)| *at);
+    calls.into_iter().map(|(_, call)| call).collect()
 }
 
 /// Run alitx under `strace`; `None` (the test then says it is skipped)
