@@ -1,0 +1,73 @@
+//! The order of one process's operations on a key (or a staged upload).
+//!
+//! Each operation of the local store runs on a blocking thread, and once
+//! started it runs to its end even when its caller stops waiting for it (a
+//! sibling part failed, the lease renewal was stopped): a write could then
+//! land after the write or delete its caller made next. So an operation
+//! passes the gates of the names it touches first, shared or exclusive,
+//! and holds them until it has ended: one that replaces or removes
+//! something starts only after every one begun before it on those names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::RwLock;
+
+/// How an operation passes a gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Beside others: reads, creates, parts of a staged upload.
+    Shared,
+    /// Alone, after every operation begun before it: rewrites, deletes,
+    /// completing or aborting a staged upload.
+    Exclusive,
+}
+
+/// One gate a name, while an operation is at it or waiting.
+#[derive(Debug, Default)]
+pub struct Gates(Arc<Mutex<HashMap<String, Arc<RwLock<()>>>>>);
+
+/// An operation's way through its gates, held until it is dropped.
+pub struct Passes {
+    gates: Gates,
+    held: Vec<(String, Box<dyn Send + Sync>)>,
+}
+
+impl Gates {
+    /// Pass the gates of `names`, in order.
+    pub async fn pass(&self, names: Vec<(String, Access)>) -> Passes {
+        let mut passes = Passes {
+            gates: Gates(self.0.clone()),
+            held: Vec::with_capacity(names.len()),
+        };
+        for (name, access) in names {
+            let gate = self.map().entry(name.clone()).or_default().clone();
+            let guard: Box<dyn Send + Sync> = match access {
+                Access::Shared => Box::new(gate.read_owned().await),
+                Access::Exclusive => Box::new(gate.write_owned().await),
+            };
+            passes.held.push((name, guard));
+        }
+        passes
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RwLock<()>>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Passes {
+    /// Leave the gates; one nobody else holds or waits at goes.
+    fn drop(&mut self) {
+        let mut map = self.gates.map();
+        for (name, guard) in self.held.drain(..) {
+            drop(guard);
+            if map
+                .get(&name)
+                .is_some_and(|gate| Arc::strong_count(gate) == 1)
+            {
+                map.remove(&name);
+            }
+        }
+    }
+}
