@@ -71,3 +71,32 @@ impl Drop for Passes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(access: Access) -> Vec<(String, Access)> {
+        vec![("key k".to_string(), access)]
+    }
+
+    #[tokio::test]
+    async fn exclusive_waits_for_earlier_passes_and_unused_gates_go() {
+        let gates = Gates::default();
+        let first = gates.pass(name(Access::Shared)).await;
+        let beside = gates.pass(name(Access::Shared)).await;
+        let exclusive = gates.pass(name(Access::Exclusive));
+        tokio::pin!(exclusive);
+        assert!(futures::poll!(&mut exclusive).is_pending());
+        drop(first);
+        assert!(futures::poll!(&mut exclusive).is_pending());
+        drop(beside);
+        let alone = exclusive.await;
+        let after = gates.pass(name(Access::Shared));
+        tokio::pin!(after);
+        assert!(futures::poll!(&mut after).is_pending());
+        drop(alone);
+        drop(after.await);
+        assert!(gates.map().is_empty());
+    }
+}
