@@ -13,8 +13,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::durable::{
-    create_in, create_temp_in, free_space, fsync_dir, make_dir, prune_empty_dirs, write_durably,
-    Temp,
+    create_in, create_temp_in, free_space, fsync_dir, fsync_removal, make_dir, prune_empty_dirs,
+    write_durably, Temp,
 };
 use super::identity::Identity;
 use crate::error::{Error, Result};
@@ -321,7 +321,7 @@ impl LocalFs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io(format!("deleting {}", path.display()), e)),
         }
-        fsync_dir(parent(&path)).map_err(|e| Error::io(parent(&path).display(), e))?;
+        fsync_removal(&path).map_err(|e| Error::io(parent(&path).display(), e))?;
         // Ours, or stale (the object was foreign): either way it goes.
         self.remove_sidecar(key, ino);
         prune_empty_dirs(&path, &self.root);
