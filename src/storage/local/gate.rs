@@ -2,11 +2,12 @@
 //!
 //! Each operation of the local store runs on a blocking thread, and once
 //! started it runs to its end even when its caller stops waiting for it (a
-//! sibling part failed, the lease renewal was stopped): a write could then
-//! land after the write or delete its caller made next. So an operation
-//! passes the gates of the names it touches first, shared or exclusive,
-//! and holds them until it has ended: one that replaces or removes
-//! something starts only after every one begun before it on those names.
+//! sibling failed, the lease renewal was stopped): a write could then land
+//! after the read, write or delete its caller made next, unseen by it. So
+//! an operation first passes the gates of the names it touches, shared or
+//! exclusive, and holds them until it has ended: a write starts only after
+//! every operation begun before it on those names, and a read after every
+//! write begun before it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,10 +17,10 @@ use tokio::sync::RwLock;
 /// How an operation passes a gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Beside others: reads, creates, parts of a staged upload.
+    /// Beside other shared ones: reads, and the parts of a staged upload.
     Shared,
-    /// Alone, after every operation begun before it: rewrites, deletes,
-    /// completing or aborting a staged upload.
+    /// Alone, after every operation begun before it: writes and deletes;
+    /// listing, completing or aborting a staged upload.
     Exclusive,
 }
 

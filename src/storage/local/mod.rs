@@ -152,18 +152,14 @@ impl Store for LocalStore {
         mode: PutMode,
     ) -> Result<Created> {
         let (key, metadata) = (key.to_string(), metadata.clone());
-        let access = match mode {
-            PutMode::Create => Access::Shared,
-            PutMode::Overwrite => Access::Exclusive,
-        };
-        let gates = vec![key_gate(&key, access)];
+        let gates = vec![key_gate(&key, Access::Exclusive)];
         self.blocking(gates, move |fs| fs.put(&key, &body, &metadata, mode))
             .await
     }
 
     async fn put_link_if_absent(&self, link: &Link, metadata: &Metadata) -> Result<Created> {
         let (link, metadata) = (link.clone(), metadata.clone());
-        let gates = vec![key_gate(&link.key, Access::Shared)];
+        let gates = vec![key_gate(&link.key, Access::Exclusive)];
         self.blocking(gates, move |fs| fs.put_link_if_absent(&link, &metadata))
             .await
     }
@@ -203,7 +199,7 @@ impl Store for LocalStore {
 
     async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Option<Vec<UploadedPart>>> {
         let (key, upload_id) = (key.to_string(), upload_id.to_string());
-        let gates = vec![upload_gate(&upload_id, Access::Shared)];
+        let gates = vec![upload_gate(&upload_id, Access::Exclusive)];
         self.blocking(gates, move |fs| fs.list_parts(&key, &upload_id))
             .await
     }
@@ -218,7 +214,7 @@ impl Store for LocalStore {
         let (key, upload_id, parts) = (key.to_string(), upload_id.to_string(), parts.to_vec());
         let gates = vec![
             upload_gate(&upload_id, Access::Exclusive),
-            key_gate(&key, Access::Shared),
+            key_gate(&key, Access::Exclusive),
         ];
         self.blocking(gates, move |fs| {
             fs.complete_upload(&key, &upload_id, &parts)
