@@ -25,7 +25,7 @@
 use std::time::Instant;
 
 use alitx::layout::{store_key, Revision, DIST_DIRS};
-use alitx::storage::{self, Metadata};
+use alitx::storage::{self, Metadata, PutMode};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
@@ -126,10 +126,14 @@ async fn main() {
     futures::stream::iter(all)
         .map(|(key, body)| {
             let (store, metadata) = (&store, &metadata);
-            async move { store.put(&key, body.into(), metadata).await }
+            async move {
+                store
+                    .put(&key, body.into(), metadata, PutMode::Overwrite)
+                    .await
+            }
         })
         .buffer_unordered(concurrency)
-        .try_collect::<Vec<()>>()
+        .try_collect::<Vec<_>>()
         .await
         .unwrap();
     let took = started.elapsed().as_secs_f64();

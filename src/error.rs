@@ -131,4 +131,19 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Every cause under `err`, outermost first (`err` itself when it has none).
+pub fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = vec![];
+    let mut current = err.source();
+    while let Some(e) = current {
+        parts.push(e.to_string());
+        current = e.source();
+    }
+    if parts.is_empty() {
+        err.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

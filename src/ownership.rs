@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Owner, OWNER_METADATA};
-use crate::storage::Store;
+use crate::storage::{PutMode, Store};
 
 /// How long a takeover waits between writing itself in as owner and
 /// reading the journal back: longer than one journal write takes, so that
@@ -124,7 +124,12 @@ impl JournalHandle {
         mine.lease_expires_at = crate::now_secs() + lease.as_secs() as i64;
         let token = mine.owner.token.clone();
         if let Err(e) = store
-            .put(key, mine.to_bytes(), &mine.journal_metadata())
+            .put(
+                key,
+                mine.to_bytes(),
+                &mine.journal_metadata(),
+                PutMode::Overwrite,
+            )
             .await
         {
             if !e.is_no_space() {
@@ -137,7 +142,12 @@ impl JournalHandle {
                 store.abort_upload(&current.tarball.key, upload_id).await?;
             }
             store
-                .put(key, mine.to_bytes(), &mine.journal_metadata())
+                .put(
+                    key,
+                    mine.to_bytes(),
+                    &mine.journal_metadata(),
+                    PutMode::Overwrite,
+                )
                 .await?;
         }
         tokio::time::sleep(settle_time()).await;
@@ -225,7 +235,12 @@ impl JournalHandle {
         change(&mut next);
         next.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
         self.store
-            .put(&self.key, next.to_bytes(), &next.journal_metadata())
+            .put(
+                &self.key,
+                next.to_bytes(),
+                &next.journal_metadata(),
+                PutMode::Overwrite,
+            )
             .await?;
         *journal = next;
         Ok(())
@@ -284,7 +299,12 @@ mod tests {
         let journal = test_journal();
         let key = Journal::key_of(DEFAULT_PREFIX, &journal.revision);
         store
-            .put(&key, journal.to_bytes(), &journal.journal_metadata())
+            .put(
+                &key,
+                journal.to_bytes(),
+                &journal.journal_metadata(),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
         let handle = JournalHandle::created(store.clone(), DEFAULT_PREFIX, journal.clone());
@@ -301,7 +321,12 @@ mod tests {
         let mut taken = journal.clone();
         taken.owner = Owner::this_process();
         store
-            .put(&key, taken.to_bytes(), &taken.journal_metadata())
+            .put(
+                &key,
+                taken.to_bytes(),
+                &taken.journal_metadata(),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
         let err = handle.confirm().await.unwrap_err();
@@ -319,7 +344,12 @@ mod tests {
         let key = Journal::key_of(DEFAULT_PREFIX, &journal.revision);
         // As an alitx older than the owner metadata writes it.
         store
-            .put(&key, journal.to_bytes(), &Default::default())
+            .put(
+                &key,
+                journal.to_bytes(),
+                &Default::default(),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
         handle.confirm().await.unwrap();
@@ -327,7 +357,12 @@ mod tests {
         let mut taken = journal.clone();
         taken.owner = Owner::this_process();
         store
-            .put(&key, taken.to_bytes(), &Default::default())
+            .put(
+                &key,
+                taken.to_bytes(),
+                &Default::default(),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
         assert!(handle.confirm().await.is_err());

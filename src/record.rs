@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::journal::{Journal, SHA256_METADATA};
 use crate::layout::Revision;
-use crate::storage::{Created, Store};
+use crate::storage::{Created, PutMode, Store};
 
 /// Bump when the format changes incompatibly; readers refuse versions they
 /// do not know instead of guessing.
@@ -144,7 +144,7 @@ pub async fn write(store: &dyn Store, journal: &Journal, sha256: &str) -> Result
     metadata.insert(SHA256_METADATA.into(), record.sha256.clone());
     metadata.insert(SIZE_METADATA.into(), record.size.to_string());
     let created = store
-        .put_if_absent(&key, record.to_bytes(), &metadata)
+        .put(&key, record.to_bytes(), &metadata, PutMode::Create)
         .await?;
     if created == Created::AlreadyExists {
         match read_key(store, &key).await {
@@ -164,7 +164,9 @@ pub async fn write(store: &dyn Store, journal: &Journal, sha256: &str) -> Result
                     "{key} recorded {what}, not this publication (transaction {}): replacing it",
                     journal.txn
                 );
-                store.put(&key, record.to_bytes(), &metadata).await?;
+                store
+                    .put(&key, record.to_bytes(), &metadata, PutMode::Overwrite)
+                    .await?;
             }
         }
     }

@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use md5::{Digest, Md5};
 
 use super::ScanOptions;
 use crate::error::{Error, Result};
 use crate::layout::{self, DIST_DIRS};
-use crate::storage::{ObjectMeta, Store};
+use crate::storage::{md5_hex, ObjectMeta, Store};
 
 /// Which revision a key belongs to: architecture, package, tarball name.
 pub(super) type RevisionKey = (String, String, String);
@@ -167,7 +166,7 @@ fn body_by_md5(
         .get(&(arch.clone(), name.clone()))?
         .iter()
         .map(|t| &t.object.key["TARS/".len()..])
-        .find(|body| hex::encode(Md5::digest(body.as_bytes())) == md5)
+        .find(|body| md5_hex(body.as_bytes()) == md5)
         .map(|body| Bytes::copy_from_slice(body.as_bytes()))
 }
 

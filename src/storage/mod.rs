@@ -1,9 +1,10 @@
 //! The one small storage interface the transaction engine talks to, and the
 //! backends behind it: S3 (Ceph RGW, AWS, ...) and a local directory.
 //!
-//! The interface offers exactly the primitives the protocol needs: a
-//! put-if-absent for the commit-critical keys, plain puts for the journal,
-//! and a staged (multipart) upload that stays invisible until completed.
+//! The interface offers exactly the primitives the protocol needs: a put
+//! that only creates ([`PutMode::Create`], put-if-absent) for the
+//! commit-critical keys, overwriting puts for the journal, and a staged
+//! (multipart) upload that stays invisible until completed.
 //! Every backend must pass the conformance suite in `tests/suite/conformance.rs`.
 
 mod local;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use md5::{Digest, Md5};
 
 use crate::error::{Error, Result};
 use crate::layout::Link;
@@ -34,6 +36,15 @@ pub enum Created {
     Yes,
     /// Something already holds the key; it was left untouched.
     AlreadyExists,
+}
+
+/// How [`Store::put`] treats a key something already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Create the key only if nothing holds it: the commit-critical keys.
+    Create,
+    /// Create or replace it (journal updates only): always [`Created::Yes`].
+    Overwrite,
 }
 
 /// What a HEAD returns.
@@ -129,6 +140,20 @@ impl From<Bytes> for Segments {
     }
 }
 
+/// Hex MD5 of `data`, as S3 ETags, [`UploadedPart::md5`] and
+/// [`ObjectMeta::md5`] spell it.
+pub fn md5_hex(data: &[u8]) -> String {
+    hex::encode(Md5::digest(data))
+}
+
+/// [`md5_hex`] of a part or a body (megabytes), hashed off the async worker
+/// threads.
+pub async fn md5_hex_off_thread(data: Bytes) -> String {
+    tokio::task::spawn_blocking(move || md5_hex(&data))
+        .await
+        .expect("md5 task")
+}
+
 /// A staged upload that was started and neither completed nor aborted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingUpload {
@@ -159,11 +184,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// a large object piece by piece, in bounded memory.
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Segments>>;
 
-    /// Create `key` only if nothing holds it.
-    async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created>;
-
-    /// Create or replace `key` (journal updates only).
-    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<()>;
+    /// Write `key`, as `mode` says: [`PutMode::Create`] leaves a key that
+    /// something holds untouched and answers [`Created::AlreadyExists`].
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+        mode: PutMode,
+    ) -> Result<Created>;
 
     /// Create a link object only if nothing holds its key: on S3 an object
     /// with the link's body (and redirect and public-read ACL for dist
@@ -173,13 +202,17 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Delete `key`; deleting a missing key succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
 
-    /// Every key under `prefix`, sorted.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>>;
-
     /// One level under `prefix` (empty, or ending in `/`), both parts
     /// sorted: like S3's ListObjectsV2 with delimiter `/`. With `recursive`,
-    /// every object under `prefix` at any depth, and no prefixes.
+    /// every object whose key starts with `prefix` (any prefix), at any
+    /// depth, and no prefixes.
     async fn list_dir(&self, prefix: &str, recursive: bool) -> Result<Listing>;
+
+    /// Every key that starts with `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let listing = self.list_dir(prefix, true).await?;
+        Ok(listing.objects.into_iter().map(|o| o.key).collect())
+    }
 
     /// Start a staged upload that will become `key` when completed.
     async fn create_upload(&self, key: &str, metadata: &Metadata) -> Result<String>;

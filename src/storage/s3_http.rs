@@ -35,6 +35,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::error::source_chain;
+
 /// How long an attempt may go without progress before it ends and is retried.
 pub const STALL_LIMIT: Duration = Duration::from_secs(20);
 
@@ -248,7 +250,7 @@ impl Intercept for RetryLog {
                 .request()
                 .map(|r| r.uri().to_string())
                 .unwrap_or_default();
-            let why = format!("{status}{}", super::s3::source_chain(err));
+            let why = format!("{status}{}", source_chain(err));
             cfg.interceptor_state().store_put(LastFailure { url, why });
         }
         Ok(())

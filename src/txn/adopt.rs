@@ -6,11 +6,10 @@
 use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
-use md5::{Digest, Md5};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Link, Revision, DIST_DIRS};
-use crate::storage::{ObjectMeta, Store};
+use crate::storage::{md5_hex, ObjectMeta, Store};
 use crate::workdir::LocalRevision;
 
 use super::plan::AdoptionFacts;
@@ -78,7 +77,7 @@ pub(super) async fn facts(store: &dyn Store, local: &LocalRevision) -> Result<Ad
 /// the same body, and the same redirect (stock aliBuild writes it without
 /// the leading `/`; both name the same key).
 async fn is_identical(store: &dyn Store, object: &ObjectMeta, link: &Link) -> Result<bool> {
-    let body_md5 = hex::encode(Md5::digest(link.body.as_bytes()));
+    let body_md5 = md5_hex(link.body.as_bytes());
     let same_body = match &object.md5 {
         Some(md5) => *md5 == body_md5,
         None => store.get(&object.key).await?.as_deref() == Some(link.body.as_bytes()),

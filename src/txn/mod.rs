@@ -27,7 +27,7 @@ use crate::failpoint::failpoint;
 use crate::journal::Journal;
 use crate::layout::{Link, Revision};
 use crate::ownership::{read_journal, JournalHandle, Takeover};
-use crate::storage::{Created, ObjectInfo, Store};
+use crate::storage::{Created, ObjectInfo, PutMode, Store};
 use crate::workdir::LocalRevision;
 
 use plan::{Adoption, Aftermath, LocalFiles, Plan, Start, Tarball};
@@ -291,7 +291,7 @@ async fn begin(
     );
     journal.adopts = adopting;
     match store
-        .put_if_absent(&journal_key, journal.to_bytes(), &journal.journal_metadata())
+        .put(&journal_key, journal.to_bytes(), &journal.journal_metadata(), PutMode::Create)
         .await?
     {
         Created::Yes => {}

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use md5::{Digest, Md5};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -16,7 +15,7 @@ use crate::failpoint::failpoint;
 use crate::journal::{Journal, State, SHA256_METADATA};
 use crate::layout::Link;
 use crate::ownership::JournalHandle;
-use crate::storage::{Created, Store, UploadedPart};
+use crate::storage::{md5_hex_off_thread, Created, PutMode, Store, UploadedPart};
 use crate::tarball::{self, Part};
 use crate::workdir::{FileIdentity, LocalRevision};
 
@@ -220,7 +219,9 @@ async fn put_whole(
     let mut metadata = journal.object_metadata();
     metadata.insert(SHA256_METADATA.into(), whole.scanned.sha256.clone());
     handle.confirm().await?;
-    let created = store.put_if_absent(key, whole.data, &metadata).await?;
+    let created = store
+        .put(key, whole.data, &metadata, PutMode::Create)
+        .await?;
     // Taken already: ours only if a retried request had stored it.
     if created == Created::AlreadyExists
         && !store
@@ -484,7 +485,7 @@ async fn send_tarball(
                 if let Some(have) = existing {
                     // Staged parts are atomic: one that differs means the
                     // file changed since it was sent.
-                    let md5 = md5_hex(part.data.clone()).await;
+                    let md5 = md5_hex_off_thread(part.data.clone()).await;
                     if have.md5 != md5 || have.size != part.data.len() as u64 {
                         return Err(Error::verification(format!(
                             "part {} differs from the one staged earlier: the tarball changed since the journal was written",
@@ -528,12 +529,6 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-async fn md5_hex(data: Bytes) -> String {
-    tokio::task::spawn_blocking(move || hex::encode(Md5::digest(&data)))
-        .await
-        .expect("md5 task")
 }
 
 /// Retire the journal of a committed transaction (its revision is

@@ -1,8 +1,6 @@
 //! The verdict on one revision: its package link, record, tarball and own
 //! dist links, each checked against the others.
 
-use md5::{Digest, Md5};
-
 use super::read::Reader;
 use super::select::{read_record, Candidate};
 use super::{Class, Damaged, RevisionReport};
@@ -10,6 +8,7 @@ use crate::error::{ErrorKind, Result};
 use crate::journal::SHA256_METADATA;
 use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
 use crate::record::{self, LinksDigest, Record};
+use crate::storage::md5_hex;
 
 impl Reader {
     /// The verdict on one revision; `None` if it is not published.
@@ -231,7 +230,7 @@ impl Reader {
         record: Option<&Record>,
     ) -> Result<Vec<String>> {
         let store_key = revision.store_key();
-        let own_body_md5 = hex::encode(Md5::digest(store_key.as_bytes()));
+        let own_body_md5 = md5_hex(store_key.as_bytes());
         let mut reasons = Vec::new();
         let mut keys: Vec<String> = has_package_link
             .then(|| link_key.to_string())

@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use alitx::layout::{Revision, DIST_DIRS};
-use alitx::storage::{self, S3Config, S3Store, Store};
+use alitx::storage::{self, PutMode, S3Config, S3Store, Store};
 use aws_sdk_s3::Client;
 
 pub const ARCH: &str = "slc9_x86-64";
@@ -282,7 +282,12 @@ impl TestStore {
     pub async fn put_foreign(&self, key: &str, body: &[u8]) {
         self.open()
             .await
-            .put(key, body.to_vec().into(), &Default::default())
+            .put(
+                key,
+                body.to_vec().into(),
+                &Default::default(),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
     }
@@ -726,7 +731,12 @@ pub async fn fake_live_owner(store: &TestStore, revision: &Revision) {
     journal.owner.host = "build-node-17".into();
     journal.lease_expires_at = alitx::now_secs() + 3600;
     backend
-        .put(&key, journal.to_bytes(), &Default::default())
+        .put(
+            &key,
+            journal.to_bytes(),
+            &Default::default(),
+            PutMode::Overwrite,
+        )
         .await
         .unwrap();
 }

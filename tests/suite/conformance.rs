@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::common::{backends_and_https, hash_of, is_public_read, runtime, TestStore, ARCH};
 use alitx::layout::{Link, Revision};
-use alitx::storage::{Created, Metadata, ObjectInfo, Segments, Store, UploadedPart};
+use alitx::storage::{Created, Metadata, ObjectInfo, PutMode, Segments, Store, UploadedPart};
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use futures::StreamExt;
@@ -223,10 +223,12 @@ async fn pending(store: &dyn Store, prefix: &str) -> Vec<(String, String)> {
 
 async fn put_if_absent_creates_only_once(_: &TestStore, store: Arc<dyn Store>) {
     let key = "TARS/a/store/ab/abcd/first.tar.gz";
-    let created = store.put_if_absent(key, bytes("first"), &txn("t1")).await;
+    let created = store
+        .put(key, bytes("first"), &txn("t1"), PutMode::Create)
+        .await;
     assert_eq!(created.unwrap(), Created::Yes);
     let again = store
-        .put_if_absent(key, bytes("second body"), &txn("t2"))
+        .put(key, bytes("second body"), &txn("t2"), PutMode::Create)
         .await;
     assert_eq!(again.unwrap(), Created::AlreadyExists);
     assert_body(&*store, key, b"first").await;
@@ -236,12 +238,21 @@ async fn put_if_absent_creates_only_once(_: &TestStore, store: Arc<dyn Store>) {
 
 async fn put_replaces_body_and_metadata(_: &TestStore, store: Arc<dyn Store>) {
     let key = ".alitx/journals/a/journal.json";
-    store.put(key, bytes("{}"), &txn("t1")).await.unwrap();
+    store
+        .put(key, bytes("{}"), &txn("t1"), PutMode::Overwrite)
+        .await
+        .unwrap();
     assert_body(&*store, key, b"{}").await;
     let first = meta(&[("alitx-txn", "t1"), ("alitx-state", "staged")]);
-    store.put(key, bytes("v1"), &first).await.unwrap();
+    store
+        .put(key, bytes("v1"), &first, PutMode::Overwrite)
+        .await
+        .unwrap();
     let second = meta(&[("alitx-lease", "123")]);
-    store.put(key, bytes("version two"), &second).await.unwrap();
+    store
+        .put(key, bytes("version two"), &second, PutMode::Overwrite)
+        .await
+        .unwrap();
     assert_body(&*store, key, b"version two").await;
     let head = store.head(key).await.unwrap();
     assert_eq!(
@@ -251,7 +262,7 @@ async fn put_replaces_body_and_metadata(_: &TestStore, store: Arc<dyn Store>) {
     );
     // An empty body is an object too.
     store
-        .put(key, Bytes::new(), &Metadata::new())
+        .put(key, Bytes::new(), &Metadata::new(), PutMode::Overwrite)
         .await
         .unwrap();
     assert_eq!(store.get(key).await.unwrap(), Some(Bytes::new()));
@@ -269,13 +280,18 @@ async fn head_reports_size_and_metadata_exactly(_: &TestStore, store: Arc<dyn St
         ("alitx-kind", "store-tarball"),
     ]);
     store
-        .put_if_absent("with/metadata", body.clone(), &metadata)
+        .put("with/metadata", body.clone(), &metadata, PutMode::Create)
         .await
         .unwrap();
     let head = store.head("with/metadata").await.unwrap();
     assert_eq!(head, Some(info(&body, metadata)));
     store
-        .put_if_absent("without/metadata", bytes("x"), &Metadata::new())
+        .put(
+            "without/metadata",
+            bytes("x"),
+            &Metadata::new(),
+            PutMode::Create,
+        )
         .await
         .unwrap();
     let head = store.head("without/metadata").await.unwrap();
@@ -285,7 +301,7 @@ async fn head_reports_size_and_metadata_exactly(_: &TestStore, store: Arc<dyn St
 async fn missing_keys_read_as_none(_: &TestStore, store: Arc<dyn Store>) {
     assert_absent(&*store, "never/written").await;
     store
-        .put_if_absent("TARS/a/b", bytes("b"), &Metadata::new())
+        .put("TARS/a/b", bytes("b"), &Metadata::new(), PutMode::Create)
         .await
         .unwrap();
     // Neither a prefix of a key, nor a key below one, is an object.
@@ -303,7 +319,7 @@ async fn ranges_read_any_slice_of_an_object(_: &TestStore, store: Arc<dyn Store>
     let body = filled(1000, 7);
     let key = "TARS/a/ranged";
     store
-        .put(key, body.clone(), &Metadata::new())
+        .put(key, body.clone(), &Metadata::new(), PutMode::Overwrite)
         .await
         .unwrap();
     let range = |offset: u64, len: u64| {
@@ -333,7 +349,7 @@ async fn ranges_read_any_slice_of_an_object(_: &TestStore, store: Arc<dyn Store>
 
     let empty = "TARS/a/empty";
     store
-        .put(empty, Bytes::new(), &Metadata::new())
+        .put(empty, Bytes::new(), &Metadata::new(), PutMode::Overwrite)
         .await
         .unwrap();
     assert_eq!(
@@ -407,7 +423,9 @@ async fn concurrent_put_if_absent_has_one_winner(_: &TestStore, store: Arc<dyn S
         let store = store.clone();
         tokio::spawn(async move {
             let body = bytes(&format!("writer {i}"));
-            let created = store.put_if_absent(key, body, &txn(&format!("t{i}"))).await;
+            let created = store
+                .put(key, body, &txn(&format!("t{i}")), PutMode::Create)
+                .await;
             (i, created.unwrap())
         })
     });
@@ -451,7 +469,7 @@ async fn check_link(t: &TestStore, store: &dyn Store, link: &Link) {
     let tarball = bytes("the tarball");
     let target = revision().store_key();
     store
-        .put_if_absent(&target, tarball.clone(), &txn("t0"))
+        .put(&target, tarball.clone(), &txn("t0"), PutMode::Create)
         .await
         .unwrap();
     let created = store.put_link_if_absent(link, &txn("t1")).await.unwrap();
@@ -459,7 +477,7 @@ async fn check_link(t: &TestStore, store: &dyn Store, link: &Link) {
     let again = store.put_link_if_absent(link, &txn("t2")).await.unwrap();
     assert_eq!(again, Created::AlreadyExists);
     let plain = store
-        .put_if_absent(&link.key, bytes("not a link"), &txn("t3"))
+        .put(&link.key, bytes("not a link"), &txn("t3"), PutMode::Create)
         .await;
     assert_eq!(plain.unwrap(), Created::AlreadyExists);
 
@@ -493,12 +511,12 @@ async fn delete_removes_and_tolerates_missing_keys(_: &TestStore, store: Arc<dyn
     let rev = revision();
     let (tarball, link) = (rev.store_key(), rev.package_link());
     store
-        .put_if_absent(&tarball, bytes("tarball"), &txn("t1"))
+        .put(&tarball, bytes("tarball"), &txn("t1"), PutMode::Create)
         .await
         .unwrap();
     store.put_link_if_absent(&link, &txn("t1")).await.unwrap();
     store
-        .put_if_absent("TARS/other", bytes("o"), &Metadata::new())
+        .put("TARS/other", bytes("o"), &Metadata::new(), PutMode::Create)
         .await
         .unwrap();
 
@@ -513,7 +531,7 @@ async fn delete_removes_and_tolerates_missing_keys(_: &TestStore, store: Arc<dyn
     store.delete("never/written").await.unwrap();
     // The key is free again.
     let created = store
-        .put_if_absent(&tarball, bytes("new"), &txn("t2"))
+        .put(&tarball, bytes("new"), &txn("t2"), PutMode::Create)
         .await;
     assert_eq!(created.unwrap(), Created::Yes);
     assert_eq!(
@@ -527,7 +545,7 @@ async fn delete_removes_and_tolerates_missing_keys(_: &TestStore, store: Arc<dyn
 async fn seed_listing(store: &dyn Store, keys: &[&str], link: &Link) {
     for key in keys {
         store
-            .put_if_absent(key, bytes(key), &Metadata::new())
+            .put(key, bytes(key), &Metadata::new(), PutMode::Create)
             .await
             .unwrap();
     }
@@ -606,7 +624,7 @@ async fn listings_return_more_than_one_page(_: &TestStore, store: Arc<dyn Store>
             let store = store.clone();
             async move {
                 let put = store
-                    .put_if_absent(key, Bytes::new(), &Metadata::new())
+                    .put(key, Bytes::new(), &Metadata::new(), PutMode::Create)
                     .await;
                 assert_eq!(put.unwrap(), Created::Yes);
             }

@@ -5,6 +5,7 @@
 //! put-if-absent, and a full disk (refused early with both figures; abort
 //! and delete still work).
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use crate::common::*;
 use alitx::error::ErrorKind;
 use alitx::layout::Revision;
-use alitx::storage::{LocalStore, Metadata, ObjectInfo, Store, UploadedPart};
+use alitx::storage::{LocalStore, Metadata, ObjectInfo, PutMode, Store, UploadedPart};
 use bytes::Bytes;
 
 const MIB: usize = 1 << 20;
@@ -161,7 +162,12 @@ fn a_foreign_file_at_a_reused_inode_has_no_alitx_metadata() {
         let store = open(&root);
         let key = revision().store_key();
         store
-            .put_if_absent(&key, Bytes::from_static(b"ours"), &txn("t1"))
+            .put(
+                &key,
+                Bytes::from_static(b"ours"),
+                &txn("t1"),
+                PutMode::Create,
+            )
             .await
             .unwrap();
         let path = root.join(&key);
@@ -190,7 +196,12 @@ fn a_foreign_rewrite_of_the_same_inode_has_no_alitx_metadata() {
         let store = open(root.path());
         let key = revision().store_key();
         store
-            .put_if_absent(&key, Bytes::from_static(b"ours"), &txn("t1"))
+            .put(
+                &key,
+                Bytes::from_static(b"ours"),
+                &txn("t1"),
+                PutMode::Create,
+            )
             .await
             .unwrap();
         let path = root.path().join(&key);
@@ -212,11 +223,21 @@ fn untouched_objects_keep_their_metadata_across_replacement_and_relinking() {
         let store = open(root.path());
         let key = ".alitx/journals/x.json";
         store
-            .put(key, Bytes::from_static(b"1"), &txn("t1"))
+            .put(
+                key,
+                Bytes::from_static(b"1"),
+                &txn("t1"),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
         store
-            .put(key, Bytes::from_static(b"22"), &txn("t2"))
+            .put(
+                key,
+                Bytes::from_static(b"22"),
+                &txn("t2"),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap();
         let info = store.head(key).await.unwrap().unwrap();
@@ -399,7 +420,12 @@ fn completion_never_replaces_an_object_that_appeared_meanwhile() {
         let parts = [filled(5 * MIB, 1), filled(100, 2)];
         let (id, uploaded) = stage(&*store, &key, &txn("t1"), &parts).await;
         store
-            .put_if_absent(&key, Bytes::from_static(b"foreign"), &Metadata::new())
+            .put(
+                &key,
+                Bytes::from_static(b"foreign"),
+                &Metadata::new(),
+                PutMode::Create,
+            )
             .await
             .unwrap();
 
@@ -587,7 +613,12 @@ fn a_full_disk_fails_cleanly_and_abort_and_delete_still_free_space() {
             "the half-assembled copy stays on a full disk: {staged:?}"
         );
         let err = store
-            .put(".alitx/journals/j.json", filled(MIB * 6, 7), &txn("t1"))
+            .put(
+                ".alitx/journals/j.json",
+                filled(MIB * 6, 7),
+                &txn("t1"),
+                PutMode::Overwrite,
+            )
             .await
             .unwrap_err();
         assert!(err.to_string().contains("No space left on device"), "{err}");
@@ -697,13 +728,8 @@ struct Syscall {
 
 fn parse_strace(log: &str) -> Vec<Syscall> {
     let mut calls = Vec::new();
-    for line in log.lines() {
-        // `PID  call(...)`: strace pads the pid, so a short one is
-        // followed by more than one space.
-        let Some((_, call)) = line.split_once(' ') else {
-            continue;
-        };
-        let Some((name, args)) = call.trim_start().split_once('(') else {
+    for call in joined_calls(log) {
+        let Some((name, args)) = call.split_once('(') else {
             continue;
         };
         if !args.ends_with("= 0") {
@@ -742,6 +768,42 @@ fn parse_strace(log: &str) -> Vec<Syscall> {
         });
     }
     calls
+}
+
+/// The calls of an `strace -f` log, one a line. `PID  call(...)`: strace
+/// pads the pid, so a short one is followed by more than one space. A call
+/// interrupted by another thread's prints as `PID name(args <unfinished
+/// ...>`, then `PID <... name resumed>rest`: it is joined up, and placed
+/// (strictly, for the check) where an fsync began and where any other call
+/// ended.
+fn joined_calls(log: &str) -> Vec<String> {
+    let mut calls = Vec::new();
+    let mut pending: HashMap<&str, (usize, &str)> = HashMap::new();
+    for (at, line) in log.lines().enumerate() {
+        let Some((pid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        if let Some(start) = call.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid, (at, start));
+        } else if let Some(resumed) = call.strip_prefix("<... ") {
+            let (Some((began, start)), Some((_, rest))) =
+                (pending.remove(pid), resumed.split_once(" resumed>"))
+            else {
+                continue;
+            };
+            let at = if start.starts_with("fsync") {
+                began
+            } else {
+                at
+            };
+            calls.push((at, format!("{start}{rest}")));
+        } else {
+            calls.push((at, call.to_string()));
+        }
+    }
+    calls.sort_by_key(|(at, _)| *at);
+    calls.into_iter().map(|(_, call)| call).collect()
 }
 
 /// Run alitx under `strace`; `None` (the test then says it is skipped)

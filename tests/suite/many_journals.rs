@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use alitx::journal::{Journal, DEFAULT_PREFIX};
-use alitx::storage::Store;
+use alitx::storage::{PutMode, Store};
 use futures::StreamExt;
 
 const JOURNALS: usize = 300;
@@ -73,7 +73,12 @@ async fn abandon(
     }
     let key = Journal::key_of(DEFAULT_PREFIX, &revision);
     store
-        .put(&key, journal.to_bytes(), &journal.journal_metadata())
+        .put(
+            &key,
+            journal.to_bytes(),
+            &journal.journal_metadata(),
+            PutMode::Overwrite,
+        )
         .await
         .unwrap();
     let mut keys = vec![key];
@@ -83,6 +88,7 @@ async fn abandon(
                 &link.key,
                 link.body.clone().into_bytes().into(),
                 &journal.object_metadata(),
+                PutMode::Overwrite,
             )
             .await
             .unwrap();

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use crate::common::*;
 use alitx::journal::Journal;
+use alitx::storage::PutMode;
 
 /// Every point where the crash matrix kills the upload of a tarball of
 /// several parts.
@@ -757,7 +758,7 @@ fn a_forged_journal_of_a_published_revision_under_another_hash_deletes_nothing()
             let backend = store.open().await;
             let metadata = forged.journal_metadata();
             backend
-                .put(&key, forged.to_bytes(), &metadata)
+                .put(&key, forged.to_bytes(), &metadata, PutMode::Overwrite)
                 .await
                 .unwrap();
         });

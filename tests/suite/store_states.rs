@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use crate::common::proxy::{Fault, Faults, Match, Proxy, Rule};
 use crate::common::*;
 use alitx::layout::{Revision, DIST_DIRS};
-use alitx::storage::Metadata;
+use alitx::storage::{Metadata, PutMode};
 use serde_json::Value;
 
 /// Seed a revision as a stock upload writes it: its links to itself and
@@ -294,7 +294,12 @@ fn verify_recommends_unpublish_only_when_the_tarball_fails() {
         rt.block_on(async {
             let backend = store.open().await;
             backend
-                .put(&garbage, "{\"format\": 1}".into(), &Metadata::new())
+                .put(
+                    &garbage,
+                    "{\"format\": 1}".into(),
+                    &Metadata::new(),
+                    PutMode::Overwrite,
+                )
                 .await
                 .unwrap();
             backend
@@ -302,6 +307,7 @@ fn verify_recommends_unpublish_only_when_the_tarball_fails() {
                     &alitx::record::key_of(&rev(1)),
                     wrong.to_bytes(),
                     &Metadata::new(),
+                    PutMode::Overwrite,
                 )
                 .await
                 .unwrap();

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::common::*;
 use alitx::record::{self, Record};
+use alitx::storage::PutMode;
 use alitx::tarball::sha256_of;
 use serde_json::Value;
 
@@ -360,7 +361,7 @@ fn stock_revisions_have_no_record_and_bad_records_are_corrupt() {
             );
             let bytes = std::fs::read(wd.tarball_path(1)).unwrap();
             backend
-                .put(&blob, bytes.into(), &Default::default())
+                .put(&blob, bytes.into(), &Default::default(), PutMode::Overwrite)
                 .await
                 .unwrap();
             backend.delete(&stub).await.unwrap();
@@ -388,6 +389,7 @@ fn stock_revisions_have_no_record_and_bad_records_are_corrupt() {
                     &key,
                     "{\"format\": 1, \"sha256\": \"00\"}".into(),
                     &Default::default(),
+                    PutMode::Overwrite,
                 )
                 .await
                 .unwrap();

@@ -14,6 +14,22 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Make the removal of `path` durable: fsync its directory or, where
+/// another delete emptied and pruned that directory meanwhile, the nearest
+/// one left above it (whose entry for the pruned one is then gone).
+pub fn fsync_removal(path: &Path) -> io::Result<()> {
+    let mut dir = path.parent().expect("removed paths have a parent");
+    loop {
+        match fsync_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match dir.parent() {
+                Some(above) => dir = above,
+                None => return Err(e),
+            },
+            done => return done,
+        }
+    }
+}
+
 /// `mkdir -p`, fsyncing the parent of every directory it creates.
 pub fn make_dir(dir: &Path) -> io::Result<()> {
     make_dirs(dir, true)
@@ -41,7 +57,9 @@ fn make_dirs(dir: &Path, sync: bool) -> io::Result<()> {
 }
 
 /// Run `create`, which makes the name `path`, after making its directory
-/// durably; again if a concurrent delete pruned that directory in between.
+/// durably; again if a concurrent delete (or a temporary name dropped)
+/// pruned that directory, or one above it, while it was being made or
+/// before `create` ran.
 pub fn create_in<T>(path: &Path, create: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     create_after_mkdir(path, true, create)
 }
@@ -57,11 +75,12 @@ fn create_after_mkdir<T>(
     mut create: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
     let dir = path.parent().expect("created paths have a parent");
+    // Each retry follows another writer's prune: the operations of one
+    // process run side by side, many at a time in one directory.
     let mut attempts = 0;
     loop {
-        make_dirs(dir, sync)?;
-        match create() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+        match make_dirs(dir, sync).and_then(|()| create()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 100 => attempts += 1,
             done => return done,
         }
     }

@@ -2,78 +2,29 @@
 //! path-style addressing, a custom endpoint, credentials from the
 //! environment or the shared credentials file, never from the network.
 
-use std::path::PathBuf;
+mod config;
 
 use async_trait::async_trait;
-use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
 use aws_config::meta::credentials::CredentialsProviderChain;
-use aws_config::profile::ProfileFileCredentialsProvider;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_s3::config::{
-    ProvideCredentials, RequestChecksumCalculation, ResponseChecksumValidation,
-    StalledStreamProtectionConfig,
-};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::ProvideCredentials;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl};
 use aws_sdk_s3::Client;
 use base64::Engine;
 use bytes::Bytes;
-use md5::{Digest, Md5};
 
 use super::s3_http;
 use super::s3_tls::{self, Trust};
 use super::{
-    Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, Segments, Store,
-    UploadedPart,
+    md5_hex_off_thread, Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, PutMode,
+    Segments, Store, UploadedPart,
 };
-use crate::error::{Error, Result};
+use crate::error::{source_chain, Error, Result};
 use crate::layout::Link;
 
-/// What aliBuild's `b3://` stores use when no endpoint is given.
-pub const DEFAULT_ENDPOINT: &str = "https://s3.cern.ch";
-
-#[derive(Debug, Clone)]
-pub struct S3Config {
-    pub bucket: String,
-    pub endpoint: String,
-    pub region: String,
-    /// The PEM bundle of certificate authorities an `https://` endpoint is
-    /// checked against instead of the system's (`AWS_CA_BUNDLE`).
-    pub ca_bundle: Option<PathBuf>,
-}
-
-impl S3Config {
-    /// Endpoint: the flag, else `AWS_ENDPOINT_URL`, else CERN S3; CA bundle:
-    /// `AWS_CA_BUNDLE`.
-    pub fn from_env(bucket: String, endpoint: Option<&str>) -> Result<Self> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let endpoint = endpoint
-            .map(str::to_string)
-            .or_else(|| env("AWS_ENDPOINT_URL"))
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(Error::input(format!(
-                "invalid S3 endpoint {endpoint:?}: it must start with http:// or https:// (e.g. https://s3.cern.ch)"
-            )));
-        }
-        Ok(S3Config {
-            bucket,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            region: env("AWS_REGION")
-                .or_else(|| env("AWS_DEFAULT_REGION"))
-                .unwrap_or_else(|| "us-east-1".into()),
-            ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
-        })
-    }
-
-    /// `s3://BUCKET at ENDPOINT`.
-    pub fn describe(&self) -> String {
-        format!("s3://{} at {}", self.bucket, self.endpoint)
-    }
-}
+pub use config::S3Config;
 
 #[derive(Debug)]
 pub struct S3Store {
@@ -86,53 +37,14 @@ pub struct S3Store {
 
 impl S3Store {
     pub async fn connect(config: S3Config) -> Result<Self> {
-        // Environment first, then ~/.aws/credentials; no instance metadata
-        // or other network lookups.
-        let credentials = || {
-            CredentialsProviderChain::first_try(
-                "Environment",
-                EnvironmentVariableCredentialsProvider::new(),
-            )
-            .or_else("Profile", ProfileFileCredentialsProvider::builder().build())
-        };
         let trust = match s3_http::uses_tls(&config.endpoint) {
             true => Some(Trust::resolve(config.ca_bundle.as_deref()).await),
             false => None,
         };
         let tls = trust.as_ref().map(Trust::tls_context).transpose()?;
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(config.region.clone()))
-            .credentials_provider(credentials())
-            .endpoint_url(&config.endpoint)
-            .http_client(s3_http::client(tls))
-            .retry_config(RetryConfig::standard().with_max_attempts(s3_http::ATTEMPTS))
-            // No attempt timeout: the stall limit ends an attempt that stopped
-            // moving, however long a large part legitimately takes.
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(s3_http::CONNECT_LIMIT)
-                    .build(),
-            )
-            // A response body that stops arriving (a journal, a listing page).
-            .stalled_stream_protection(
-                StalledStreamProtectionConfig::enabled()
-                    .upload_enabled(false)
-                    .grace_period(s3_http::STALL_LIMIT)
-                    .build(),
-            )
-            .load()
-            .await;
-        let s3 = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .interceptor(s3_http::RetryLog)
-            // Ceph RGW predates the SDK's default flexible checksums; we send
-            // Content-MD5 on every write instead.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
         Ok(S3Store {
-            client: Client::from_conf(s3),
-            credentials: credentials(),
+            client: config.client(tls).await,
+            credentials: config::credentials(),
             config,
             trust,
         })
@@ -157,7 +69,7 @@ impl S3Store {
         &self,
         op: &str,
         key: &str,
-        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        err: SdkError<E, HttpResponse>,
     ) -> Error {
         let endpoint = &self.config.endpoint;
         let target = format!("s3://{}/{key}", self.bucket());
@@ -205,37 +117,67 @@ impl S3Store {
             }
         }
     }
+
+    /// PutObject `body` at `key` with its Content-MD5 and `metadata`, in
+    /// `mode`; a link's `redirect` comes with a public-read ACL.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+        mode: PutMode,
+        redirect: Option<&str>,
+    ) -> Result<Created> {
+        let md5 = md5_hex_off_thread(body.clone()).await;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(self.bucket())
+            .key(key)
+            .set_if_none_match((mode == PutMode::Create).then(|| "*".to_string()))
+            .content_md5(content_md5(&md5))
+            .set_metadata(Some(metadata.clone().into_iter().collect()))
+            .body(ByteStream::from(body));
+        if let Some(redirect) = redirect {
+            request = request
+                .website_redirect_location(redirect)
+                .acl(ObjectCannedAcl::PublicRead);
+        }
+        match request.send().await {
+            Ok(_) => Ok(Created::Yes),
+            Err(err) if mode == PutMode::Create && status_of(&err) == Some(412) => {
+                Ok(Created::AlreadyExists)
+            }
+            Err(err) => Err(self.error("PutObject", key, err)),
+        }
+    }
+
+    /// The answer to `op` on `key`: `None` when the server answered 404
+    /// (no such key, or upload), an error for any other failure.
+    fn found<T, E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        op: &str,
+        key: &str,
+        answer: SdkResult<T, E>,
+    ) -> Result<Option<T>> {
+        match answer {
+            Ok(out) => Ok(Some(out)),
+            Err(err) if status_of(&err) == Some(404) => Ok(None),
+            Err(err) => Err(self.error(op, key, err)),
+        }
+    }
 }
 
-/// Every cause under `err`, outermost first (`err` itself when it has none).
-pub(super) fn source_chain(err: &dyn std::error::Error) -> String {
-    let mut parts = vec![];
-    let mut current = err.source();
-    while let Some(e) = current {
-        parts.push(e.to_string());
-        current = e.source();
-    }
-    if parts.is_empty() {
-        err.to_string()
-    } else {
-        parts.join(": ")
-    }
-}
+type SdkResult<T, E> = std::result::Result<T, SdkError<E, HttpResponse>>;
 
-fn status_of<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
-/// Base64 MD5 for `Content-MD5`, hashed off the async threads.
-async fn content_md5(data: &Bytes) -> (String, String) {
-    let data = data.clone();
-    let digest = tokio::task::spawn_blocking(move || Md5::digest(&data))
-        .await
-        .expect("md5 task");
-    (
-        base64::engine::general_purpose::STANDARD.encode(digest),
-        hex::encode(digest),
-    )
+/// The `Content-MD5` header (base64) of a body whose hex MD5 is `md5_hex`.
+fn content_md5(md5_hex: &str) -> String {
+    let digest = hex::decode(md5_hex).expect("an MD5 in hex");
+    base64::engine::general_purpose::STANDARD.encode(digest)
 }
 
 #[async_trait]
@@ -262,52 +204,46 @@ impl Store for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
-        match self
+        let answer = self
             .client
             .head_object()
             .bucket(self.bucket())
             .key(key)
             .send()
-            .await
-        {
-            Ok(out) => Ok(Some(ObjectInfo {
-                size: out.content_length().unwrap_or(0).max(0) as u64,
-                metadata: out
-                    .metadata()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-                website_redirect: out.website_redirect_location().map(str::to_string),
-            })),
-            Err(err) if status_of(&err) == Some(404) => Ok(None),
-            Err(err) => Err(self.error("HeadObject", key, err)),
-        }
+            .await;
+        let found = self.found("HeadObject", key, answer)?;
+        Ok(found.map(|out| ObjectInfo {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            metadata: out
+                .metadata()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            website_redirect: out.website_redirect_location().map(str::to_string),
+        }))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        match self
+        let answer = self
             .client
             .get_object()
             .bucket(self.bucket())
             .key(key)
             .send()
-            .await
-        {
-            Ok(out) => {
-                let body = out.body.collect().await.map_err(|e| {
-                    Error::store(format!(
-                        "reading s3://{}/{key} from {}: {}",
-                        self.bucket(),
-                        self.config.endpoint,
-                        source_chain(&e)
-                    ))
-                })?;
-                Ok(Some(body.into_bytes()))
-            }
-            Err(err) if status_of(&err) == Some(404) => Ok(None),
-            Err(err) => Err(self.error("GetObject", key, err)),
-        }
+            .await;
+        let Some(out) = self.found("GetObject", key, answer)? else {
+            return Ok(None);
+        };
+        let body = out.body.collect().await.map_err(|e| {
+            Error::store(format!(
+                "reading s3://{}/{key} from {}: {}",
+                self.bucket(),
+                self.config.endpoint,
+                source_chain(&e)
+            ))
+        })?;
+        Ok(Some(body.into_bytes()))
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Segments>> {
@@ -315,106 +251,56 @@ impl Store for S3Store {
             return Ok(self.head(key).await?.map(|_| Segments::default()));
         }
         let last = offset.saturating_add(len - 1);
-        match self
+        let answer = self
             .client
             .get_object()
             .bucket(self.bucket())
             .key(key)
             .range(format!("bytes={offset}-{last}"))
             .send()
-            .await
-        {
-            Ok(out) => {
-                let body = out.body.collect().await.map_err(|e| {
-                    Error::store(format!(
-                        "reading bytes {offset}-{last} of s3://{}/{key}: {e}",
-                        self.bucket()
-                    ))
-                })?;
-                Ok(Some(body.into_segments().collect()))
-            }
-            Err(err) if status_of(&err) == Some(404) => Ok(None),
-            // The range starts at or after the end of the object.
-            Err(err) if status_of(&err) == Some(416) => Ok(Some(Segments::default())),
-            Err(err) => Err(self.error("GetObject", key, err)),
+            .await;
+        // The range starts at or after the end of the object.
+        if matches!(&answer, Err(err) if status_of(err) == Some(416)) {
+            return Ok(Some(Segments::default()));
         }
+        let Some(out) = self.found("GetObject", key, answer)? else {
+            return Ok(None);
+        };
+        let body = out.body.collect().await.map_err(|e| {
+            Error::store(format!(
+                "reading bytes {offset}-{last} of s3://{}/{key}: {e}",
+                self.bucket()
+            ))
+        })?;
+        Ok(Some(body.into_segments().collect()))
     }
 
-    async fn put_if_absent(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<Created> {
-        let (md5, _) = content_md5(&body).await;
-        let request = self
-            .client
-            .put_object()
-            .bucket(self.bucket())
-            .key(key)
-            .if_none_match("*")
-            .content_md5(md5)
-            .set_metadata(Some(metadata.clone().into_iter().collect()))
-            .body(ByteStream::from(body));
-        match request.send().await {
-            Ok(_) => Ok(Created::Yes),
-            Err(err) if status_of(&err) == Some(412) => Ok(Created::AlreadyExists),
-            Err(err) => Err(self.error("PutObject", key, err)),
-        }
-    }
-
-    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<()> {
-        let (md5, _) = content_md5(&body).await;
-        self.client
-            .put_object()
-            .bucket(self.bucket())
-            .key(key)
-            .content_md5(md5)
-            .set_metadata(Some(metadata.clone().into_iter().collect()))
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|err| self.error("PutObject", key, err))?;
-        Ok(())
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+        mode: PutMode,
+    ) -> Result<Created> {
+        self.put_object(key, body, metadata, mode, None).await
     }
 
     async fn put_link_if_absent(&self, link: &Link, metadata: &Metadata) -> Result<Created> {
         let body = Bytes::from(link.body.clone());
-        let (md5, _) = content_md5(&body).await;
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(self.bucket())
-            .key(&link.key)
-            .if_none_match("*")
-            .content_md5(md5)
-            .set_metadata(Some(metadata.clone().into_iter().collect()))
-            .body(ByteStream::from(body));
-        if let Some(redirect) = &link.redirect {
-            request = request
-                .website_redirect_location(redirect)
-                .acl(ObjectCannedAcl::PublicRead);
-        }
-        match request.send().await {
-            Ok(_) => Ok(Created::Yes),
-            Err(err) if status_of(&err) == Some(412) => Ok(Created::AlreadyExists),
-            Err(err) => Err(self.error("PutObject", &link.key, err)),
-        }
+        let redirect = link.redirect.as_deref();
+        self.put_object(&link.key, body, metadata, PutMode::Create, redirect)
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        match self
+        let answer = self
             .client
             .delete_object()
             .bucket(self.bucket())
             .key(key)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(err) if status_of(&err) == Some(404) => Ok(()),
-            Err(err) => Err(self.error("DeleteObject", key, err)),
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let listing = self.list_dir(prefix, true).await?;
-        Ok(listing.objects.into_iter().map(|o| o.key).collect())
+            .await;
+        self.found("DeleteObject", key, answer).map(drop)
     }
 
     async fn list_dir(&self, prefix: &str, recursive: bool) -> Result<Listing> {
@@ -480,7 +366,7 @@ impl Store for S3Store {
         data: Bytes,
     ) -> Result<UploadedPart> {
         let size = data.len() as u64;
-        let (md5, md5_hex) = content_md5(&data).await;
+        let md5 = md5_hex_off_thread(data.clone()).await;
         let out = self
             .client
             .upload_part()
@@ -488,7 +374,7 @@ impl Store for S3Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(number as i32)
-            .content_md5(md5)
+            .content_md5(content_md5(&md5))
             .body(ByteStream::from(data))
             // Content-MD5 already protects the bytes; skip hashing them again
             // for the signature.
@@ -498,15 +384,15 @@ impl Store for S3Store {
             .await
             .map_err(|err| self.error("UploadPart", key, err))?;
         let etag = out.e_tag().unwrap_or_default().trim_matches('"');
-        if etag != md5_hex {
+        if etag != md5 {
             return Err(Error::store(format!(
-                "part {number} of {key}: the server stored ETag {etag}, expected MD5 {md5_hex}"
+                "part {number} of {key}: the server stored ETag {etag}, expected MD5 {md5}"
             )));
         }
         Ok(UploadedPart {
             number,
             size,
-            md5: md5_hex,
+            md5,
             received_at: None,
         })
     }
@@ -583,19 +469,15 @@ impl Store for S3Store {
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
-        match self
+        let answer = self
             .client
             .abort_multipart_upload()
             .bucket(self.bucket())
             .key(key)
             .upload_id(upload_id)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(err) if status_of(&err) == Some(404) => Ok(()),
-            Err(err) => Err(self.error("AbortMultipartUpload", key, err)),
-        }
+            .await;
+        self.found("AbortMultipartUpload", key, answer).map(drop)
     }
 
     async fn list_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
