@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::journal::{Journal, Owner, OWNER_METADATA};
+use crate::journal::{Journal, Owner, State, OWNER_METADATA};
 use crate::storage::{PutMode, Store};
 
 /// How long a takeover waits between writing itself in as owner and
@@ -226,11 +226,28 @@ impl JournalHandle {
     /// Change the journal and write it, after confirming ownership; a
     /// retired journal is never written again.
     pub async fn update(&self, change: impl FnOnce(&mut Journal)) -> Result<()> {
+        self.write(Confirm::First, change).await
+    }
+
+    /// Mark the journal committed once its tarball is published, without
+    /// reading it first: every owner of a published transaction finishes
+    /// it alike (commit mark, record, retirement), so overwriting a new
+    /// owner's journal, or writing one it has just retired, changes no
+    /// outcome; the retirement that follows removes it either way. One
+    /// round trip less on every upload's critical path.
+    pub async fn mark_committed(&self) -> Result<()> {
+        self.write(Confirm::No, |j| j.state = State::Committed)
+            .await
+    }
+
+    async fn write(&self, confirm: Confirm, change: impl FnOnce(&mut Journal)) -> Result<()> {
         let mut guard = self.journal.lock().await;
         let Some(journal) = guard.as_mut() else {
             return Ok(());
         };
-        self.confirm_token(&journal.owner.token).await?;
+        if confirm == Confirm::First {
+            self.confirm_token(&journal.owner.token).await?;
+        }
         let mut next = journal.clone();
         change(&mut next);
         next.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
@@ -287,6 +304,13 @@ impl Drop for KeepAlive {
     }
 }
 
+/// Whether a journal write reads the journal first to confirm its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirm {
+    First,
+    No,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +359,40 @@ mod tests {
         store.delete(&key).await.unwrap();
         let err = handle.confirm().await.unwrap_err();
         assert!(err.message.contains("retired"), "{err}");
+    }
+
+    /// The commit mark is written without reading the journal first: over
+    /// a journal another owner took over (which finishes the published
+    /// transaction alike), and where that owner already retired it.
+    #[tokio::test]
+    async fn the_commit_mark_is_written_without_confirming_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, handle, journal) = owned(dir.path()).await;
+        let key = Journal::key_of(DEFAULT_PREFIX, &journal.revision);
+        let mut taken = journal.clone();
+        taken.owner = Owner::this_process();
+        store
+            .put(
+                &key,
+                taken.to_bytes(),
+                &taken.journal_metadata(),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        assert!(handle.update(|j| j.renewals += 1).await.is_err());
+        handle.mark_committed().await.unwrap();
+        let marked = read_journal(&*store, DEFAULT_PREFIX, &key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(marked.state, State::Committed);
+        assert_eq!(marked.owner.token, journal.owner.token);
+
+        store.delete(&key).await.unwrap();
+        handle.mark_committed().await.unwrap();
+        handle.retire().await.unwrap();
+        assert!(store.head(&key).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -385,7 +385,7 @@ pub(super) struct UploadArgs {
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub(super) concurrency: u64,
     /// Links written in parallel.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub(super) link_concurrency: u64,
     /// When the revision's package link already names this very build but
     /// its tarball is missing (an earlier upload was killed after its links,

@@ -58,7 +58,7 @@ impl Default for Options {
             journal_prefix: crate::journal::DEFAULT_PREFIX.into(),
             part_size: 8 << 20,
             concurrency: 8,
-            link_concurrency: 32,
+            link_concurrency: 64,
             lease: Duration::from_secs(120),
             progress: false,
             adopt_after: Duration::from_secs(15 * 60),

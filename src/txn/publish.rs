@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint::failpoint;
-use crate::journal::{Journal, State, SHA256_METADATA};
+use crate::journal::{Journal, SHA256_METADATA};
 use crate::layout::Link;
 use crate::ownership::JournalHandle;
 use crate::storage::{md5_hex_off_thread, Created, PutMode, Store, UploadedPart};
@@ -70,22 +70,15 @@ pub(super) async fn finish_published(
 /// The tarball is published: mark the journal committed and leave the
 /// publication record, at once (neither depends on the other: a crash
 /// between them is rolled forward either way), then retire the journal.
-/// Losing the journal to another owner now is harmless: it finishes the
-/// same way.
+/// Another owner that took the journal over meanwhile finishes it the same
+/// way (see [`JournalHandle::mark_committed`]).
 async fn commit(store: &dyn Store, handle: &JournalHandle, report: Report) -> Result<Report> {
     let journal = handle.snapshot().await;
     let (marked, recorded) = tokio::join!(
-        handle.update(|j| j.state = State::Committed),
+        handle.mark_committed(),
         write_record(store, &journal, report.tarball_sha256.as_deref())
     );
-    match marked {
-        Ok(()) => {}
-        Err(e) if e.kind == ErrorKind::LostOwnership => {
-            info!("{e}; the revision is published, its new owner retires the journal");
-            return Ok(report);
-        }
-        Err(e) => return Err(e),
-    }
+    marked?;
     debug!("journal marked committed");
     failpoint("after-commit-mark");
     recorded?;
