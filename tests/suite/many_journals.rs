@@ -243,8 +243,8 @@ fn resume_handles_hundreds_of_abandoned_journals_side_by_side() {
 /// Not a test: seeds the store `ALITX_BENCH_STORE` with
 /// `ALITX_BENCH_JOURNALS` (default 1,000) journals of uploads killed after
 /// their links, for timing `journals`, `check` and `resume` by hand (see
-/// docs/benchmarks.md). `cargo test --release --test many_journals --
-/// --ignored --nocapture`.
+/// docs/benchmarks.md). `cargo test --release --test suite --
+/// many_journals::seed --ignored --nocapture`.
 #[test]
 #[ignore]
 fn seed_abandoned_journals_for_a_benchmark() {
