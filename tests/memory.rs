@@ -50,8 +50,7 @@ fn a_one_gib_tarball_uploads_and_verifies_in_bounded_memory() {
     let size = std::fs::metadata(wd.tarball_path(0)).unwrap().len();
     assert!(size > 1 << 30);
     let expected_sha = alitx::tarball::sha256_of(&wd.tarball_path(0)).unwrap();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let mut upload = wd.upload_args(0, &store);
         upload.push("--json".into());
         let (code, stdout, peak) = alitx_measured(&upload);
@@ -71,7 +70,7 @@ fn a_one_gib_tarball_uploads_and_verifies_in_bounded_memory() {
         assert!(peak < RSS_LIMIT_MIB, "{kind}: upload's peak RSS {peak} MiB");
 
         let started = Instant::now();
-        let verify = args(&["verify", "--remote-store", &store.spec(), "--json"]);
+        let verify = store.cmd("verify", &["--json"]);
         let (code, stdout, peak) = alitx_measured(&verify);
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(code, 0, "{kind}: {stdout}");
@@ -80,5 +79,5 @@ fn a_one_gib_tarball_uploads_and_verifies_in_bounded_memory() {
         assert_eq!(report["summary"]["bytes_read"], size);
         eprintln!("{kind}: verified {size} B in {seconds:.1}s, peak RSS {peak} MiB");
         assert!(peak < RSS_LIMIT_MIB, "{kind}: verify's peak RSS {peak} MiB");
-    }
+    });
 }

@@ -46,6 +46,15 @@ pub fn backends() -> Vec<&'static str> {
     }
 }
 
+/// Run `body` once per backend of [`backends`], each time with a fresh
+/// store made on the shared [`runtime`]; `kind` names the backend, for
+/// failure messages. The store goes (with its bucket) when `body` returns.
+pub fn each_backend(mut body: impl FnMut(&str, TestStore)) {
+    for kind in backends() {
+        body(kind, runtime().block_on(TestStore::new(kind)));
+    }
+}
+
 /// The one runtime every test of a binary shares. The SDK's HTTP
 /// connection pool is process-wide: a connection opened on a runtime that a
 /// finished test has dropped hangs the next request that picks it up.
@@ -189,6 +198,11 @@ impl TestStore {
             }
             _ => vec![],
         }
+    }
+
+    /// The argv of `alitx <command> --remote-store <this store> <extra>...`.
+    pub fn cmd(&self, command: &str, extra: &[&str]) -> Vec<String> {
+        on_store(command, &self.spec(), extra)
     }
 
     /// What `--remote-store` takes.
@@ -499,13 +513,10 @@ impl WorkDir {
     /// `alitx resume` on `store` with this work dir's files, plus `extra`
     /// arguments.
     pub fn resume_args(&self, store: &TestStore, extra: &[&str]) -> Vec<String> {
-        let mut all = args(&[
+        let mut all = store.cmd(
             "resume",
-            "--remote-store",
-            &store.spec(),
-            "--work-dir",
-            &self.path().display().to_string(),
-        ]);
+            &["--work-dir", &self.path().display().to_string()],
+        );
         all.extend(args(extra));
         all
     }
@@ -694,6 +705,13 @@ pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// The argv of `alitx <command> --remote-store <spec> <extra>...`.
+pub fn on_store(command: &str, spec: &str, extra: &[&str]) -> Vec<String> {
+    let mut all = args(&[command, "--remote-store", spec]);
+    all.extend(args(extra));
+    all
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -743,7 +761,7 @@ pub async fn fake_live_owner(store: &TestStore, revision: &Revision) {
 
 /// `alitx journals --json` of the store `spec`: the journals as listed.
 pub fn list_journals(spec: &str) -> serde_json::Value {
-    let out = alitx(&args(&["journals", "--remote-store", spec, "--json"]));
+    let out = alitx(&on_store("journals", spec, &["--json"]));
     assert_exit(&out, 0);
     json(&out)
 }

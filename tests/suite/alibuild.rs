@@ -724,8 +724,7 @@ fn a_retired_stock_revision_is_kept_until_unpublish_names_it() {
     assert!(output(&out).contains("already exists"), "{}", output(&out));
     assert_eq!(rt.block_on(store.snapshot()), retired);
 
-    let spec = store.spec();
-    let check = alitx(&args(&["check", "--remote-store", &spec, "--json"]));
+    let check = alitx(&store.cmd("check", &["--json"]));
     assert_exit(&check, 0);
     let states: BTreeMap<String, String> = json(&check)["revisions"]
         .as_array()
@@ -747,25 +746,25 @@ fn a_retired_stock_revision_is_kept_until_unpublish_names_it() {
     assert_eq!(states, expected);
 
     for extra in [&[][..], &["--package", "topx"][..]] {
-        let mut repair = args(&["repair", "--remote-store", &spec, "--min-age", "0"]);
+        let mut repair = store.cmd("repair", &["--min-age", "0"]);
         repair.extend(args(extra));
         assert_exit(&alitx(&repair), 0);
         assert_eq!(rt.block_on(store.snapshot()), retired, "{extra:?}");
     }
 
-    let unpublish = args(&[
+    let unpublish = store.cmd(
         "repair",
-        "--remote-store",
-        &spec,
-        "--package",
-        "topx",
-        "--version",
-        &top.version,
-        "--revision",
-        &top.revision,
-        "--unpublish",
-        "--json",
-    ]);
+        &[
+            "--package",
+            "topx",
+            "--version",
+            &top.version,
+            "--revision",
+            &top.revision,
+            "--unpublish",
+            "--json",
+        ],
+    );
     let mut dry = unpublish.clone();
     dry.push("--dry-run".into());
     let out = alitx(&dry);

@@ -54,7 +54,7 @@ async fn seed(store: &TestStore, seed: &Seed) -> Vec<String> {
 }
 
 fn check_args(store: &TestStore, extra: &[&str]) -> Vec<String> {
-    let mut all = args(&["check", "--remote-store", &store.spec(), "--json"]);
+    let mut all = store.cmd("check", &["--json"]);
     all.extend(args(extra));
     all
 }
@@ -87,8 +87,7 @@ fn strings(value: &Value) -> Vec<String> {
 #[test]
 fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         // pkg0, pkg1 published by alitx; pkg2 killed and still owned by a
         // live upload elsewhere; pkg3 killed, its owner dead; pkg4 killed
         // before it wrote anything but its journal.
@@ -351,9 +350,7 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
             "{kind}: dry run changed the store"
         );
         assert_eq!(rt.block_on(store.pending_uploads()), uploads_before);
-        let mut human = args(&["repair", "--remote-store", &store.spec()]);
-        human.extend(args(&dry));
-        let human = alitx(&human);
+        let human = alitx(&store.cmd("repair", &dry));
         assert_exit(&human, 0);
         let text = String::from_utf8_lossy(&human.stdout);
         assert!(text.contains("dry run: nothing changed"), "{kind}: {text}");
@@ -401,14 +398,13 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
         assert_eq!(again["clean"], true);
         assert_eq!(again["summary"]["in_flight"], 1);
         assert_eq!(again["summary"]["partial"], 0);
-    }
+    });
 }
 
 #[test]
 fn repair_leaves_recent_partial_revisions_alone_and_says_how_to_override() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         // A stock upload writing its dist links.
         rt.block_on(seed(
             &store,
@@ -424,7 +420,7 @@ fn repair_leaves_recent_partial_revisions_alone_and_says_how_to_override() {
         // The dry run says exactly what the real run does, with its exit
         // code, and what --min-age 0 would add: every key of the revision.
         for dry_run in [true, false] {
-            let mut repair = args(&["repair", "--remote-store", &store.spec()]);
+            let mut repair = store.cmd("repair", &[]);
             if dry_run {
                 repair.push("--dry-run".into());
             }
@@ -448,14 +444,7 @@ fn repair_leaves_recent_partial_revisions_alone_and_says_how_to_override() {
             assert!(text.contains("0 keys and 0 staged uploads would go") == dry_run);
             assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
         }
-        let out = alitx(&args(&[
-            "repair",
-            "--remote-store",
-            &store.spec(),
-            "--dry-run",
-            "--min-age",
-            "0",
-        ]));
+        let out = alitx(&store.cmd("repair", &["--dry-run", "--min-age", "0"]));
         assert_exit(&out, 0);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -465,20 +454,19 @@ fn repair_leaves_recent_partial_revisions_alone_and_says_how_to_override() {
             )),
             "{kind}: {text}"
         );
-        let check = alitx(&args(&["check", "--remote-store", &store.spec()]));
+        let check = alitx(&store.cmd("check", &[]));
         assert_exit(&check, 5);
         assert!(String::from_utf8_lossy(&check.stdout).contains("partial (recent)"));
-    }
+    });
 }
 
 #[test]
 fn bad_input_is_refused_clearly_and_an_empty_store_is_clean() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         // Empty store: nothing to check or repair.
         for command in ["check", "repair"] {
-            let out = alitx(&args(&[command, "--remote-store", &store.spec()]));
+            let out = alitx(&store.cmd(command, &[]));
             assert_exit(&out, 0);
             assert!(
                 String::from_utf8_lossy(&out.stdout).contains("nothing to check"),
@@ -486,13 +474,7 @@ fn bad_input_is_refused_clearly_and_an_empty_store_is_clean() {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-        let out = alitx(&args(&[
-            "check",
-            "--remote-store",
-            &store.spec(),
-            "--architecture",
-            ARCH,
-        ]));
+        let out = alitx(&store.cmd("check", &["--architecture", ARCH]));
         assert_exit(&out, 1);
         assert!(
             stderr(&out).contains("no architectures"),
@@ -505,15 +487,10 @@ fn bad_input_is_refused_clearly_and_an_empty_store_is_clean() {
         assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
         let before = rt.block_on(store.snapshot());
         for command in ["check", "repair"] {
-            let out = alitx(&args(&[
+            let out = alitx(&store.cmd(
                 command,
-                "--remote-store",
-                &store.spec(),
-                "--architecture",
-                "slc7_x86-64",
-                "--min-age",
-                "0",
-            ]));
+                &["--architecture", "slc7_x86-64", "--min-age", "0"],
+            ));
             assert_exit(&out, 1);
             let err = stderr(&out);
             assert!(
@@ -522,13 +499,7 @@ fn bad_input_is_refused_clearly_and_an_empty_store_is_clean() {
             );
             assert!(err.contains(ARCH), "{kind}: {err}");
         }
-        let out = alitx(&args(&[
-            "check",
-            "--remote-store",
-            &store.spec(),
-            "--min-age",
-            "5x",
-        ]));
+        let out = alitx(&store.cmd("check", &["--min-age", "5x"]));
         assert_exit(&out, 2);
         assert!(
             stderr(&out).contains("not a duration"),
@@ -537,13 +508,7 @@ fn bad_input_is_refused_clearly_and_an_empty_store_is_clean() {
         );
         // A package the store does not hold: said so, nothing to repair.
         for command in ["check", "repair"] {
-            let out = alitx(&args(&[
-                command,
-                "--remote-store",
-                &store.spec(),
-                "--package",
-                "nosuch",
-            ]));
+            let out = alitx(&store.cmd(command, &["--package", "nosuch"]));
             assert_exit(&out, 0);
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(
@@ -552,19 +517,18 @@ fn bad_input_is_refused_clearly_and_an_empty_store_is_clean() {
             );
         }
         assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
-        let clean = alitx(&args(&["check", "--remote-store", &store.spec()]));
+        let clean = alitx(&store.cmd("check", &[]));
         assert_exit(&clean, 0);
         let text = String::from_utf8_lossy(&clean.stdout);
         assert!(text.contains("1 revision: 1 complete"), "{kind}: {text}");
         assert!(!text.contains("is absent"), "{kind}: {text}");
-    }
+    });
 }
 
 #[test]
 fn a_published_revision_whose_dependency_was_cleaned_up_is_kept_and_only_unpublish_removes_it() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         // pkg1 depends on pkg0; an age-based clean-up removes pkg0 whole.
         let wd = WorkDir::chain(2, 0);
         for i in 0..2 {
@@ -599,14 +563,7 @@ fn a_published_revision_whose_dependency_was_cleaned_up_is_kept_and_only_unpubli
 
         // --unpublish needs all three names, lists every key in a dry run,
         // then removes exactly that revision, tarball and record included.
-        let out = alitx(&args(&[
-            "repair",
-            "--remote-store",
-            &store.spec(),
-            "--package",
-            "pkg1",
-            "--unpublish",
-        ]));
+        let out = alitx(&store.cmd("repair", &["--package", "pkg1", "--unpublish"]));
         assert_exit(&out, 2);
         let pkg1_rev = wd.pkgs[1].revision();
         let unpublish = |extra: &[&str]| {
@@ -648,14 +605,13 @@ fn a_published_revision_whose_dependency_was_cleaned_up_is_kept_and_only_unpubli
         let again = unpublish(&[]);
         assert_exit(&again, 1);
         assert!(stderr(&again).contains("nothing to unpublish"), "{kind}");
-    }
+    });
 }
 
 #[test]
 fn repair_of_one_package_leaves_the_staged_upload_of_a_package_with_a_longer_name_alone() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         // `Python` and `Python-modules`: the second's killed upload is
         // abandoned, its staged upload stale.
         let wd = WorkDir::named(&["Python", "Python-modules"]);
@@ -683,5 +639,5 @@ fn repair_of_one_package_leaves_the_staged_upload_of_a_package_with_a_longer_nam
             "{kind}: {report}"
         );
         assert_eq!(rt.block_on(store.pending_uploads()), 1, "{kind}");
-    }
+    });
 }

@@ -181,16 +181,16 @@ fn upload_args(wd: &WorkDir, store: &TestStore, lease_seconds: u64) -> Vec<Strin
 
 /// What another job runs at the start of its build: no ids, no --force.
 fn plain_resume(store: &TestStore, work_dir: &Path) -> Vec<String> {
-    args(&[
+    store.cmd(
         "resume",
-        "--remote-store",
-        &store.spec(),
-        "--architecture",
-        ARCH,
-        "--work-dir",
-        &work_dir.display().to_string(),
-        "--json",
-    ])
+        &[
+            "--architecture",
+            ARCH,
+            "--work-dir",
+            &work_dir.display().to_string(),
+            "--json",
+        ],
+    )
 }
 
 /// The one outcome of a `resume --json`, as (action, message).

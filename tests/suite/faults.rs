@@ -34,13 +34,7 @@ fn upload_through(proxy: &Proxy, wd: &WorkDir, i: usize, store: &TestStore) -> V
 
 /// A fault-free `alitx resume` of everything open, straight to the server.
 fn resume(wd: &WorkDir, store: &TestStore) -> std::process::Output {
-    alitx(&args(&[
-        "resume",
-        "--remote-store",
-        &store.spec(),
-        "--work-dir",
-        &wd.path().display().to_string(),
-    ]))
+    alitx(&wd.resume_args(store, &[]))
 }
 
 /// Every key of package `i`'s revision in the store, with its body (read
@@ -542,15 +536,7 @@ fn a_failing_list_parts_keeps_the_staged_upload_instead_of_starting_another() {
         Match::method("GET").query_contains("uploadId"),
         Fault::SlowDown,
     )));
-    let out = alitx(&args(&[
-        "resume",
-        "--remote-store",
-        &store.spec(),
-        "--work-dir",
-        &wd.path().display().to_string(),
-        "--endpoint-url",
-        &proxy.url(),
-    ]));
+    let out = alitx(&wd.resume_args(&store, &["--endpoint-url", &proxy.url()]));
     assert!(proxy.counts().slow_down > 0, "{}", proxy_report(&proxy));
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("ListParts"), "{}", stderr(&out));
@@ -558,14 +544,7 @@ fn a_failing_list_parts_keeps_the_staged_upload_instead_of_starting_another() {
     let journal = Journal::key_of(DEFAULT_PREFIX, &wd.pkgs[0].revision());
     assert_eq!(rt.block_on(journals(&store)), [journal]);
 
-    let healed = alitx(&args(&[
-        "resume",
-        "--remote-store",
-        &store.spec(),
-        "--work-dir",
-        &wd.path().display().to_string(),
-        "--json",
-    ]));
+    let healed = alitx(&wd.resume_args(&store, &["--json"]));
     assert_exit(&healed, 0);
     let report = &json(&healed)[0]["report"];
     assert_eq!(report["bytes_sent"], 0, "every part was reused: {report}");

@@ -66,14 +66,12 @@ impl Published {
     /// Every kind of command (a write, a listing, a full read, a scan)
     /// succeeds over HTTPS with `trust`.
     fn every_command_works_with(&self, trust: &[(&str, &str)], what: &str) {
-        let spec = self.store.spec();
-        let work_dir = self.wd.path().display().to_string();
         for command in [
             self.wd.upload_args(0, &self.store),
-            args(&["journals", "--remote-store", &spec]),
-            args(&["resume", "--remote-store", &spec, "--work-dir", &work_dir]),
-            args(&["check", "--remote-store", &spec, "--architecture", ARCH]),
-            args(&["verify", "--remote-store", &spec, "--architecture", ARCH]),
+            self.store.cmd("journals", &[]),
+            self.wd.resume_args(&self.store, &[]),
+            self.store.cmd("check", &["--architecture", ARCH]),
+            self.store.cmd("verify", &["--architecture", ARCH]),
         ] {
             let out = alitx_over_https(&command, self.home.path(), trust);
             assert!(

@@ -291,14 +291,7 @@ fn a_temporary_file_left_by_a_killed_writer_is_reported_by_check_and_removed_by_
     let backend = rt.block_on(store.open());
     assert!(rt.block_on(backend.list_uploads("")).unwrap().is_empty());
     age(&tmp.join(temp), 3600);
-    let check = alitx(&args(&[
-        "check",
-        "--remote-store",
-        &store.spec(),
-        "--json",
-        "--stale-uploads-after",
-        "30m",
-    ]));
+    let check = alitx(&store.cmd("check", &["--json", "--stale-uploads-after", "30m"]));
     assert_exit(&check, 5);
     let report = json(&check);
     let stale = report["stale_uploads"].as_array().unwrap();
@@ -310,29 +303,17 @@ fn a_temporary_file_left_by_a_killed_writer_is_reported_by_check_and_removed_by_
         "{report}"
     );
     assert!(stale[0]["journal"].is_null(), "{report}");
-    let text = alitx(&args(&[
-        "check",
-        "--remote-store",
-        &store.spec(),
-        "--stale-uploads-after",
-        "30m",
-    ]));
+    let text = alitx(&store.cmd("check", &["--stale-uploads-after", "30m"]));
     let out = String::from_utf8_lossy(&text.stdout);
     assert!(
         out.contains(&format!("stale upload  {}  {upload_id}", package_link.key)),
         "{out}"
     );
 
-    let repair = alitx(&args(&[
+    let repair = alitx(&store.cmd(
         "repair",
-        "--remote-store",
-        &store.spec(),
-        "--json",
-        "--min-age",
-        "0",
-        "--stale-uploads-after",
-        "30m",
-    ]));
+        &["--json", "--min-age", "0", "--stale-uploads-after", "30m"],
+    ));
     assert_exit(&repair, 0);
     let report = json(&repair);
     assert_eq!(
@@ -342,13 +323,7 @@ fn a_temporary_file_left_by_a_killed_writer_is_reported_by_check_and_removed_by_
     );
     assert_eq!(files_under(&tmp), Vec::<String>::new());
     assert_eq!(rt.block_on(store.snapshot()), wd.expected(0..1));
-    let check = alitx(&args(&[
-        "check",
-        "--remote-store",
-        &store.spec(),
-        "--stale-uploads-after",
-        "0",
-    ]));
+    let check = alitx(&store.cmd("check", &["--stale-uploads-after", "0"]));
     assert_exit(&check, 0);
 }
 
@@ -376,19 +351,8 @@ fn a_completion_killed_while_assembling_leaves_its_copy_with_the_staged_upload()
 
         let journal = alitx::journal::Journal::id_of(&wd.pkgs[0].revision());
         let out = match heal {
-            "resume" => alitx(&args(&[
-                "resume",
-                "--remote-store",
-                &store.spec(),
-                "--work-dir",
-                &wd.path().display().to_string(),
-            ])),
-            _ => alitx(&args(&[
-                "rollback",
-                "--remote-store",
-                &store.spec(),
-                &journal,
-            ])),
+            "resume" => alitx(&wd.resume_args(&store, &[])),
+            _ => alitx(&store.cmd("rollback", &[&journal])),
         };
         assert_exit(&out, 0);
         let published = if heal == "resume" { 0..1 } else { 0..0 };
@@ -683,12 +647,7 @@ fn on_a_full_disk_upload_is_refused_early_and_a_killed_upload_can_still_be_rolle
     alitx_killed_at(&upload_into(&wd, 0, &store), "after-bulk");
     let filler = disk.fill();
     let id = alitx::journal::Journal::id_of(&wd.pkgs[0].revision());
-    let out = alitx(&args(&[
-        "rollback",
-        "--remote-store",
-        &store.display().to_string(),
-        &id,
-    ]));
+    let out = alitx(&on_store("rollback", &store.display().to_string(), &[&id]));
     assert_exit(&out, 0);
     let left: Vec<String> = walk_keys(&store);
     assert!(left.is_empty(), "left after rollback: {left:?}");
@@ -880,7 +839,7 @@ fn every_publishing_link_rename_and_unlink_is_followed_by_a_directory_fsync() {
     // Deletes and an aborted staged upload: a killed upload rolled back.
     alitx_killed_at(&upload, "after-links");
     let journal = alitx::journal::Journal::id_of(&wd.pkgs[1].revision());
-    let rollback = args(&["rollback", "--remote-store", &store.spec(), &journal]);
+    let rollback = store.cmd("rollback", &[&journal]);
     let Some((out, log)) = traced(&rollback) else {
         return;
     };

@@ -108,8 +108,7 @@ fn resume_handles_hundreds_of_abandoned_journals_side_by_side() {
         .iter()
         .map(|p| Journal::id_of(&p.revision()))
         .collect();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let backend = rt.block_on(store.open());
         let written: Vec<Vec<String>> = rt.block_on(
             futures::stream::iter(0..JOURNALS)
@@ -237,7 +236,7 @@ fn resume_handles_hundreds_of_abandoned_journals_side_by_side() {
         for i in (0..JOURNALS).filter(|&i| matches!(fate(i), Fate::Dead | Fate::Expired)) {
             write_tarball(&wd.tarball_path(i), &wd.pkgs[i].revision(), 0);
         }
-    }
+    });
 }
 
 /// Not a test: seeds the store `ALITX_BENCH_STORE` with

@@ -70,13 +70,7 @@ fn resume_args(store: &TestStore, wd: &WorkDir, ids: &[usize]) -> Vec<String> {
 }
 
 fn rollback_args(store: &TestStore, wd: &WorkDir, i: usize) -> Vec<String> {
-    args(&[
-        "rollback",
-        "--remote-store",
-        &store.spec(),
-        "--json",
-        &journal_id(wd, i),
-    ])
+    store.cmd("rollback", &["--json", &journal_id(wd, i)])
 }
 
 /// One alitx process of a race, as it ended.
@@ -432,10 +426,8 @@ fn resume_racing_rollback_ends_published_or_without_trace() {
 #[test]
 fn a_zombie_owner_is_dead_and_resume_rolls_its_upload_forward() {
     use std::os::unix::process::ExitStatusExt;
-    let rt = runtime();
     let wd = work_dir(&[("zombie", 12 << 20)], 0);
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         // This test process is the parent, and does not wait for it yet.
         let mut upload = Command::new(env!("CARGO_BIN_EXE_alitx"))
             .args(upload_args(&wd, 0, &store))
@@ -465,7 +457,7 @@ fn a_zombie_owner_is_dead_and_resume_rolls_its_upload_forward() {
         assert_eq!(process_state(pid), Some('Z'), "{kind}: the zombie is gone");
         assert_eq!(upload.wait().unwrap().signal(), Some(9));
         assert_exact(&store, &wd, &[0], kind);
-    }
+    });
 }
 
 /// An upload killed after the store created its staged upload but before

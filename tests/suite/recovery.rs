@@ -134,25 +134,10 @@ fn crash_matrix(payload: u64, points: &[&str]) {
                 assert_eq!(listed[0]["state"], state, "{what}");
 
                 let out = match heal {
-                    "resume" => alitx(&args(&[
-                        "resume",
-                        "--remote-store",
-                        &store.spec(),
-                        "--work-dir",
-                        &wd.path().display().to_string(),
-                        "--architecture",
-                        ARCH,
-                    ])),
+                    "resume" => alitx(&wd.resume_args(&store, &["--architecture", ARCH])),
                     // An operator on another machine, or a cron job.
-                    "resume-without-work-dir" => {
-                        alitx(&args(&["resume", "--remote-store", &store.spec()]))
-                    }
-                    "rollback" => alitx(&args(&[
-                        "rollback",
-                        "--remote-store",
-                        &store.spec(),
-                        &journal_id(&wd, 1),
-                    ])),
+                    "resume-without-work-dir" => alitx(&store.cmd("resume", &[])),
+                    "rollback" => alitx(&store.cmd("rollback", &[&journal_id(&wd, 1)])),
                     _ => alitx(&upload_args(&wd, 1, &store)),
                 };
                 assert_exit(&out, 0);
@@ -187,19 +172,12 @@ fn crash_matrix(payload: u64, points: &[&str]) {
 #[test]
 fn recovery_is_idempotent_when_itself_killed() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 12 << 20);
         assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
         killed_upload(&wd, 1, &store, "after-links");
         // The resume dies too, mid-bulk; a second resume finishes the job.
-        let resume = args(&[
-            "resume",
-            "--remote-store",
-            &store.spec(),
-            "--work-dir",
-            &wd.path().display().to_string(),
-        ]);
+        let resume = wd.resume_args(&store, &[]);
         let out = alitx_env(&resume, &[("ALITX_FAILPOINT", "bulk-part-2")]);
         assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
         assert_exit(&alitx(&resume), 0);
@@ -208,15 +186,14 @@ fn recovery_is_idempotent_when_itself_killed() {
         let out = alitx(&resume);
         assert_exit(&out, 0);
         assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to resume"));
-    }
+    });
 }
 
 #[test]
 fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
     let rt = runtime();
     let part = 8u64 << 20;
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(1, 256 << 20);
         let mut upload = wd.upload_args(0, &store);
         upload.extend(["--part-size".into(), "8".into()]);
@@ -264,14 +241,13 @@ fn resume_after_a_kill_mid_tarball_sends_only_the_missing_parts() {
         );
         assert!(outcomes[0]["report"]["parts_reused"].as_u64().unwrap() >= 7);
         assert_clean(rt, &store, &wd, 0..1, kind);
-    }
+    });
 }
 
 #[test]
 fn eight_concurrent_uploads_of_one_revision_commit_exactly_once() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(1, 48 << 20);
         let mut upload = wd.upload_args(0, &store);
         upload.push("--json".into());
@@ -302,7 +278,7 @@ fn eight_concurrent_uploads_of_one_revision_commit_exactly_once() {
             }
         }
         assert_clean(rt, &store, &wd, 0..1, kind);
-    }
+    });
 }
 
 #[test]
@@ -327,19 +303,8 @@ fn foreign_objects_survive_rollback_and_resume() {
                 store.put_foreign(&key, &body).await;
             });
             let out = match heal {
-                "rollback" => alitx(&args(&[
-                    "rollback",
-                    "--remote-store",
-                    &store.spec(),
-                    &journal_id(&wd, 1),
-                ])),
-                _ => alitx(&args(&[
-                    "resume",
-                    "--remote-store",
-                    &store.spec(),
-                    "--work-dir",
-                    &wd.path().display().to_string(),
-                ])),
+                "rollback" => alitx(&store.cmd("rollback", &[&journal_id(&wd, 1)])),
+                _ => alitx(&wd.resume_args(&store, &[])),
             };
             assert_exit(&out, 0);
             let snapshot = rt.block_on(store.snapshot());
@@ -418,8 +383,7 @@ fn a_tarball_changed_since_the_journal_is_rolled_back_not_published() {
 #[test]
 fn live_journals_are_refused_without_force() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 12 << 20);
         assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
         killed_upload(&wd, 1, &store, "after-links");
@@ -427,18 +391,18 @@ fn live_journals_are_refused_without_force() {
         rt.block_on(fake_live_owner(&store, &wd.pkgs[1].revision()));
         let before = rt.block_on(store.snapshot());
         let id = journal_id(&wd, 1);
-        let rollback = alitx(&args(&["rollback", "--remote-store", &store.spec(), &id]));
+        let rollback = alitx(&store.cmd("rollback", &[&id]));
         assert_exit(&rollback, 4);
         assert!(
             stderr(&rollback).contains("build-node-17"),
             "{}",
             stderr(&rollback)
         );
-        let resume = alitx(&args(&["resume", "--remote-store", &store.spec(), &id]));
+        let resume = alitx(&store.cmd("resume", &[&id]));
         assert_exit(&resume, 4);
         assert_exit(&alitx(&upload_args(&wd, 1, &store)), 4);
         // Without ids, resume skips running uploads quietly.
-        let all = alitx(&args(&["resume", "--remote-store", &store.spec()]));
+        let all = alitx(&store.cmd("resume", &[]));
         assert_exit(&all, 0);
         assert!(String::from_utf8_lossy(&all.stdout).contains("skipped"));
         assert_eq!(
@@ -446,25 +410,15 @@ fn live_journals_are_refused_without_force() {
             before,
             "{kind}: a refused command changed the store"
         );
-        assert_exit(
-            &alitx(&args(&[
-                "rollback",
-                "--remote-store",
-                &store.spec(),
-                "--force",
-                &id,
-            ])),
-            0,
-        );
+        assert_exit(&alitx(&store.cmd("rollback", &["--force", &id])), 0);
         assert_clean(rt, &store, &wd, 0..1, kind);
-    }
+    });
 }
 
 #[test]
 fn untrusted_journals_are_refused_and_foreign_keys_survive() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 0);
         assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
         killed_upload(&wd, 1, &store, "after-intent");
@@ -503,9 +457,9 @@ fn untrusted_journals_are_refused_and_foreign_keys_survive() {
             rt.block_on(store.put_foreign(&key, &bytes));
             let before = rt.block_on(store.snapshot());
             for command in [
-                args(&["rollback", "--remote-store", &store.spec(), "--force", &id]),
-                args(&["resume", "--remote-store", &store.spec(), "--force", &id]),
-                args(&["resume", "--remote-store", &store.spec(), "--force"]),
+                store.cmd("rollback", &["--force", &id]),
+                store.cmd("resume", &["--force", &id]),
+                store.cmd("resume", &["--force"]),
             ] {
                 let out = alitx(&command);
                 assert_exit(&out, 1);
@@ -520,31 +474,20 @@ fn untrusted_journals_are_refused_and_foreign_keys_survive() {
                     "{kind} {what}: the store changed"
                 );
             }
-            let listed = json(&alitx(&args(&[
-                "journals",
-                "--remote-store",
-                &store.spec(),
-                "--json",
-            ])));
+            let listed = json(&alitx(&store.cmd("journals", &["--json"])));
             assert_eq!(listed[0]["state"], "invalid", "{kind} {what}");
             assert!(before.contains_key(&victim));
         }
-        let out = alitx(&args(&[
-            "rollback",
-            "--remote-store",
-            &store.spec(),
-            &format!("{ARCH}/nope-v1-1"),
-        ]));
+        let out = alitx(&store.cmd("rollback", &[&format!("{ARCH}/nope-v1-1")]));
         assert_exit(&out, 1);
         assert!(stderr(&out).contains("no journal"), "{}", stderr(&out));
-    }
+    });
 }
 
 #[test]
 fn rerunning_after_a_rebuild_with_another_hash_undoes_the_old_and_publishes_the_new() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let mut wd = WorkDir::chain(2, 12 << 20);
         assert_exit(&alitx(&upload_args(&wd, 0, &store)), 0);
         killed_upload(&wd, 1, &store, "after-links");
@@ -569,14 +512,13 @@ fn rerunning_after_a_rebuild_with_another_hash_undoes_the_old_and_publishes_the_
         assert_eq!(json(&out)["status"], "committed");
         assert_clean(rt, &store, &wd, 0..2, kind);
         assert!(!rt.block_on(store.keys()).contains(&old.store_key()));
-    }
+    });
 }
 
 #[test]
 fn a_running_upload_renews_its_lease_and_resume_leaves_it_alone() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(1, 256 << 20);
         let mut upload = wd.upload_args(0, &store);
         // A 3 s lease, renewed every second: short, yet with room for a
@@ -609,7 +551,7 @@ fn a_running_upload_renews_its_lease_and_resume_leaves_it_alone() {
                 }
                 renewals = renewals.max(journal.renewals);
                 // A resume meanwhile must not touch the running upload.
-                let resume = alitx(&args(&["resume", "--remote-store", &store.spec()]));
+                let resume = alitx(&store.cmd("resume", &[]));
                 assert_exit(&resume, 0);
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -617,7 +559,7 @@ fn a_running_upload_renews_its_lease_and_resume_leaves_it_alone() {
         assert!(child.wait().unwrap().success());
         assert!(renewals >= 1, "{kind}: the lease was never renewed");
         assert_clean(rt, &store, &wd, 0..1, kind);
-    }
+    });
 }
 
 /// A running upload whose journal another process retires (as a rollback
@@ -717,8 +659,7 @@ fn an_upload_that_loses_its_journal_stops_before_publishing_and_never_recreates_
 fn a_forged_journal_of_a_published_revision_under_another_hash_deletes_nothing() {
     use sha2::Digest;
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 1 << 10);
         for i in 0..2 {
             assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
@@ -763,7 +704,7 @@ fn a_forged_journal_of_a_published_revision_under_another_hash_deletes_nothing()
                 .unwrap();
         });
 
-        let out = alitx(&args(&["resume", "--remote-store", &store.spec()]));
+        let out = alitx(&store.cmd("resume", &[]));
         assert_exit(&out, 3);
         assert!(
             stderr(&out).contains("none of this transaction's links were deleted"),
@@ -779,7 +720,7 @@ fn a_forged_journal_of_a_published_revision_under_another_hash_deletes_nothing()
         let again = alitx(&wd.upload_args(1, &store));
         assert_exit(&again, 0);
         assert_exact(&store, &wd, &[0, 1], kind);
-    }
+    });
 }
 
 /// `resume` calls a journal rolled back only when it was: a conflict whose

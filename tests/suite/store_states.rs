@@ -54,9 +54,7 @@ fn stock(name: &str) -> Revision {
 }
 
 fn run(store: &TestStore, command: &[&str]) -> std::process::Output {
-    let mut all = args(&[command[0], "--remote-store", &store.spec()]);
-    all.extend(args(&command[1..]));
-    alitx(&all)
+    alitx(&store.cmd(command[0], &command[1..]))
 }
 
 fn strings(value: &Value) -> BTreeSet<String> {
@@ -90,8 +88,7 @@ fn unpublish_args<'a>(r: &'a Revision, extra: &[&'a str]) -> Vec<&'a str> {
 #[test]
 fn a_retired_revision_is_kept_and_only_unpublish_naming_it_removes_it() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let dep = stock("zlibr");
         let old = stock("oldr");
         rt.block_on(seed_stock(&store, &dep, &[], &DIST_DIRS, true, true));
@@ -186,7 +183,7 @@ fn a_retired_revision_is_kept_and_only_unpublish_naming_it_removes_it() {
         let mut left = before.clone();
         left.retain(|k, _| !old_keys.contains(k));
         assert_eq!(rt.block_on(store.snapshot()), left, "{kind}");
-    }
+    });
 }
 
 /// `--unpublish` of a revision whose tarball other revisions' dist links
@@ -195,8 +192,7 @@ fn a_retired_revision_is_kept_and_only_unpublish_naming_it_removes_it() {
 #[test]
 fn unpublish_refuses_while_other_revisions_depend_on_it() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(3, 0);
         for i in 0..3 {
             assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
@@ -235,7 +231,7 @@ fn unpublish_refuses_while_other_revisions_depend_on_it() {
         let after = rt.block_on(store.snapshot());
         assert!(after.keys().all(|k| !gone.contains(k)), "{kind}");
         assert!(after.contains_key(&wd.pkgs[1].revision().store_key()));
-    }
+    });
 }
 
 /// aliBuild's readers strip a trailing newline from a package link body
@@ -244,8 +240,7 @@ fn unpublish_refuses_while_other_revisions_depend_on_it() {
 #[test]
 fn check_and_verify_read_package_link_bodies_as_alibuild_does() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 0);
         for i in 0..2 {
             assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
@@ -272,7 +267,7 @@ fn check_and_verify_read_package_link_bodies_as_alibuild_does() {
         let out = run(&store, &["verify"]);
         assert_exit(&out, 0);
         assert!(!String::from_utf8_lossy(&out.stdout).contains("--unpublish"));
-    }
+    });
 }
 
 /// `verify` recommends `--unpublish` only for a revision whose tarball
@@ -281,8 +276,7 @@ fn check_and_verify_read_package_link_bodies_as_alibuild_does() {
 #[test]
 fn verify_recommends_unpublish_only_when_the_tarball_fails() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(4, 0);
         for i in 0..4 {
             assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
@@ -349,7 +343,7 @@ fn verify_recommends_unpublish_only_when_the_tarball_fails() {
             text.contains(&format!("{id}: its tarball is intact, its links are not")),
             "{kind}: {text}"
         );
-    }
+    });
 }
 
 /// A revision whose hash `check` cannot tell (no package link, two store
@@ -358,8 +352,7 @@ fn verify_recommends_unpublish_only_when_the_tarball_fails() {
 #[test]
 fn a_revision_whose_hash_check_cannot_tell_loses_nothing_while_its_tarball_exists() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let dep = stock("depx");
         rt.block_on(seed_stock(&store, &dep, &[], &DIST_DIRS, true, true));
         let twice = stock("twice");
@@ -407,7 +400,7 @@ fn a_revision_whose_hash_check_cannot_tell_loses_nothing_while_its_tarball_exist
         for (key, body) in &before {
             assert_eq!(after.get(key), Some(body), "{kind}: {key}");
         }
-    }
+    });
 }
 
 /// A repair or an unpublish that fails half-way (the store refuses every
@@ -477,8 +470,7 @@ fn a_repair_failing_half_way_reports_what_it_deleted() {
 #[test]
 fn journal_prefixes_over_records_or_packages_are_refused() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(1, 0);
         let before = rt.block_on(store.snapshot());
         for prefix in [
@@ -489,12 +481,12 @@ fn journal_prefixes_over_records_or_packages_are_refused() {
         ] {
             let commands: Vec<Vec<String>> = vec![
                 wd.upload_args(0, &store),
-                args(&["journals", "--remote-store", &store.spec()]),
-                args(&["resume", "--remote-store", &store.spec()]),
-                args(&["rollback", "--remote-store", &store.spec(), "a/b-c-1"]),
-                args(&["check", "--remote-store", &store.spec()]),
-                args(&["repair", "--remote-store", &store.spec()]),
-                args(&["verify", "--remote-store", &store.spec()]),
+                store.cmd("journals", &[]),
+                store.cmd("resume", &[]),
+                store.cmd("rollback", &["a/b-c-1"]),
+                store.cmd("check", &[]),
+                store.cmd("repair", &[]),
+                store.cmd("verify", &[]),
             ];
             for mut command in commands {
                 command.extend(args(&["--journal-prefix", prefix]));
@@ -508,7 +500,7 @@ fn journal_prefixes_over_records_or_packages_are_refused() {
             }
         }
         assert_eq!(rt.block_on(store.snapshot()), before, "{kind}");
-    }
+    });
 }
 
 /// `--remote-store alibuild-repo` (the scheme forgotten) never starts a new

@@ -224,13 +224,7 @@ fn an_upload_whose_server_stalls_ends_within_two_minutes_and_resume_finishes_it(
         assert!(!rt.block_on(store.keys()).contains(&tarball));
 
         // Straight to the server, resume finishes it exactly.
-        let resumed = alitx(&args(&[
-            "resume",
-            "--remote-store",
-            &store.spec(),
-            "--work-dir",
-            &wd.path().display().to_string(),
-        ]));
+        let resumed = alitx(&wd.resume_args(&store, &[]));
         assert_exit(&resumed, 0);
         // Exactly the revision: its journal retired, nothing else.
         assert_eq!(

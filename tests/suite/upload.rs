@@ -20,8 +20,7 @@ fn upload_all(wd: &WorkDir, store: &TestStore) {
 #[test]
 fn layout_is_byte_exact_for_a_real_alibuild_work_dir() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::sample();
         upload_all(&wd, &store);
 
@@ -86,14 +85,13 @@ fn layout_is_byte_exact_for_a_real_alibuild_work_dir() {
                 }
             }
         }
-    }
+    });
 }
 
 #[test]
 fn json_report_names_the_journal_keys_and_bytes() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 0);
         assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
         let mut args = wd.upload_args(1, &store);
@@ -140,14 +138,13 @@ fn json_report_names_the_journal_keys_and_bytes() {
         let expected: Vec<String> = wd.expected([1]).into_keys().collect();
         assert_eq!(written, expected, "{kind}");
         assert!(expected.contains(&rev.store_key()));
-    }
+    });
 }
 
 #[test]
 fn uploading_twice_writes_nothing_the_second_time() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::sample();
         upload_all(&wd, &store);
         let before = rt.block_on(store.snapshot());
@@ -193,14 +190,13 @@ fn uploading_twice_writes_nothing_the_second_time() {
                 );
             });
         }
-    }
+    });
 }
 
 #[test]
 fn a_foreign_package_link_is_a_conflict_and_leaves_nothing_of_ours() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(1, 0);
         let rev = wd.pkgs[0].revision();
         let foreign_body = b"slc9_x86-64/store/aa/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/pkg0-v0.0-1.slc9_x86-64.tar.gz";
@@ -219,14 +215,13 @@ fn a_foreign_package_link_is_a_conflict_and_leaves_nothing_of_ours() {
             "{kind}"
         );
         assert_eq!(rt.block_on(store.pending_uploads()), 0);
-    }
+    });
 }
 
 #[test]
 fn a_foreign_dist_link_with_another_body_is_a_conflict_undone_completely() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 0);
         assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
         let before = rt.block_on(store.snapshot());
@@ -248,7 +243,7 @@ fn a_foreign_dist_link_with_another_body_is_a_conflict_undone_completely() {
             "{kind}: only the foreign object may remain"
         );
         assert_eq!(rt.block_on(store.pending_uploads()), 0);
-    }
+    });
 }
 
 /// What a stock upload killed after some of its links leaves (its package
@@ -260,8 +255,7 @@ fn a_foreign_dist_link_with_another_body_is_a_conflict_undone_completely() {
 #[test]
 fn a_rebuild_of_the_same_hash_completes_a_revision_left_unpublished() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 1 << 10);
         let rev = wd.pkgs[1].revision();
         let expected = wd.expected([1]);
@@ -335,15 +329,14 @@ fn a_rebuild_of_the_same_hash_completes_a_revision_left_unpublished() {
         assert!(stderr(&out).contains(&odd), "{}", stderr(&out));
         assert_eq!(rt.block_on(store.snapshot()), before, "{kind}: differs");
         assert!(list_journals(&store.spec()).as_array().unwrap().is_empty());
-    }
+    });
 }
 
 /// Bad input of every kind: a clear error, exit 1, and an untouched store.
 #[test]
 fn bad_input_is_refused_and_the_store_is_unchanged() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let check = |what: &str, args: Vec<String>, env: &[(&str, &str)], needle: &str| {
             let out = alitx_env(&args, env);
             assert_exit(&out, 1);
@@ -474,7 +467,7 @@ fn bad_input_is_refused_and_the_store_is_unchanged() {
                 "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
             );
         }
-    }
+    });
 }
 
 #[test]
@@ -516,8 +509,7 @@ fn secrets_never_appear_in_output() {
 #[test]
 fn readers_never_see_a_partial_revision() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 12 << 20);
         wd.add_dist_links(1, 100);
         let expected = wd.expected([1]);
@@ -586,5 +578,5 @@ fn readers_never_see_a_partial_revision() {
         let mut all = wd.expected([0]);
         all.extend(expected);
         assert_eq!(rt.block_on(store.snapshot()), all, "{kind}");
-    }
+    });
 }

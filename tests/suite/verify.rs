@@ -16,7 +16,7 @@ use serde_json::Value;
 const CORRUPT: i32 = 6;
 
 fn verify_args(store: &TestStore, extra: &[&str]) -> Vec<String> {
-    let mut all = args(&["verify", "--remote-store", &store.spec(), "--json"]);
+    let mut all = store.cmd("verify", &["--json"]);
     all.extend(args(extra));
     all
 }
@@ -132,8 +132,7 @@ fn assert_record_matches(
 #[test]
 fn every_upload_leaves_a_record_and_verifies() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::sample();
         upload_all(&wd, &store);
         for i in 0..wd.pkgs.len() {
@@ -161,7 +160,7 @@ fn every_upload_leaves_a_record_and_verifies() {
         assert_eq!(summary["corrupt"], 0);
 
         // Human output: the counts, nothing to report.
-        let out = alitx(&args(&["verify", "--remote-store", &store.spec()]));
+        let out = alitx(&store.cmd("verify", &[]));
         assert_exit(&out, 0);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -207,7 +206,7 @@ fn every_upload_leaves_a_record_and_verifies() {
                 stderr(&out)
             );
         }
-    }
+    });
 }
 
 /// Tarballs larger than the memory `--concurrency` allows, read side by
@@ -215,7 +214,6 @@ fn every_upload_leaves_a_record_and_verifies() {
 /// forever for memory held by another's later pieces.
 #[test]
 fn tarballs_larger_than_the_memory_allowed_verify_side_by_side() {
-    let rt = runtime();
     let wd = WorkDir::named(&["big0", "big1", "big2"]);
     for i in 0..wd.pkgs.len() {
         write_tarball(&wd.tarball_path(i), &wd.pkgs[i].revision(), 40 << 20);
@@ -223,8 +221,7 @@ fn tarballs_larger_than_the_memory_allowed_verify_side_by_side() {
     let total: u64 = (0..wd.pkgs.len())
         .map(|i| std::fs::metadata(wd.tarball_path(i)).unwrap().len())
         .sum();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         upload_all(&wd, &store);
         // 2: every piece takes all the memory; 3: two pieces never fit.
         for concurrency in ["2", "3"] {
@@ -246,14 +243,13 @@ fn tarballs_larger_than_the_memory_allowed_verify_side_by_side() {
             );
             assert_eq!(report["summary"]["bytes_read"], total, "{kind}");
         }
-    }
+    });
 }
 
 #[test]
 fn flipped_truncated_and_missing_tarballs_are_corrupt() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(5, 100_000);
         upload_all(&wd, &store);
         let original = |i: usize| std::fs::read(wd.tarball_path(i)).unwrap();
@@ -303,7 +299,7 @@ fn flipped_truncated_and_missing_tarballs_are_corrupt() {
             (Some(4), Some(1))
         );
 
-        let out = alitx(&args(&["verify", "--remote-store", &store.spec()]));
+        let out = alitx(&store.cmd("verify", &[]));
         assert_exit(&out, CORRUPT);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -334,7 +330,7 @@ fn flipped_truncated_and_missing_tarballs_are_corrupt() {
         assert_eq!(verdicts[&id(&wd, 4)]["sha256"], expected_sha.as_str());
         let key = wd.pkgs[0].revision().store_key();
         assert_eq!(rt.block_on(store.snapshot())[&key], flipped, "{kind}");
-    }
+    });
 }
 
 /// A revision published without alitx (as stock aliBuild does: tarball and
@@ -344,8 +340,7 @@ fn flipped_truncated_and_missing_tarballs_are_corrupt() {
 #[test]
 fn stock_revisions_have_no_record_and_bad_records_are_corrupt() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(4, 0);
         for (key, body) in wd.expected(0..2) {
             rt.block_on(store.put_foreign(&key, &body));
@@ -442,7 +437,7 @@ fn stock_revisions_have_no_record_and_bad_records_are_corrupt() {
             reasons(verdict).contains("not a complete gzip'd tar"),
             "{kind}: {verdict}"
         );
-    }
+    });
 }
 
 /// A package link without tarball or record (an upload in flight, or the
@@ -450,8 +445,7 @@ fn stock_revisions_have_no_record_and_bad_records_are_corrupt() {
 #[test]
 fn unpublished_revisions_are_counted_not_verified() {
     let rt = runtime();
-    for kind in backends() {
-        let store = rt.block_on(TestStore::new(kind));
+    each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 0);
         assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
         let link = wd.pkgs[1].revision().package_link();
@@ -460,7 +454,7 @@ fn unpublished_revisions_are_counted_not_verified() {
         assert_eq!(code, 0, "{kind}");
         assert_eq!(verdicts.keys().collect::<Vec<_>>(), [&id(&wd, 0)]);
         assert_eq!(summary["not_published"], 1);
-    }
+    });
 }
 
 const FAILPOINTS_AFTER_PUBLISH: [&str; 3] = ["after-publish", "after-commit-mark", "after-record"];
@@ -483,7 +477,7 @@ fn the_record_survives_every_crash_point_after_publish() {
                     let mut upload = wd.upload_args(0, &store);
                     upload.extend(args(&["--part-size", "5"]));
                     alitx_killed_at(&upload, point);
-                    let mut resume = args(&["resume", "--remote-store", &store.spec()]);
+                    let mut resume = store.cmd("resume", &[]);
                     let out = match heal {
                         "resume" => {
                             resume.extend(args(&["--work-dir", &wd.path().display().to_string()]));
@@ -548,9 +542,8 @@ fn healed_with_record(
 fn the_record_is_created_once_and_a_stale_one_is_replaced() {
     use alitx::journal::Journal;
     let rt = runtime();
-    for kind in backends() {
+    each_backend(|kind, store| {
         rt.block_on(async {
-            let store = TestStore::new(kind).await;
             let backend = store.open().await;
             let wd = WorkDir::chain(1, 0);
             let rev = wd.pkgs[0].revision();
@@ -604,5 +597,5 @@ fn the_record_is_created_once_and_a_stale_one_is_replaced() {
             );
             assert_eq!(backend.list(record::PREFIX).await.unwrap(), [key], "{kind}");
         });
-    }
+    });
 }
