@@ -58,7 +58,8 @@ async fn get_journal(store: &dyn Store, prefix: &str, key: &str) -> Result<Optio
 pub enum Takeover {
     /// This process owns the transaction now.
     Owned(Arc<JournalHandle>),
-    /// The journal is gone: its transaction ended meanwhile.
+    /// The journal is gone, or committed by its owner, which retires it:
+    /// its transaction ended meanwhile.
     Retired,
     /// Its owner is alive, or another process took it over first.
     Busy(Box<Journal>),
@@ -153,6 +154,12 @@ impl JournalHandle {
         tokio::time::sleep(settle_time()).await;
         Ok(match read_journal(&*store, prefix, key).await? {
             None => Takeover::Retired,
+            // Its owner was committing as we wrote (the commit mark is
+            // written without reading first): finished, and being retired.
+            Some(now) if now.owner.token != token && now.state == State::Committed => {
+                debug!("{key}: its owner committed it meanwhile");
+                Takeover::Retired
+            }
             Some(now) if now.owner.token != token => {
                 debug!("{key}: another process took it over first");
                 Takeover::Busy(Box::new(now))
@@ -393,6 +400,34 @@ mod tests {
         handle.mark_committed().await.unwrap();
         handle.retire().await.unwrap();
         assert!(store.head(&key).await.unwrap().is_none());
+    }
+
+    /// A forced takeover whose journal its owner marks committed while the
+    /// takeover settles finds the transaction finished (it is retired
+    /// next), not another owner to back off from.
+    #[tokio::test]
+    async fn a_takeover_that_meets_its_owners_commit_mark_finds_it_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, owner, journal) = owned(dir.path()).await;
+        let key = Journal::key_of(DEFAULT_PREFIX, &journal.revision);
+        let takeover = tokio::spawn({
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                let lease = Duration::from_secs(60);
+                JournalHandle::take_over(store, DEFAULT_PREFIX, &key, lease, true).await
+            }
+        });
+        // Once the takeover has written itself in, the owner commits.
+        loop {
+            let now = read_journal(&*store, DEFAULT_PREFIX, &key).await.unwrap();
+            if now.unwrap().owner.token != journal.owner.token {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        owner.mark_committed().await.unwrap();
+        let found = takeover.await.unwrap().unwrap();
+        assert!(matches!(found, Takeover::Retired));
     }
 
     #[tokio::test]
