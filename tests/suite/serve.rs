@@ -108,7 +108,7 @@ fn every_line_is_answered_and_a_bad_one_ends_nothing() {
 /// At every point of the crash matrix, a serve-uploads killed in its
 /// second upload (the first found its package published) answers the first
 /// only and leaves the keys that a killed `alitx upload` of that package
-/// leaves on a store holding the same first package (dist links aside
+/// leaves on a store holding the same first package (its links aside
 /// while parts are sent: they race with them); `alitx resume` then
 /// publishes it exactly.
 #[test]
@@ -137,9 +137,12 @@ fn killed_it_leaves_what_a_killed_upload_leaves() {
             let answered: Vec<serde_json::Value> = answers(&out);
             assert_eq!(answered.len(), 1, "{what}: {answered:?}");
             assert_eq!(answered[0]["status"], "already-published", "{what}");
-            // While parts are sent, dist links are written alongside: how
-            // many are in place at the kill is a race.
-            let racing = |key: &String| point.starts_with("bulk-part-") && key.contains("/dist");
+            // While parts are sent, the claim and the dist links are
+            // written alongside: which are in place at the kill is a race.
+            let claim = wd.pkgs[1].revision().package_link().key;
+            let racing = |key: &String| {
+                point.starts_with("bulk-part-") && (key.contains("/dist") || *key == claim)
+            };
             let left = |store: &TestStore| -> Vec<String> {
                 let keys = rt.block_on(store.keys());
                 keys.into_iter().filter(|k| !racing(k)).collect()
