@@ -342,6 +342,18 @@ mod tests {
         (store, handle, journal)
     }
 
+    /// Write `journal` back as another process's, as a takeover does.
+    async fn taken_over_by_another(store: &dyn Store, journal: &Journal) {
+        let mut taken = journal.clone();
+        taken.owner = Owner::this_process();
+        let key = Journal::key_of(DEFAULT_PREFIX, &journal.revision);
+        let metadata = taken.journal_metadata();
+        store
+            .put(&key, taken.to_bytes(), &metadata, PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn confirm_reads_the_owner_from_metadata_and_sees_a_takeover() {
         let dir = tempfile::tempdir().unwrap();
@@ -349,17 +361,7 @@ mod tests {
         handle.confirm().await.unwrap();
 
         let key = Journal::key_of(DEFAULT_PREFIX, &journal.revision);
-        let mut taken = journal.clone();
-        taken.owner = Owner::this_process();
-        store
-            .put(
-                &key,
-                taken.to_bytes(),
-                &taken.journal_metadata(),
-                PutMode::Overwrite,
-            )
-            .await
-            .unwrap();
+        taken_over_by_another(&*store, &journal).await;
         let err = handle.confirm().await.unwrap_err();
         assert!(err.message.contains("taken over"), "{err}");
 
@@ -376,17 +378,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, handle, journal) = owned(dir.path()).await;
         let key = Journal::key_of(DEFAULT_PREFIX, &journal.revision);
-        let mut taken = journal.clone();
-        taken.owner = Owner::this_process();
-        store
-            .put(
-                &key,
-                taken.to_bytes(),
-                &taken.journal_metadata(),
-                PutMode::Overwrite,
-            )
-            .await
-            .unwrap();
+        taken_over_by_another(&*store, &journal).await;
         assert!(handle.update(|j| j.renewals += 1).await.is_err());
         handle.mark_committed().await.unwrap();
         let marked = read_journal(&*store, DEFAULT_PREFIX, &key)
