@@ -9,9 +9,10 @@
 //! owner's stamp is there. From then on every destructive or publishing
 //! step is preceded by a fresh read ([`JournalHandle::confirm`]: a HEAD,
 //! since every journal write carries its owner's token as metadata); every
-//! journal write re-reads first and never re-creates a journal that someone
-//! else retired; a lease renewal that fails, or finds another owner, stops
-//! the transaction before its commit point.
+//! journal write but the commit mark ([`JournalHandle::mark_committed`])
+//! re-reads first and never re-creates a journal that someone else retired;
+//! a lease renewal that fails, or finds another owner, stops the
+//! transaction before its commit point.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,8 +67,8 @@ pub enum Takeover {
 }
 
 /// The journal of a transaction this process owns. Every write is a
-/// whole-object rewrite, serialised here, that first re-reads the journal
-/// and also extends the lease.
+/// whole-object rewrite, serialised here, that extends the lease and, but
+/// for the commit mark, first re-reads the journal.
 pub struct JournalHandle {
     store: Arc<dyn Store>,
     prefix: String,
