@@ -167,6 +167,30 @@ async fn delete_bucket(client: &Client, bucket: &str) {
     let _ = client.delete_bucket().bucket(bucket).send().await;
 }
 
+/// Every key readers can see: publication records left out.
+async fn readable_keys(store: &dyn Store) -> Vec<String> {
+    let keys = store.list("").await.unwrap();
+    keys.into_iter()
+        .filter(|key| !key.starts_with(alitx::record::PREFIX))
+        .collect()
+}
+
+/// The bodies of `keys`, read 16 at a time (one by one, a snapshot of
+/// hundreds of links on the gateway takes seconds); a key deleted since it
+/// was listed is left out, as a later listing would.
+async fn bodies(store: &dyn Store, keys: Vec<String>) -> BTreeMap<String, Vec<u8>> {
+    use futures::StreamExt;
+    futures::stream::iter(keys)
+        .map(|key| async move {
+            let body = store.get(&key).await.unwrap()?;
+            Some((key, body.to_vec()))
+        })
+        .buffer_unordered(16)
+        .filter_map(|read| async move { read })
+        .collect()
+        .await
+}
+
 impl TestStore {
     pub async fn new(kind: &str) -> TestStore {
         match kind {
@@ -242,14 +266,16 @@ impl TestStore {
     /// its body; publication records (which hold times and transaction ids)
     /// are left to [`TestStore::records`].
     pub async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
-        let keys = self.keys().await;
-        self.bodies(keys).await
+        let store = self.open().await;
+        let keys = readable_keys(&*store).await;
+        bodies(&*store, keys).await
     }
 
     /// The publication records in the store, by key, parsed.
     pub async fn records(&self) -> BTreeMap<String, alitx::record::Record> {
-        let keys = self.open().await.list(alitx::record::PREFIX).await.unwrap();
-        self.bodies(keys)
+        let store = self.open().await;
+        let keys = store.list(alitx::record::PREFIX).await.unwrap();
+        bodies(&*store, keys)
             .await
             .into_iter()
             .map(|(key, body)| {
@@ -259,32 +285,9 @@ impl TestStore {
             .collect()
     }
 
-    /// The bodies of `keys`, read 16 at a time (one by one, a snapshot of
-    /// hundreds of links on the gateway takes seconds); a key deleted since
-    /// it was listed is left out, as a later listing would.
-    async fn bodies(&self, keys: impl IntoIterator<Item = String>) -> BTreeMap<String, Vec<u8>> {
-        use futures::StreamExt;
-        let store = self.open().await;
-        futures::stream::iter(keys)
-            .map(|key| {
-                let store = &store;
-                async move {
-                    let body = store.get(&key).await.unwrap()?;
-                    Some((key, body.to_vec()))
-                }
-            })
-            .buffer_unordered(16)
-            .filter_map(|read| async move { read })
-            .collect()
-            .await
-    }
-
     /// The keys of a snapshot, without reading their bodies.
     pub async fn keys(&self) -> Vec<String> {
-        let keys = self.open().await.list("").await.unwrap();
-        keys.into_iter()
-            .filter(|key| !key.starts_with(alitx::record::PREFIX))
-            .collect()
+        readable_keys(&*self.open().await).await
     }
 
     /// Staged uploads that were neither completed nor aborted.
