@@ -60,11 +60,15 @@ pub(super) enum Command {
     /// Each input line is a JSON array of `alitx upload` arguments; each
     /// upload's answer is one line of JSON on standard output: the report
     /// `alitx upload --json` prints, or {"status": "error", "error": {...},
-    /// "exit_code": N}. Connections to a store (and their TLS sessions)
-    /// stay open from one upload to the next. Ends at the end of input.
-    /// Killed, it leaves what a killed `alitx upload` of the upload in
-    /// progress leaves: its journal, which the next upload of it or
-    /// `alitx resume` finishes. scripts/alibuild-alitx runs one per build.
+    /// "exit_code": N}. An upload is answered once its revision is
+    /// published, which is what readers see; its journal is then finished
+    /// (marked committed, publication record, retired) while the next
+    /// upload starts, and before the process ends. Connections to a store
+    /// (and their TLS sessions) stay open from one upload to the next. Ends
+    /// at the end of input. Killed, it leaves what a killed `alitx upload`
+    /// of the upload in progress leaves: its journal, which the next upload
+    /// of it or `alitx resume` finishes. scripts/alibuild-alitx runs one
+    /// per build.
     #[command(after_help = AFTER_HELP)]
     ServeUploads {
         #[command(flatten)]

@@ -12,15 +12,25 @@ use clap::Parser;
 use super::args::{Cli, Command, UploadArgs};
 use super::{deadline, error_json, upload_plan, within_timeout};
 use crate::error::{exit, Error, Result};
+use crate::journal::Journal;
 use crate::storage::{LocalRoot, Store};
-use crate::txn::{self, Report};
+use crate::txn::{self, Bookkeeping, Finishers, Report};
 
 /// Stores opened so far, by `--remote-store` and `--endpoint-url`.
 type Stores = HashMap<(String, Option<String>), Arc<dyn Store>>;
 
 /// Answer each line of standard input with one line of standard output,
-/// until the input ends.
+/// until the input ends. Each upload is answered once its revision is
+/// published; its journal's bookkeeping goes on meanwhile (see
+/// [`Bookkeeping`]) and is over before the process ends.
 pub(super) async fn serve_uploads() -> Result<i32> {
+    let finishers = Finishers::default();
+    let served = serve_lines(&finishers).await;
+    finishers.wait(None).await;
+    served
+}
+
+async fn serve_lines(finishers: &Finishers) -> Result<i32> {
     let mut stores = Stores::new();
     let mut input = std::io::stdin().lock();
     let mut line = String::new();
@@ -35,7 +45,7 @@ pub(super) async fn serve_uploads() -> Result<i32> {
         if line.trim().is_empty() {
             continue;
         }
-        let answer = match serve_one(&line, &mut stores).await {
+        let answer = match serve_one(&line, &mut stores, finishers).await {
             Ok(report) => serde_json::to_value(&report).expect("reports serialise"),
             Err(err) => error_json(&err),
         };
@@ -47,10 +57,17 @@ pub(super) async fn serve_uploads() -> Result<i32> {
 }
 
 /// One upload, from its line of `alitx upload` arguments.
-async fn serve_one(line: &str, stores: &mut Stores) -> Result<Report> {
+async fn serve_one(line: &str, stores: &mut Stores, finishers: &Finishers) -> Result<Report> {
     let args = parse_upload(line)?;
     within_timeout(deadline(&args.store), async {
-        let (local, options) = upload_plan(&args, false)?;
+        let (local, mut options) = upload_plan(&args, false)?;
+        options.bookkeeping = Bookkeeping::Background(finishers.clone());
+        finishers
+            .wait(Some(&Journal::key_of(
+                &options.journal_prefix,
+                &local.revision,
+            )))
+            .await;
         let key = (
             args.store.remote_store.clone(),
             args.store.endpoint_url.clone(),

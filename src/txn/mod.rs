@@ -11,6 +11,7 @@
 //! `deletion`'s.
 
 mod adopt;
+mod bookkeeping;
 pub mod plan;
 mod publish;
 mod undo;
@@ -30,6 +31,7 @@ use crate::ownership::{read_journal, JournalHandle, Takeover};
 use crate::storage::{Created, ObjectInfo, PutMode, Store};
 use crate::workdir::LocalRevision;
 
+pub use bookkeeping::{Bookkeeping, Finishers};
 use plan::{Adoption, Aftermath, LocalFiles, Plan, Start, Tarball};
 pub use publish::retire_committed;
 use publish::{read_whole_if_small, WholeTarball};
@@ -50,6 +52,9 @@ pub struct Options {
     /// A revision an earlier upload left unpublished is completed by a
     /// rebuild of the same hash only once it was quiet this long.
     pub adopt_after: Duration,
+    /// When the report is given: after the journal's bookkeeping, or once
+    /// the revision is published.
+    pub bookkeeping: Bookkeeping,
 }
 
 impl Default for Options {
@@ -62,6 +67,7 @@ impl Default for Options {
             lease: Duration::from_secs(120),
             progress: false,
             adopt_after: Duration::from_secs(15 * 60),
+            bookkeeping: Bookkeeping::BeforeReport,
         }
     }
 }
@@ -154,14 +160,24 @@ pub async fn upload(
 ) -> Result<Report> {
     let started = Instant::now();
     // A tarball that fits in one part is read and verified while the store
-    // is first read, so that a bad one is refused before anything is written.
-    let (reachable, whole) = tokio::join!(store.preflight(), read_whole_if_small(&local, options));
+    // is first read, so that a bad one is refused before anything is
+    // written; the first look at the revision goes out with the preflight.
+    let (reachable, whole, first_look) = tokio::join!(
+        store.preflight(),
+        read_whole_if_small(&local, options),
+        look(&*store, &local.revision, &options.journal_prefix)
+    );
     // The preflight's error says best what is wrong with the store.
     reachable?;
     debug!("store reachable: {}", store.describe());
     let mut whole = Some(whole);
+    let mut first_look = Some(first_look);
     for _ in 0..UPLOAD_ROUNDS {
-        if let Some(mut report) = upload_round(&store, &local, &mut whole, options).await? {
+        let found = match first_look.take() {
+            Some(found) => found?,
+            None => look(&*store, &local.revision, &options.journal_prefix).await?,
+        };
+        if let Some(mut report) = upload_round(&store, &local, found, &mut whole, options).await? {
             report.duration_seconds = started.elapsed().as_secs_f64();
             return Ok(report);
         }
@@ -173,34 +189,52 @@ pub async fn upload(
     )))
 }
 
-/// One look at the store and what follows from it: the report once the
-/// upload is over, `None` when a journal found was finished first and the
-/// store must be read again.
+/// What the store holds of a revision when an upload round starts.
+struct Found {
+    journal: Option<Journal>,
+    tarball: bool,
+    package_link: bool,
+}
+
+/// Read the revision's journal, store tarball and package link at once.
+async fn look(store: &dyn Store, revision: &Revision, prefix: &str) -> Result<Found> {
+    let (journal_key, store_key) = (Journal::key_of(prefix, revision), revision.store_key());
+    let link_key = revision.package_link().key;
+    let (journal, tarball, package_link) = tokio::try_join!(
+        read_journal(store, prefix, &journal_key),
+        store.head(&store_key),
+        store.head(&link_key),
+    )?;
+    Ok(Found {
+        journal,
+        tarball: tarball.is_some(),
+        package_link: package_link.is_some(),
+    })
+}
+
+/// What follows from one look at the store: the report once the upload is
+/// over, `None` when a journal found was finished first and the store
+/// must be read again.
 async fn upload_round(
     store: &Arc<dyn Store>,
     local: &LocalRevision,
+    found: Found,
     whole: &mut Option<Result<Option<WholeTarball>>>,
     options: &Options,
 ) -> Result<Option<Report>> {
     let revision = &local.revision;
     let prefix = &options.journal_prefix;
     let journal_key = Journal::key_of(prefix, revision);
-    let (store_key, link_key) = (revision.store_key(), revision.package_link().key);
-    let (existing, tarball, package_link) = tokio::try_join!(
-        read_journal(&**store, prefix, &journal_key),
-        store.head(&store_key),
-        store.head(&link_key),
-    )?;
     let facts = plan::StartFacts {
-        journal: existing.as_ref().map(|j| j.state),
-        tarball: tarball.is_some(),
-        package_link: package_link.is_some(),
+        journal: found.journal.as_ref().map(|j| j.state),
+        tarball: found.tarball,
+        package_link: found.package_link,
     };
     match plan::start(facts) {
         Start::RetireCommitted => {
             // The last writer died after publishing, before retiring.
             info!("retiring committed journal {journal_key}");
-            let existing = existing.expect("a committed journal");
+            let existing = found.journal.expect("a committed journal");
             retire_committed(&**store, &existing, prefix).await?;
             Ok(None)
         }

@@ -20,7 +20,7 @@ use crate::tarball::{self, Part};
 use crate::workdir::{FileIdentity, LocalRevision};
 
 use super::undo::abort_staged_uploads;
-use super::{is_ours, Options, Report, Status};
+use super::{is_ours, Bookkeeping, Options, Report, Status};
 
 /// The tarball is ours and published: write any recorded link that is
 /// missing (the journal holds every key and body), then commit.
@@ -64,7 +64,8 @@ pub(super) async fn finish_published(
             report.keys_written.len()
         );
     }
-    commit(store, handle, report).await
+    commit(store, handle, report.tarball_sha256.as_deref()).await?;
+    Ok(report)
 }
 
 /// The tarball is published: mark the journal committed and leave the
@@ -72,11 +73,11 @@ pub(super) async fn finish_published(
 /// between them is rolled forward either way), then retire the journal.
 /// Another owner that took the journal over meanwhile finishes it the same
 /// way (see [`JournalHandle::mark_committed`]).
-async fn commit(store: &dyn Store, handle: &JournalHandle, report: Report) -> Result<Report> {
+async fn commit(store: &dyn Store, handle: &JournalHandle, sha256: Option<&str>) -> Result<()> {
     let journal = handle.snapshot().await;
     let (marked, recorded) = tokio::join!(
         handle.mark_committed(),
-        write_record(store, &journal, report.tarball_sha256.as_deref())
+        write_record(store, &journal, sha256)
     );
     marked?;
     debug!("journal marked committed");
@@ -85,7 +86,38 @@ async fn commit(store: &dyn Store, handle: &JournalHandle, report: Report) -> Re
     if journal.tarball.upload_id.is_some() || journal.takeovers > 0 {
         abort_staged_uploads(store, &journal, false).await?;
     }
-    handle.retire().await?;
+    handle.retire().await
+}
+
+/// [`commit`] before the report, or in a task of `Finishers` (see
+/// [`Bookkeeping`]), with the lease kept meanwhile.
+async fn commit_as_asked(
+    store: &Arc<dyn Store>,
+    handle: &Arc<JournalHandle>,
+    report: Report,
+    options: &Options,
+) -> Result<Report> {
+    let finishers = match &options.bookkeeping {
+        Bookkeeping::BeforeReport => {
+            commit(&**store, handle, report.tarball_sha256.as_deref()).await?;
+            return Ok(report);
+        }
+        Bookkeeping::Background(finishers) => finishers,
+    };
+    let journal_key = handle.key().to_string();
+    let (store, handle) = (store.clone(), handle.clone());
+    let sha256 = report.tarball_sha256.clone();
+    let task = tokio::spawn(async move {
+        let _renewals = handle.keep_alive();
+        if let Err(err) = commit(&*store, &handle, sha256.as_deref()).await {
+            warn!(
+                "{} is published, but finishing its journal failed: {err}; \
+                 `alitx resume` or the next upload of it finishes it",
+                handle.key()
+            );
+        }
+    });
+    finishers.push(journal_key, task);
     Ok(report)
 }
 
@@ -111,7 +143,7 @@ pub(super) async fn write_record(
 /// commit.
 pub(super) async fn roll_forward(
     store: Arc<dyn Store>,
-    handle: &JournalHandle,
+    handle: &Arc<JournalHandle>,
     local: &LocalRevision,
     whole: Option<WholeTarball>,
     options: &Options,
@@ -139,7 +171,7 @@ pub(super) async fn roll_forward(
     report.tarball_sha256 = Some(sent.sha256);
     info!("published {key}");
     failpoint("after-publish");
-    commit(&*store, handle, report).await
+    commit_as_asked(&store, handle, report, options).await
 }
 
 /// What publishing the tarball and writing the links did.
