@@ -359,8 +359,17 @@ fn dead_upload_round(
     // A machine slow enough to let the lease run out before the first
     // resume sees it taken over there already.
     if action == "skipped" {
-        let wait = journal.lease_expires_at + 1 - alitx::now_secs();
-        std::thread::sleep(Duration::from_secs(wait.max(0) as u64));
+        // A renewal the killed upload had in flight may land after the
+        // journal was read above: wait for the lease the store holds now.
+        loop {
+            let stored: Journal =
+                serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap()).unwrap();
+            let wait = stored.lease_expires_at + 1 - alitx::now_secs();
+            if wait < 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(wait as u64 + 1));
+        }
         assert_eq!(
             list_journals(&store.spec())[0]["lease"],
             "expired",
