@@ -189,11 +189,11 @@ pub async fn upload(
     )))
 }
 
-/// What the store holds of a revision when an upload round starts.
+/// What the store holds of a revision when an upload round starts: its
+/// journal, if any, and the facts [`plan::start`] decides on.
 struct Found {
     journal: Option<Journal>,
-    tarball: bool,
-    package_link: bool,
+    facts: plan::StartFacts,
 }
 
 /// Read the revision's journal, store tarball and package link at once.
@@ -205,11 +205,12 @@ async fn look(store: &dyn Store, revision: &Revision, prefix: &str) -> Result<Fo
         store.head(&store_key),
         store.head(&link_key),
     )?;
-    Ok(Found {
-        journal,
+    let facts = plan::StartFacts {
+        journal: journal.as_ref().map(|j| j.state),
         tarball: tarball.is_some(),
         package_link: package_link.is_some(),
-    })
+    };
+    Ok(Found { journal, facts })
 }
 
 /// What follows from one look at the store: the report once the upload is
@@ -225,12 +226,7 @@ async fn upload_round(
     let revision = &local.revision;
     let prefix = &options.journal_prefix;
     let journal_key = Journal::key_of(prefix, revision);
-    let facts = plan::StartFacts {
-        journal: found.journal.as_ref().map(|j| j.state),
-        tarball: found.tarball,
-        package_link: found.package_link,
-    };
-    match plan::start(facts) {
+    match plan::start(found.facts) {
         Start::RetireCommitted => {
             // The last writer died after publishing, before retiring.
             info!("retiring committed journal {journal_key}");

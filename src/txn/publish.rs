@@ -97,27 +97,25 @@ async fn commit_as_asked(
     report: Report,
     options: &Options,
 ) -> Result<Report> {
-    let finishers = match &options.bookkeeping {
-        Bookkeeping::BeforeReport => {
-            commit(&**store, handle, report.tarball_sha256.as_deref()).await?;
-            return Ok(report);
-        }
-        Bookkeeping::Background(finishers) => finishers,
-    };
-    let journal_key = handle.key().to_string();
-    let (store, handle) = (store.clone(), handle.clone());
     let sha256 = report.tarball_sha256.clone();
-    let task = tokio::spawn(async move {
-        let _renewals = handle.keep_alive();
-        if let Err(err) = commit(&*store, &handle, sha256.as_deref()).await {
-            warn!(
-                "{} is published, but finishing its journal failed: {err}; \
-                 `alitx resume` or the next upload of it finishes it",
-                handle.key()
-            );
+    match &options.bookkeeping {
+        Bookkeeping::BeforeReport => commit(&**store, handle, sha256.as_deref()).await?,
+        Bookkeeping::Background(finishers) => {
+            let (store, handle) = (store.clone(), handle.clone());
+            let journal_key = handle.key().to_string();
+            let task = tokio::spawn(async move {
+                let _renewals = handle.keep_alive();
+                if let Err(err) = commit(&*store, &handle, sha256.as_deref()).await {
+                    warn!(
+                        "{} is published, but finishing its journal failed: {err}; \
+                         `alitx resume` or the next upload of it finishes it",
+                        handle.key()
+                    );
+                }
+            });
+            finishers.push(journal_key, task);
         }
-    });
-    finishers.push(journal_key, task);
+    }
     Ok(report)
 }
 
