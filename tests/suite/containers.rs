@@ -335,8 +335,10 @@ fn dead_upload_round(
         "{what}: {}",
         stderr(&killed)
     );
-    let journal: Journal =
-        serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap()).unwrap();
+    let stored_journal = || -> Journal {
+        serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap()).unwrap()
+    };
+    let journal = stored_journal();
     let before = rt.block_on(outline(&*backend, &key));
     let (expected, published): (&str, &[usize]) = if with_files {
         ("rolled-forward", &[0])
@@ -362,9 +364,7 @@ fn dead_upload_round(
         // A renewal the killed upload had in flight may land after the
         // journal was read above: wait for the lease the store holds now.
         loop {
-            let stored: Journal =
-                serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap()).unwrap();
-            let wait = stored.lease_expires_at + 1 - alitx::now_secs();
+            let wait = stored_journal().lease_expires_at + 1 - alitx::now_secs();
             if wait < 0 {
                 break;
             }

@@ -146,8 +146,8 @@ fn killed_it_leaves_what_a_killed_upload_leaves() {
                 .iter()
                 .map(|a| a["status"].as_str().unwrap())
                 .collect();
-            // The journal is finished after the answer, which the kill in
-            // the commit mark's write may precede or not.
+            // The journal is finished after the answer: the kill at the
+            // commit mark may come before the answer is written or after.
             let allowed: &[&[&str]] = if point == "after-commit-mark" {
                 &[&["already-published"], &["already-published", "committed"]]
             } else {
