@@ -7,6 +7,7 @@
 //! skipped S3 is never mistaken for a green one, unless `ALITX_SKIP_S3=1`
 //! says so explicitly.
 
+pub mod not_s3;
 pub mod proxy;
 
 use std::collections::BTreeMap;

@@ -18,6 +18,7 @@ mod faults;
 mod https;
 mod local_store;
 mod many_journals;
+mod not_s3;
 mod races;
 mod recovery;
 mod serve;

@@ -2,6 +2,7 @@
 //! path-style addressing, a custom endpoint, credentials from the
 //! environment or the shared credentials file, never from the network.
 
+mod answer;
 mod config;
 
 use async_trait::async_trait;
@@ -87,14 +88,16 @@ impl S3Store {
                 )),
             },
             _ => {
-                let status = err.raw_response().map(|r| r.status().as_u16());
+                let response = err.raw_response();
+                let status = response.map(|r| r.status().as_u16());
                 let code = err.code().unwrap_or("").to_string();
                 let detail = err.message().unwrap_or("").to_string();
+                let from_s3 = !code.is_empty() || response.is_some_and(answer::sent_by_s3);
                 match (code.as_str(), status) {
                     ("InvalidAccessKeyId" | "SignatureDoesNotMatch", _) => Error::store(format!(
                         "{endpoint} refused our credentials ({code}) on {op} {target}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                     )),
-                    ("AccessDenied", _) | (_, Some(403)) => Error::store(format!(
+                    ("AccessDenied", _) | (_, Some(403)) if from_s3 => Error::store(format!(
                         "{endpoint} denied {op} {target} (HTTP 403): the credentials are wrong or lack permission for this bucket; \
                          check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                     )),
@@ -102,12 +105,14 @@ impl S3Store {
                         "bucket {} does not exist at {endpoint}: check --remote-store and --endpoint-url",
                         self.bucket()
                     )),
-                    // No S3 error code (an answer the SDK could not parse, a
-                    // proxy's page): the cause is in the error's sources.
+                    // No S3 error code (a proxy's JSON, a gateway's page, a
+                    // HEAD's empty body): what answered, and what it said.
                     ("", _) => Error::store(format!(
-                        "S3 {op} {target} failed at {endpoint}: {}{}",
-                        status.map(|s| format!("HTTP {s}: ")).unwrap_or_default(),
-                        source_chain(&err)
+                        "S3 {op} {target} failed at {endpoint}: {}",
+                        match response {
+                            Some(response) => answer::Uncoded::of(response).describe(),
+                            None => source_chain(&err),
+                        }
                     )),
                     _ => Error::store(format!(
                         "S3 {op} {target} failed at {endpoint}: {} {code} {detail}",
@@ -194,6 +199,21 @@ impl Store for S3Store {
         })?;
         match self.client.head_bucket().bucket(self.bucket()).send().await {
             Ok(_) => Ok(()),
+            // A HEAD's answer has no body: something that is not S3 says
+            // why it refused in the answer to a GET.
+            Err(err) if err.raw_response().is_some_and(|r| !answer::sent_by_s3(r)) => {
+                let listed = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(self.bucket())
+                    .max_keys(0)
+                    .send()
+                    .await;
+                Err(match listed {
+                    Err(listing) => self.error("ListObjectsV2", "", listing),
+                    Ok(_) => self.error("HeadBucket", "", err),
+                })
+            }
             Err(err) if status_of(&err) == Some(404) => Err(Error::store(format!(
                 "bucket {} does not exist at {}: check --remote-store and --endpoint-url",
                 self.bucket(),
