@@ -35,6 +35,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 use tracing::info;
 
+use super::s3::answer;
 use crate::error::source_chain;
 
 /// How long an attempt may go without progress before it ends and is retried.
@@ -242,15 +243,19 @@ impl Intercept for RetryLog {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if let Some(Err(err)) = context.output_or_error() {
-            let status = context
-                .response()
-                .map(|r| format!("HTTP {}: ", r.status().as_u16()))
-                .unwrap_or_default();
+            let why = match context.response() {
+                Some(response) if !answer::sent_by_s3(response) => {
+                    answer::Uncoded::of(response).describe()
+                }
+                Some(response) => {
+                    format!("HTTP {}: {}", response.status().as_u16(), source_chain(err))
+                }
+                None => source_chain(err),
+            };
             let url = context
                 .request()
                 .map(|r| r.uri().to_string())
                 .unwrap_or_default();
-            let why = format!("{status}{}", source_chain(err));
             cfg.interceptor_state().store_put(LastFailure { url, why });
         }
         Ok(())

@@ -53,5 +53,15 @@ fn an_answer_that_is_not_s3_shows_its_reason_and_a_hint() {
                 );
             }
         }
+        if status == 503 {
+            // Each retry's log line says why too.
+            let out = alitx_env(&on_store("check", "b3://builds", &["-v"]), &env);
+            let log = stderr(&out);
+            let retries: Vec<&str> = log.lines().filter(|l| l.contains("retrying S3")).collect();
+            assert!(
+                !retries.is_empty() && retries.iter().all(|l| l.contains(reason)),
+                "{log}"
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ const SERVER_SHOWN: usize = 80;
 
 /// An error answer without an S3 error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Uncoded<'a> {
+pub(in crate::storage) struct Uncoded<'a> {
     pub status: u16,
     /// Who answered, as its `Server` header says.
     pub server: Option<&'a str>,
@@ -27,7 +27,7 @@ pub(super) struct Uncoded<'a> {
 
 /// What to check after an answer from something that is not S3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Hint {
+enum Hint {
     CredentialsRefused,
     Unavailable,
 }
@@ -48,7 +48,7 @@ impl Hint {
 }
 
 /// Whether S3 itself sent `response` (see [`Uncoded::from_s3`]).
-pub(super) fn sent_by_s3(response: &HttpResponse) -> bool {
+pub(in crate::storage) fn sent_by_s3(response: &HttpResponse) -> bool {
     response.headers().contains_key("x-amz-request-id")
 }
 
@@ -62,7 +62,7 @@ impl<'a> Uncoded<'a> {
         }
     }
 
-    pub fn hint(&self) -> Option<Hint> {
+    fn hint(&self) -> Option<Hint> {
         match (self.from_s3, self.status) {
             (false, 401 | 403) => Some(Hint::CredentialsRefused),
             (false, 503) => Some(Hint::Unavailable),

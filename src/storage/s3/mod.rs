@@ -2,7 +2,7 @@
 //! path-style addressing, a custom endpoint, credentials from the
 //! environment or the shared credentials file, never from the network.
 
-mod answer;
+pub(super) mod answer;
 mod config;
 
 use async_trait::async_trait;
