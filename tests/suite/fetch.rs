@@ -1,7 +1,8 @@
 //! `alitx fetch` end to end, on the local-directory store and on Ceph RGW:
 //! revisions published with `alitx upload` are fetched into a fresh work
 //! dir laid out as aliBuild's own fetch lays it (links from the manifest and
-//! the listing, symlink targets byte for byte; tarballs byte for byte); a
+//! the listing, symlink targets byte for byte; tarballs byte for byte, read
+//! through a redirect stub where the store holds one); a
 //! tarball that is not what its record says, or without a record not a
 //! gzip'd tar of its revision, is refused with exit 6 and leaves nothing in
 //! its place; a fetch killed half-way leaves nothing partial and its re-run
@@ -310,5 +311,46 @@ fn a_fetch_killed_half_way_leaves_nothing_partial_and_its_rerun_completes_it() {
         );
         let found = tree(&fresh.path().join(format!("TARS/{ARCH}")));
         assert!(found == expected_tree(&wd), "{kind}: {:?}", found.keys());
+    });
+}
+
+#[test]
+fn a_store_tarball_that_redirects_is_read_where_it_points() {
+    let rt = runtime();
+    let wd = WorkDir::named(&["zlib"]);
+    each_backend(|kind, store| {
+        upload_all(&wd, &store);
+        // The tarball moves to a blob; its store key becomes a redirect
+        // stub naming it, as a content-addressed store writes it.
+        let rev = wd.pkgs[0].revision();
+        let bytes = fs::read(wd.tarball_path(0)).unwrap();
+        let blob = format!("TARS/{ARCH}/blobs/{}", hash_of("zlib blob"));
+        rt.block_on(async {
+            store.put_foreign(&blob, &bytes).await;
+            let backend = store.open().await;
+            backend.delete(&rev.store_key()).await.unwrap();
+            let stub = alitx::layout::Link {
+                key: rev.store_key(),
+                body: blob.clone(),
+                symlink_target: format!("../../../blobs/{}", hash_of("zlib blob")),
+                redirect: Some(format!("/{blob}")),
+            };
+            backend
+                .put_link_if_absent(&stub, &Default::default())
+                .await
+                .unwrap();
+        });
+        let fresh = tempfile::tempdir().unwrap();
+        let out = alitx(&fetch_args(&store, fresh.path(), &wanted(&wd)));
+        assert_exit(&out, 0);
+        assert_eq!(
+            by_package(&json(&out))["zlib"]["state"],
+            "fetched",
+            "{kind}"
+        );
+        assert!(
+            fs::read(fresh.path().join(rev.store_key())).unwrap() == bytes,
+            "{kind}: the fetched tarball is not the blob's bytes"
+        );
     });
 }
