@@ -45,7 +45,7 @@ impl Revision {
         hash: &str,
     ) -> Result<Self> {
         check_name("architecture", architecture, "_.-")?;
-        check_name("package", package, "_.+-")?;
+        check_package(package)?;
         check_name("version", version, "_.+-")?;
         check_name("revision", revision, "_.")?;
         if hash.len() != 40
@@ -229,6 +229,19 @@ pub fn link_target(architecture: &str, kind: LinkKind, body: &[u8]) -> Option<St
         LinkKind::Dist => body.to_string(),
     };
     parse_store_key(architecture, &key).is_ok().then_some(key)
+}
+
+/// The key a store object's `x-amz-website-redirect-location` names, read
+/// as aliBuild's fetch follows it: a `TARS/` key of the same store (one
+/// leading `/` allowed), never one with a `..` component; `None` otherwise.
+pub fn redirect_key(redirect: &str) -> Option<&str> {
+    let key = redirect.strip_prefix('/').unwrap_or(redirect);
+    (key.starts_with("TARS/") && !key.split('/').any(|c| c == "..")).then_some(key)
+}
+
+/// Check a package name as aliBuild writes it (see [`Revision::new`]).
+pub fn check_package(package: &str) -> Result<()> {
+    check_name("package", package, "_.+-")
 }
 
 /// The two kinds of link object, whose bodies are read differently.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod deletion;
 pub mod error;
 pub mod failpoint;
+pub mod fetch;
 pub mod journal;
 pub mod layout;
 pub mod liveness;

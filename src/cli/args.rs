@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::check;
 use crate::error::Result;
+use crate::fetch;
 use crate::journal::DEFAULT_PREFIX;
 use crate::record;
 use crate::storage::{self, LocalRoot};
@@ -21,7 +22,8 @@ command line), 3 conflict (another object or build holds one of the
 revision's keys; `repair --unpublish`: other revisions depend on it), 4 a
 live upload owns the journal (or took it over from this one), 5 `check`
 found something to repair (`repair`: left something for a later run or a
-person, and said why), 6 `verify` found a corrupt revision.
+person, and said why), 6 `verify` found a corrupt revision (`fetch`: a
+corrupt tarball).
 
 S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 ~/.aws/credentials); the endpoint from --endpoint-url, else AWS_ENDPOINT_URL,
@@ -198,6 +200,25 @@ pub(super) enum Command {
     /// something is corrupt, 1 when something could not be read.
     #[command(after_help = AFTER_HELP, disable_version_flag = true)]
     Verify(VerifyArgs),
+    /// Fetch what a build needs from the store into an aliBuild work dir.
+    ///
+    /// Lays the work dir out as aliBuild's own fetch from a b3:// store
+    /// does: for each PKG, its links in TARS/<arch>/<pkg>/ (the lines of
+    /// TARS/<arch>/<pkg>.manifest and the links listed that it lacks; the
+    /// directory's other symlinks are removed), and the tarball of the first
+    /// HASH the store has, in TARS/<arch>/store/<h2>/<hash>/. All packages at
+    /// once; each tarball is read in parallel ranges and checked as it
+    /// arrives: against its publication record (size, SHA-256) and as a
+    /// complete gzip'd tar of its revision. It is written beside its place
+    /// and renamed there only once complete and checked: a killed fetch
+    /// leaves no partial tarball, and a re-run fetches only what is missing
+    /// (a tarball in place with the right size, and SHA-256 where a record
+    /// tells it, is kept). Exit 0 when every package is fetched, present,
+    /// or not in the store; 6 when a tarball is corrupt (nothing is left in
+    /// its place; the message says which revision and the commands that
+    /// fix the store); 1 on any other failure.
+    #[command(after_help = AFTER_HELP, disable_version_flag = true)]
+    Fetch(FetchArgs),
     /// Print a completion script for SHELL on stdout.
     ///
     /// bash: `alitx completions bash > ~/.local/share/bash-completion/completions/alitx`;
@@ -223,6 +244,7 @@ impl Command {
             | Command::Check { output, .. }
             | Command::Repair { output, .. } => Some(output),
             Command::Verify(a) => Some(&a.output),
+            Command::Fetch(a) => Some(&a.output),
         }
     }
 
@@ -237,6 +259,7 @@ impl Command {
             | Command::Check { store, .. }
             | Command::Repair { store, .. } => Some(store),
             Command::Verify(a) => Some(&a.store),
+            Command::Fetch(a) => Some(&a.store),
         }
     }
 }
@@ -426,6 +449,48 @@ pub(super) struct VerifyArgs {
     pub(super) concurrency: u64,
     #[command(flatten)]
     pub(super) output: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct FetchArgs {
+    #[command(flatten)]
+    pub(super) store: StoreArgs,
+    /// aliBuild work dir (the one holding TARS/); created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub(super) work_dir: PathBuf,
+    /// aliBuild architecture, e.g. slc9_x86-64.
+    #[arg(long, value_name = "ARCH")]
+    pub(super) architecture: String,
+    /// Requests in flight to the store at once, all packages together
+    /// (listings, links, ranged GETs of tarballs).
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub(super) concurrency: u64,
+    /// Tarball bytes held in memory at once, in MiB (ranged GETs of up to
+    /// 8 MiB in flight, or not yet written and checked).
+    #[arg(long, value_name = "MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(8..=4096))]
+    pub(super) memory: u64,
+    /// A package of the build and the hashes its tarball may have, best
+    /// first, as aliBuild's remote_hashes: e.g. zlib@<40 hex>,<40 hex>.
+    /// A PKG without hashes fetches its links only.
+    #[arg(required = true, value_name = "PKG[@HASH[,HASH...]]")]
+    pub(super) packages: Vec<fetch::Wanted>,
+    #[command(flatten)]
+    pub(super) output: OutputArgs,
+}
+
+impl FetchArgs {
+    pub(super) fn options(&self) -> fetch::FetchOptions {
+        fetch::FetchOptions {
+            concurrency: self.concurrency as usize,
+            memory: self.memory << 20,
+            progress: !self.output.json && std::io::stderr().is_terminal(),
+            ..fetch::FetchOptions::new(
+                &self.store.remote_store,
+                self.work_dir.clone(),
+                &self.architecture,
+            )
+        }
+    }
 }
 
 impl VerifyArgs {

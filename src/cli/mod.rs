@@ -20,10 +20,10 @@ use crate::storage::{self, LocalRoot};
 use crate::txn::{self, Options};
 use crate::workdir;
 
-use args::{Cli, Command, UploadArgs, VerifyArgs};
+use args::{Cli, Command, FetchArgs, UploadArgs, VerifyArgs};
 use output::{
-    print_check, print_completions, print_journals, print_json, print_outcome, print_repair,
-    print_verify, report_outcomes,
+    print_check, print_completions, print_fetch, print_journals, print_json, print_outcome,
+    print_repair, print_verify, report_outcomes,
 };
 
 /// Parse the command line, run the command, and return the exit code.
@@ -112,6 +112,7 @@ async fn run(command: Command) -> Result<i32> {
         Command::Upload(args) => upload(args).await,
         Command::ServeUploads { .. } => serve::serve_uploads().await,
         Command::Verify(args) => verify(args).await,
+        Command::Fetch(args) => fetch(args).await,
         Command::Completions { shell } => {
             print_completions(shell);
             Ok(exit::OK)
@@ -292,6 +293,30 @@ fn upload_plan(args: &UploadArgs, progress: bool) -> Result<(workdir::LocalRevis
         ..args.store.options()
     };
     Ok((local, options))
+}
+
+async fn fetch(args: FetchArgs) -> Result<i32> {
+    let options = args.options();
+    let store = args.store.open(LocalRoot::MustExist).await?;
+    let report = crate::fetch::fetch(store, args.packages, &options).await?;
+    // What went wrong goes to stderr in both modes: a build log shows it.
+    for p in &report.packages {
+        for reason in &p.reasons {
+            eprintln!("alitx: {}: {reason}", p.package);
+        }
+    }
+    if args.output.json {
+        print_json(&report);
+    } else {
+        print_fetch(&report);
+    }
+    Ok(if report.summary.corrupt > 0 {
+        exit::CORRUPT
+    } else if report.summary.failed > 0 {
+        exit::ERROR
+    } else {
+        exit::OK
+    })
 }
 
 async fn verify(args: VerifyArgs) -> Result<i32> {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::check;
 use crate::counted;
 use crate::error::exit;
+use crate::fetch::{FetchReport, State};
 use crate::recovery::{self, Outcome};
 use crate::repair::{self, ActionKind};
 use crate::verify::{Class, Remedy, VerifyReport};
@@ -198,6 +199,37 @@ pub(super) fn print_repair(report: &repair::RepairReport, package: Option<&str>)
     } else {
         println!("{keys} deleted, {uploads} aborted");
     }
+}
+
+/// One line per package, then the counts.
+pub(super) fn print_fetch(report: &FetchReport) {
+    for p in &report.packages {
+        let state = serde_json::to_value(p.state).expect("state serialises");
+        let tarball = match (&p.path, p.state) {
+            (Some(path), State::Fetched | State::Present) => format!("  {path}"),
+            _ => String::new(),
+        };
+        println!(
+            "{}  {}  {}{tarball}",
+            state.as_str().unwrap_or(""),
+            p.package,
+            counted(p.links.unwrap_or(0), "link")
+        );
+    }
+    let s = &report.summary;
+    println!(
+        "{} into {}: {} fetched ({} bytes), {} present, {} not in the store, {} corrupt, {} failed, {} in {:.1}s",
+        counted(s.packages, "package"),
+        report.work_dir,
+        s.fetched,
+        s.bytes_read,
+        s.present,
+        s.not_in_store,
+        s.corrupt,
+        s.failed,
+        counted(s.links, "link"),
+        s.seconds
+    );
 }
 
 /// One line per corrupt or unreadable revision with its reasons, then the

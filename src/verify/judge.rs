@@ -148,14 +148,11 @@ impl Reader {
             .as_deref()
             .map(|r| r.trim_start_matches('/'))
         {
-            Some(target)
-                if target.starts_with("TARS/") && !target.split('/').any(|c| c == "..") =>
-            {
-                self.store
-                    .head(target)
-                    .await?
-                    .map(|i| (target.to_string(), i.size))
-            }
+            Some(target) if layout::redirect_key(target).is_some() => self
+                .store
+                .head(target)
+                .await?
+                .map(|i| (target.to_string(), i.size)),
             Some(target) => {
                 report.reasons.push(format!(
                     "its store tarball redirects to {target:?}, not a key of this store"
@@ -175,7 +172,7 @@ impl Reader {
         report.size = Some(size);
         self.bar.inc_length(size);
         let (read, link_problems) = tokio::join!(
-            self.read_tarball(&source, size, &revision),
+            self.read_tarball(&source, size, &revision, None),
             self.check_links(&revision, &link_key, link_body.is_some(), record.as_ref())
         );
         let (read, link_problems) = (read?, link_problems?);

@@ -27,7 +27,7 @@ use crate::error::Result;
 use crate::record::{self, Record};
 use crate::storage::Store;
 
-use read::Reader;
+pub(crate) use read::Reader;
 use select::select;
 
 /// What to verify, and how hard to pull.
@@ -67,7 +67,7 @@ impl Default for VerifyOptions {
 pub const MEMORY_UNIT: u64 = 8 << 20;
 
 /// The memory budget is counted in permits of this many bytes.
-const PERMIT_BYTES: u64 = 1 << 20;
+pub(crate) const PERMIT_BYTES: u64 = 1 << 20;
 
 /// The verdict on one revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -193,6 +193,8 @@ pub async fn verify(store: Arc<dyn Store>, options: &VerifyOptions) -> Result<Ve
         store: store.clone(),
         permits: Arc::new(Semaphore::new((memory / PERMIT_BYTES) as usize)),
         concurrency,
+        // The memory budget alone bounds verify's GETs.
+        requests: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
         chunk_size: options.chunk_size.clamp(1, memory),
         bytes_read: AtomicU64::new(0),
         bar: crate::progress::bar(

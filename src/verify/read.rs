@@ -1,6 +1,9 @@
-//! How `verify` reads a tarball: ranged GETs in parallel under a memory
-//! budget, hashed and fed in order to the gzip+tar verifier.
+//! How `verify` and `fetch` read a tarball: ranged GETs in parallel under a
+//! memory budget, hashed and fed in order to the gzip+tar verifier (and, for
+//! `fetch`, written in order to a file).
 
+use std::fs::File;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -50,32 +53,39 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// What reading a tarball through the verifier found.
-pub(super) struct TarballRead {
-    /// `Some` when every byte was read.
-    pub(super) sha256: Option<String>,
+pub(crate) struct TarballRead {
+    /// `Some` when every byte was read (and, with a copy, written).
+    pub(crate) sha256: Option<String>,
     /// The gzip+tar verdict: entries, or why not.
-    pub(super) verdict: Result<u64>,
+    pub(crate) verdict: Result<u64>,
 }
 
-/// What every revision's verdict shares: the store, the memory budget and
-/// the progress bar.
-pub(super) struct Reader {
-    pub(super) store: Arc<dyn Store>,
-    pub(super) permits: Arc<Semaphore>,
-    pub(super) concurrency: usize,
-    pub(super) chunk_size: u64,
-    pub(super) bytes_read: AtomicU64,
-    pub(super) bar: indicatif::ProgressBar,
+/// What every tarball read shares: the store, the memory budget, the
+/// requests in flight and the progress bar.
+pub(crate) struct Reader {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) permits: Arc<Semaphore>,
+    /// Ranged GETs queued per tarball ahead of the one consumed.
+    pub(crate) concurrency: usize,
+    /// Requests in flight to the store: each ranged GET holds one while it
+    /// runs (`fetch` shares it with its listings and link reads).
+    pub(crate) requests: Arc<Semaphore>,
+    pub(crate) chunk_size: u64,
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) bar: indicatif::ProgressBar,
 }
 
 impl Reader {
     /// Stream `key` (`size` bytes) once through SHA-256 and the gzip+tar
-    /// verifier, in ranged GETs of `chunk_size`, several in flight.
-    pub(super) async fn read_tarball(
+    /// verifier, in ranged GETs of `chunk_size`, several in flight; with
+    /// `copy_to`, write the bytes in order to that file too (a write error
+    /// ends the read with that error).
+    pub(crate) async fn read_tarball(
         &self,
         key: &str,
         size: u64,
         revision: &Revision,
+        mut copy_to: Option<File>,
     ) -> Result<TarballRead> {
         let verifier = Verifier::<Range>::start(revision)?;
         // A dispatcher takes memory permits for the pieces in order and
@@ -85,7 +95,8 @@ impl Reader {
         // does, so the piece consumed next can always arrive, however many
         // tarballs share the permits.
         let (gets, mut arrivals) = tokio::sync::mpsc::channel(self.concurrency);
-        let (store, permits, key) = (self.store.clone(), self.permits.clone(), key.to_string());
+        let (store, permits, source) = (self.store.clone(), self.permits.clone(), key.to_string());
+        let requests = self.requests.clone();
         let chunk = self.chunk_size;
         let dispatcher = AbortOnDrop(tokio::spawn(async move {
             for offset in (0..size.div_ceil(chunk)).map(|i| i * chunk) {
@@ -95,8 +106,9 @@ impl Reader {
                     .acquire_many_owned(expected.div_ceil(PERMIT_BYTES) as u32)
                     .await
                     .expect("the semaphore is never closed");
-                let (store, key) = (store.clone(), key.clone());
+                let (store, key, requests) = (store.clone(), source.clone(), requests.clone());
                 let get = AbortOnDrop(tokio::spawn(async move {
+                    let _request = requests.acquire().await.expect("never closed");
                     match store.get_range(&key, offset, expected).await? {
                         Some(data) if data.len() as u64 == expected => Ok(Range {
                             data,
@@ -127,13 +139,21 @@ impl Reader {
                 }
             };
             let len = piece.data.len() as u64;
-            let (hashed, piece) = tokio::task::spawn_blocking(move || {
+            let mut copy = copy_to.take();
+            let (hashed, piece, copy, written) = tokio::task::spawn_blocking(move || {
                 piece.slices().iter().for_each(|slice| sha.update(slice));
-                (sha, piece)
+                let written = copy.as_mut().map_or(Ok(()), |file| {
+                    piece.slices().iter().try_for_each(|s| file.write_all(s))
+                });
+                (sha, piece, copy, written)
             })
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("hashing task: {e}")))?;
-            sha = hashed;
+            (sha, copy_to) = (hashed, copy);
+            if let Err(e) = written {
+                failure = Some(Error::io(format!("writing the copy of {key}"), e));
+                break;
+            }
             read += len;
             self.bytes_read.fetch_add(len, Ordering::Relaxed);
             self.bar.inc(len);
