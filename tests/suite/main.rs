@@ -12,6 +12,7 @@ mod alibuild;
 mod alibuild_versions;
 mod check;
 mod cli;
+mod clock;
 mod conformance;
 mod containers;
 mod faults;
