@@ -7,6 +7,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../sim/mod.rs"]
+mod sim;
 
 mod alibuild;
 mod alibuild_versions;
@@ -22,6 +24,7 @@ mod many_journals;
 mod races;
 mod recovery;
 mod serve;
+mod simulation;
 mod store_states;
 mod timeouts;
 mod upload;
