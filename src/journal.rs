@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Link, Revision};
+use crate::liveness;
 pub use crate::liveness::Liveness;
-use crate::liveness::{self, PidScope};
 use crate::workdir::FileIdentity;
 
 /// Bump when the format changes incompatibly; older tools refuse newer
@@ -109,20 +109,28 @@ pub struct Owner {
     pub pid_ns: Option<String>,
     #[serde(default)]
     pub boot_id: Option<String>,
+    /// The owner process's start in clock ticks since boot (field 22 of
+    /// `/proc/self/stat`): within its boot, it tells the process from a
+    /// later one with the same pid whatever the wall clock did meanwhile.
+    /// Absent in an older alitx's journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
 }
 
 impl Owner {
     /// This process, as a new owner with a fresh token.
     pub fn this_process() -> Self {
-        let here = PidScope::here();
+        let machine = crate::machine::current();
+        let here = machine.pid_scope();
         Owner {
-            host: here.host.clone(),
-            pid: std::process::id(),
-            started_at: crate::now_secs(),
+            host: here.host,
+            pid: machine.pid(),
+            started_at: machine.now_secs(),
             tool: format!("alitx {}", env!("CARGO_PKG_VERSION")),
-            token: crate::random_hex(8),
-            pid_ns: here.pid_ns.clone(),
-            boot_id: here.boot_id.clone(),
+            token: machine.random_hex(8),
+            pid_ns: here.pid_ns,
+            boot_id: here.boot_id,
+            start_ticks: machine.start_ticks(),
         }
     }
 }
@@ -269,11 +277,12 @@ impl Journal {
     /// Whether the owner still runs: by its process where its pid can be
     /// checked from here, by the lease elsewhere (see [`liveness::judge`]).
     pub fn liveness(&self) -> Liveness {
+        let machine = crate::machine::current();
         liveness::judge(
             &self.owner,
-            PidScope::here(),
-            || liveness::process_running(self.owner.pid, self.owner.started_at),
-            crate::now_secs(),
+            &machine.pid_scope(),
+            || machine.owner_running(&self.owner),
+            machine.now_secs(),
             self.lease_expires_at,
         )
     }
@@ -374,11 +383,17 @@ mod tests {
             Liveness::Live,
             "a late renewal does not kill a running owner"
         );
-        j.owner.started_at = 0;
+        j.owner.started_at -= 3600;
+        assert_eq!(
+            j.liveness(),
+            Liveness::Live,
+            "recorded an hour earlier by the wall clock (a clock step): still us"
+        );
+        j.owner.start_ticks = j.owner.start_ticks.map(|t| t + 1);
         assert_eq!(
             j.liveness(),
             Liveness::OwnerDead,
-            "our pid, but recorded before we started: reused"
+            "our pid, but another process's start: reused"
         );
         j.owner.pid = u32::MAX;
         assert_eq!(j.liveness(), Liveness::OwnerDead);

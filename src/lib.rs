@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod journal;
 pub mod layout;
 pub mod liveness;
+pub mod machine;
 pub mod ownership;
 pub mod progress;
 pub mod record;
@@ -25,23 +26,14 @@ pub mod txn;
 pub mod verify;
 pub mod workdir;
 
-use std::io::Read;
-
 /// `bytes` random bytes as hex, for transaction and upload ids.
 pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("reading /dev/urandom");
-    hex::encode(buf)
+    machine::current().random_hex(bytes)
 }
 
-/// Seconds since the Unix epoch.
+/// Seconds since the Unix epoch, by this machine's clock.
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    machine::current().now_secs()
 }
 
 /// `n` and the noun, plural unless `n` is 1: "1 key", "3 keys".

@@ -7,8 +7,6 @@
 //! ([`PidScope`]), and its pid decides only where that scope is ours;
 //! everywhere else the lease does.
 
-use std::sync::OnceLock;
-
 use crate::journal::Owner;
 
 /// Whether a journal's owner still runs.
@@ -45,20 +43,9 @@ pub struct PidScope {
 }
 
 impl PidScope {
-    /// This process's scope, read once.
-    pub fn here() -> &'static PidScope {
-        static HERE: OnceLock<PidScope> = OnceLock::new();
-        HERE.get_or_init(|| PidScope {
-            host: hostname(),
-            pid_ns: std::fs::read_link("/proc/self/ns/pid")
-                .ok()
-                .and_then(|link| link.to_str().map(str::to_string))
-                .filter(|ns| is_pid_namespace(ns)),
-            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .ok()
-                .map(|id| id.trim().to_string())
-                .filter(|id| is_boot_id(id)),
-        })
+    /// This process's scope, as its machine tells it.
+    pub fn here() -> PidScope {
+        crate::machine::current().pid_scope()
     }
 
     /// Whether `owner`'s pid names the same process here as where it was
@@ -116,6 +103,21 @@ pub fn is_boot_id(id: &str) -> bool {
         })
 }
 
+/// This process's scope, read from the kernel.
+pub(crate) fn read_scope() -> PidScope {
+    PidScope {
+        host: hostname(),
+        pid_ns: std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .and_then(|link| link.to_str().map(str::to_string))
+            .filter(|ns| is_pid_namespace(ns)),
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|id| id.trim().to_string())
+            .filter(|id| is_boot_id(id)),
+    }
+}
+
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its whole length.
@@ -127,12 +129,12 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Whether `pid` runs and is the process that recorded itself as owner at
-/// `recorded_at`. Dead: gone, a zombie (a killed process its parent has not
-/// reaped yet: `kill(pid, 0)` still succeeds on it), or a process started
-/// after that moment (a reused pid).
-pub fn process_running(pid: u32, recorded_at: i64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+/// Whether `owner.pid` runs and is the process that recorded itself as
+/// `owner`. Dead: gone, a zombie (a killed process its parent has not
+/// reaped yet: `kill(pid, 0)` still succeeds on it), or another process
+/// (a reused pid, see [`is_recorded_owner`]).
+pub(crate) fn process_running(owner: &Owner) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(owner.pid) else {
         return false;
     };
     // SAFETY: signal 0 only checks that the process exists.
@@ -141,9 +143,41 @@ pub fn process_running(pid: u32, recorded_at: i64) -> bool {
     let stat = ProcStat::of(pid);
     exists
         && !stat.as_ref().is_some_and(|s| matches!(s.state, 'Z' | 'X'))
-        && stat
-            .and_then(|s| s.started_at())
-            .is_none_or(|started| started <= recorded_at + 2)
+        && stat.is_none_or(|s| {
+            is_recorded_owner(
+                owner,
+                &Started {
+                    ticks: s.start_ticks,
+                    at: s.started_at(),
+                },
+            )
+        })
+}
+
+/// When the process that holds a pid now started, as its kernel tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// Clock ticks since boot: independent of the wall clock.
+    pub ticks: u64,
+    /// Unix seconds, from the boot time the kernel keeps as wall-clock
+    /// seconds: a step of the clock (NTP, a VM resumed) moves it.
+    pub at: Option<i64>,
+}
+
+/// Whether the process that `started` so is the one that recorded itself as
+/// `owner`. Its start ticks decide; an older alitx's owner has none, and
+/// only a process started after the owner recorded itself (with 2 s for
+/// rounding) is another one.
+pub fn is_recorded_owner(owner: &Owner, started: &Started) -> bool {
+    match owner.start_ticks {
+        Some(ticks) => ticks == started.ticks,
+        None => started.at.is_none_or(|at| at <= owner.started_at + 2),
+    }
+}
+
+/// This process's start in clock ticks since boot.
+pub(crate) fn own_start_ticks() -> Option<u64> {
+    ProcStat::of(std::process::id() as libc::pid_t).map(|s| s.start_ticks)
 }
 
 /// What /proc/<pid>/stat (Linux) tells about a process.
@@ -151,7 +185,7 @@ struct ProcStat {
     /// `R`, `S`, `D`, ... ; `Z` zombie, `X` dead.
     state: char,
     /// Start time in clock ticks since boot (field 22).
-    start_ticks: i64,
+    start_ticks: u64,
 }
 
 impl ProcStat {
@@ -173,7 +207,7 @@ impl ProcStat {
             .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
         // SAFETY: sysconf has no memory effects.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        (hz > 0).then(|| boot + self.start_ticks / hz as i64)
+        (hz > 0).then(|| boot + (self.start_ticks / hz as u64) as i64)
     }
 }
 
@@ -292,6 +326,47 @@ mod tests {
             judge(&owner, &unknown, || true, now, expired_lease),
             Expired
         );
+    }
+
+    #[test]
+    fn the_start_ticks_tell_the_owner_whatever_the_clock_did() {
+        let recorded_at = 1_000_000;
+        let owner = |start_ticks| Owner {
+            started_at: recorded_at,
+            start_ticks,
+            ..test_journal().owner
+        };
+        let started = |ticks, at| Started {
+            ticks,
+            at: Some(recorded_at + at),
+        };
+        // (recorded ticks, the process holding the pid now, expected)
+        let table = [
+            // The owner itself, as the boot time read back places it: at
+            // its start, or moved by a clock step of 10 s either way.
+            (Some(500), started(500, -5), true),
+            (Some(500), started(500, 10), true),
+            (Some(500), started(500, -3600), true),
+            // Another process with the owner's pid, before or after it.
+            (Some(500), started(900, 10), false),
+            (Some(500), started(400, -5), false),
+            // An older alitx's owner: the wall clock decides, and a step
+            // makes it look reused.
+            (None, started(500, -5), true),
+            (None, started(500, 2), true),
+            (None, started(500, 10), false),
+            (
+                None,
+                Started {
+                    ticks: 500,
+                    at: None,
+                },
+                true,
+            ),
+        ];
+        for (i, (ticks, now, expected)) in table.into_iter().enumerate() {
+            assert_eq!(is_recorded_owner(&owner(ticks), &now), expected, "row {i}");
+        }
     }
 
     #[test]

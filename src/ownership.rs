@@ -284,7 +284,7 @@ impl JournalHandle {
     /// ownership lost: the next [`confirm`](Self::confirm) fails.
     pub fn keep_alive(self: &Arc<Self>) -> KeepAlive {
         let handle = self.clone();
-        KeepAlive(tokio::spawn(async move {
+        KeepAlive(crate::machine::spawn(async move {
             loop {
                 tokio::time::sleep(handle.lease / 3).await;
                 if let Err(e) = handle.update(|j| j.renewals += 1).await {

@@ -103,7 +103,7 @@ async fn commit_as_asked(
         Bookkeeping::Background(finishers) => {
             let (store, handle) = (store.clone(), handle.clone());
             let journal_key = handle.key().to_string();
-            let task = tokio::spawn(async move {
+            let task = crate::machine::spawn(async move {
                 let _renewals = handle.keep_alive();
                 if let Err(err) = commit(&*store, &handle, sha256.as_deref()).await {
                     warn!(

@@ -7,11 +7,14 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../sim/mod.rs"]
+mod sim;
 
 mod alibuild;
 mod alibuild_versions;
 mod check;
 mod cli;
+mod clock;
 mod conformance;
 mod containers;
 mod faults;
@@ -23,6 +26,7 @@ mod not_s3;
 mod races;
 mod recovery;
 mod serve;
+mod simulation;
 mod store_states;
 mod timeouts;
 mod upload;

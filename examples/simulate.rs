@@ -1,0 +1,65 @@
+//! Run the deterministic simulator over many seeds (see tests/sim):
+//! `cargo run --release --example simulate -- --seeds N [--from S]
+//! [--actors upload,stock,...] [--verbose]`; `scripts/simulate.sh` wraps it.
+//! Exit 1 if a seed broke an invariant.
+
+#[path = "../tests/sim/mod.rs"]
+mod sim;
+
+use std::time::Instant;
+
+fn main() {
+    let mut seeds = 100u64;
+    let mut from = 0u64;
+    let mut actors = sim::Actor::ALL.to_vec();
+    let mut verbose = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage(&arg));
+        match arg.as_str() {
+            "--seeds" => seeds = value().parse().unwrap_or_else(|_| usage("--seeds")),
+            "--from" => from = value().parse().unwrap_or_else(|_| usage("--from")),
+            "--actors" => {
+                actors = value()
+                    .split(',')
+                    .map(|name| sim::Actor::parse(name).unwrap_or_else(|| usage(name)))
+                    .collect()
+            }
+            "--verbose" => verbose = true,
+            _ => usage(&arg),
+        }
+    }
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for seed in from..from + seeds {
+        let run = sim::run(seed, &actors);
+        if verbose {
+            run.log.iter().for_each(|line| println!("{line}"));
+        }
+        if !run.violations().is_empty() {
+            println!("{}", run.explain(&actors));
+            failed.push(seed);
+        }
+        let done = seed - from + 1;
+        if done % 100 == 0 || done == seeds {
+            eprintln!(
+                "{done}/{seeds} seeds, {} failed, {:.0} seeds/s",
+                failed.len(),
+                done as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if !failed.is_empty() {
+        println!("failing seeds: {failed:?}");
+        std::process::exit(1);
+    }
+}
+
+fn usage(at: &str) -> ! {
+    let names: Vec<&str> = sim::Actor::ALL.iter().map(|a| a.name()).collect();
+    eprintln!(
+        "simulate: bad argument {at:?}\nusage: simulate --seeds N [--from S] [--actors {}] [--verbose]",
+        names.join(",")
+    );
+    std::process::exit(2)
+}
