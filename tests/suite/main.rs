@@ -15,6 +15,7 @@ mod cli;
 mod conformance;
 mod containers;
 mod faults;
+mod fencing;
 mod https;
 mod local_store;
 mod many_journals;
