@@ -104,6 +104,17 @@ pub(super) async fn roll_back(store: &dyn Store, handle: &JournalHandle) -> Resu
     report.txn = Some(journal.txn.clone());
     let deleted = delete_own_links(store, &journal, || handle.confirm()).await?;
     report.keys_deleted = deleted.keys;
+    if deleted.published && !report.keys_deleted.is_empty() {
+        // Never "already published, nothing more written": the journal,
+        // kept, holds every key and body for `resume` to put back.
+        return Err(Error::conflict(format!(
+            "{} was published while this process rolled the transaction back, after it had deleted {}; \
+             run `alitx resume {}` to restore them",
+            journal.tarball.key,
+            crate::counted(report.keys_deleted.len(), "link"),
+            journal.id()
+        )));
+    }
     if deleted.published {
         return Err(Error::lost_ownership(format!(
             "{} was published while this process rolled the transaction back",

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use alitx::journal::Journal;
+use alitx::layout::DIST_DIRS;
+use alitx::storage::PutMode;
 
 /// Where the owner freezes: just before the completion that publishes,
 /// and before its links.
@@ -174,5 +176,55 @@ fn a_takeover_fences_a_frozen_owner_before_it_deletes() {
                 }
             }
         }
+    }
+}
+
+/// A rollback that finds the tarball published while it deletes (a
+/// writer no fence can stop, here a PUT carrying the transaction's id)
+/// never says "already published, nothing more written": it fails, exit 3,
+/// naming the links it deleted and `alitx resume`, which puts them back
+/// from the journal.
+#[test]
+fn a_rollback_that_meets_a_publication_after_deleting_says_so() {
+    let rt = runtime();
+    let wd = WorkDir::chain(1, 1 << 20);
+    wd.add_dist_links(0, 300);
+    let rev = wd.pkgs[0].revision();
+    let journal_key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &rev);
+    let dist = rev.dist_prefix(DIST_DIRS[0]);
+    for kind in backends() {
+        let store = rt.block_on(TestStore::new(kind));
+        let backend = rt.block_on(store.open());
+        alitx_killed_at(&wd.upload_args(0, &store), "after-links");
+        let links = rt.block_on(backend.list(&dist)).unwrap().len();
+        let journal: Journal =
+            serde_json::from_slice(&rt.block_on(backend.get(&journal_key)).unwrap().unwrap())
+                .unwrap();
+        let rollback = Command::new(env!("CARGO_BIN_EXE_alitx"))
+            .args(store.cmd("rollback", &[&Journal::id_of(&rev)]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        while rt.block_on(backend.list(&dist)).unwrap().len() == links {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let body = std::fs::read(wd.tarball_path(0)).unwrap();
+        rt.block_on(backend.put(
+            &rev.store_key(),
+            body.into(),
+            &journal.object_metadata(),
+            PutMode::Create,
+        ))
+        .unwrap();
+        let out = rollback.wait_with_output().unwrap();
+        assert_exit(&out, 3);
+        assert!(
+            stderr(&out).contains("after it had deleted") && stderr(&out).contains("alitx resume"),
+            "{kind}: {}",
+            stderr(&out)
+        );
+        assert_exit(&alitx(&store.cmd("resume", &[])), 0);
+        assert_exact(&store, &wd, &[0], kind);
     }
 }
