@@ -162,16 +162,19 @@ pub async fn upload(
     let started = Instant::now();
     let txn = crate::random_hex(8);
     let store_key = local.revision.store_key();
-    let staging_metadata = [(crate::journal::TXN_METADATA.to_string(), txn.clone())].into();
     // A tarball that fits in one part is read and verified while the store
     // is first read, so that a bad one is refused before anything is
     // written; the first look at the revision and the staged upload of
     // its tarball (recorded by the intent) go out with the preflight.
-    let (reachable, whole, first_look, staged) = tokio::join!(
+    let staging = async {
+        let whole = read_whole_if_small(&local, options).await;
+        let metadata = staged_metadata(&txn, whole.as_ref().ok().and_then(Option::as_ref));
+        (whole, store.create_upload(&store_key, &metadata).await)
+    };
+    let (reachable, first_look, (whole, staged)) = tokio::join!(
         store.preflight(),
-        read_whole_if_small(&local, options),
         look(&*store, &local.revision, &options.journal_prefix),
-        store.create_upload(&store_key, &staging_metadata)
+        staging
     );
     // The preflight's error says best what is wrong with the store.
     reachable?;
@@ -205,6 +208,20 @@ pub async fn upload(
     // A staged upload no intent journal recorded: nobody else would free it.
     unstarted.abort_upload(&*store, &store_key).await;
     ended
+}
+
+/// The metadata of the tarball an upload stages: its transaction's id,
+/// and the SHA-256 of a tarball read whole (which `verify` reads back).
+fn staged_metadata(txn: &str, whole: Option<&WholeTarball>) -> crate::storage::Metadata {
+    let mut metadata: crate::storage::Metadata =
+        [(crate::journal::TXN_METADATA.to_string(), txn.to_string())].into();
+    if let Some(whole) = whole {
+        metadata.insert(
+            crate::journal::SHA256_METADATA.into(),
+            whole.sha256().into(),
+        );
+    }
+    metadata
 }
 
 /// What an upload prepared before its intent journal exists: its
@@ -373,9 +390,8 @@ async fn begin(
     let upload_id = match unstarted.upload_id.clone() {
         Some(upload_id) => upload_id,
         None => {
-            let upload_id = store
-                .create_upload(&journal.tarball.key, &journal.object_metadata())
-                .await?;
+            let metadata = staged_metadata(&journal.txn, whole.as_ref());
+            let upload_id = store.create_upload(&journal.tarball.key, &metadata).await?;
             unstarted.upload_id = Some(upload_id.clone());
             upload_id
         }
