@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Owner, State, OWNER_METADATA};
+use crate::liveness::Liveness;
 use crate::storage::{PutMode, Store};
 
 /// How long a takeover waits between writing itself in as owner and
@@ -79,11 +80,22 @@ pub struct JournalHandle {
     /// Why this process may no longer write, once a renewal failed: it lost
     /// ownership, or the store stopped answering and the lease may run out.
     lost: std::sync::Mutex<Option<Error>>,
+    /// For a journal taken over: how its previous owner was judged.
+    previous_owner: Option<Liveness>,
 }
 
 impl JournalHandle {
     /// The handle of a journal this process just created.
     pub fn created(store: Arc<dyn Store>, prefix: &str, journal: Journal) -> Arc<Self> {
+        Self::owning(store, prefix, journal, None)
+    }
+
+    fn owning(
+        store: Arc<dyn Store>,
+        prefix: &str,
+        journal: Journal,
+        previous_owner: Option<Liveness>,
+    ) -> Arc<Self> {
         let lease =
             Duration::from_secs((journal.lease_expires_at - crate::now_secs()).max(1) as u64);
         Arc::new(JournalHandle {
@@ -93,6 +105,7 @@ impl JournalHandle {
             journal: Mutex::new(Some(journal)),
             lease,
             lost: std::sync::Mutex::new(None),
+            previous_owner,
         })
     }
 
@@ -108,7 +121,8 @@ impl JournalHandle {
         let Some(current) = read_journal(&*store, prefix, key).await? else {
             return Ok(Takeover::Retired);
         };
-        if !force && !current.owner_gone() {
+        let previous_owner = current.liveness();
+        if !force && previous_owner == Liveness::Live {
             return Ok(Takeover::Busy(Box::new(current)));
         }
         // The owner may have retired the journal just before it was found
@@ -165,8 +179,14 @@ impl JournalHandle {
                 debug!("{key}: another process took it over first");
                 Takeover::Busy(Box::new(now))
             }
-            Some(now) => Takeover::Owned(Self::created(store, prefix, now)),
+            Some(now) => Takeover::Owned(Self::owning(store, prefix, now, Some(previous_owner))),
         })
+    }
+
+    /// How the owner this process took the journal over from was judged
+    /// (`None` for a journal it created).
+    pub fn previous_owner(&self) -> Option<Liveness> {
+        self.previous_owner
     }
 
     /// The journal's key in the store.

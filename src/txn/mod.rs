@@ -27,6 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint::failpoint;
 use crate::journal::Journal;
 use crate::layout::{Link, Revision};
+use crate::liveness::Liveness;
 use crate::ownership::{read_journal, JournalHandle, Takeover};
 use crate::storage::{Created, ObjectInfo, PutMode, Store};
 use crate::workdir::LocalRevision;
@@ -34,7 +35,7 @@ use crate::workdir::LocalRevision;
 pub use bookkeeping::{Bookkeeping, Finishers};
 use plan::{Adoption, Aftermath, LocalFiles, Plan, Start, Tarball};
 pub use publish::retire_committed;
-use publish::{read_whole_if_small, WholeTarball};
+use publish::{read_whole_if_small, Staging, WholeTarball};
 pub use undo::rollback_keys;
 
 /// Tunables of one upload.
@@ -159,34 +160,90 @@ pub async fn upload(
     options: &Options,
 ) -> Result<Report> {
     let started = Instant::now();
+    let txn = crate::random_hex(8);
+    let store_key = local.revision.store_key();
     // A tarball that fits in one part is read and verified while the store
     // is first read, so that a bad one is refused before anything is
-    // written; the first look at the revision goes out with the preflight.
-    let (reachable, whole, first_look) = tokio::join!(
+    // written; the first look at the revision and the staged upload of
+    // its tarball (recorded by the intent) go out with the preflight.
+    let staging = async {
+        let whole = read_whole_if_small(&local, options).await;
+        let metadata = staged_metadata(&txn, whole.as_ref().ok().and_then(Option::as_ref));
+        (whole, store.create_upload(&store_key, &metadata).await)
+    };
+    let (reachable, first_look, (whole, staged)) = tokio::join!(
         store.preflight(),
-        read_whole_if_small(&local, options),
-        look(&*store, &local.revision, &options.journal_prefix)
+        look(&*store, &local.revision, &options.journal_prefix),
+        staging
     );
     // The preflight's error says best what is wrong with the store.
     reachable?;
     debug!("store reachable: {}", store.describe());
-    let mut whole = Some(whole);
+    let mut unstarted = Unstarted {
+        txn,
+        upload_id: staged.ok(),
+        whole: Some(whole),
+    };
     let mut first_look = Some(first_look);
-    for _ in 0..UPLOAD_ROUNDS {
-        let found = match first_look.take() {
-            Some(found) => found?,
-            None => look(&*store, &local.revision, &options.journal_prefix).await?,
-        };
-        if let Some(mut report) = upload_round(&store, &local, found, &mut whole, options).await? {
-            report.duration_seconds = started.elapsed().as_secs_f64();
-            return Ok(report);
+    let rounds = async {
+        for _ in 0..UPLOAD_ROUNDS {
+            let found = match first_look.take() {
+                Some(found) => found?,
+                None => look(&*store, &local.revision, &options.journal_prefix).await?,
+            };
+            if let Some(mut report) =
+                upload_round(&store, &local, found, &mut unstarted, options).await?
+            {
+                report.duration_seconds = started.elapsed().as_secs_f64();
+                return Ok(report);
+            }
+        }
+        Err(Error::conflict(format!(
+            "{} kept changing in the store while this upload started ({UPLOAD_ROUNDS} journals found and finished): \
+             another process is uploading the same revision; check with `alitx journals` and re-run",
+            local.revision.full_version()
+        )))
+    };
+    let ended = rounds.await;
+    // A staged upload no intent journal recorded: nobody else would free it.
+    unstarted.abort_upload(&*store, &store_key).await;
+    ended
+}
+
+/// The metadata of the tarball an upload stages: its transaction's id,
+/// and the SHA-256 of a tarball read whole (which `verify` reads back).
+fn staged_metadata(txn: &str, whole: Option<&WholeTarball>) -> crate::storage::Metadata {
+    let mut metadata: crate::storage::Metadata =
+        [(crate::journal::TXN_METADATA.to_string(), txn.to_string())].into();
+    if let Some(whole) = whole {
+        metadata.insert(
+            crate::journal::SHA256_METADATA.into(),
+            whole.sha256().into(),
+        );
+    }
+    metadata
+}
+
+/// What an upload prepared before its intent journal exists: its
+/// transaction id, the staged upload of its tarball (created with the
+/// first look, carrying that id), and the tarball read whole if it fits
+/// in one part.
+struct Unstarted {
+    txn: String,
+    upload_id: Option<String>,
+    whole: Option<Result<Option<WholeTarball>>>,
+}
+
+impl Unstarted {
+    /// Abort the staged upload, if no intent journal recorded it; a
+    /// failure only leaves it to `repair`'s stale-upload abort.
+    async fn abort_upload(&mut self, store: &dyn Store, key: &str) {
+        if let Some(upload_id) = self.upload_id.take() {
+            if let Err(e) = store.abort_upload(key, &upload_id).await {
+                warn!("{key}: aborting the unused staged upload {upload_id} failed ({e}); `alitx repair` aborts it once stale");
+            }
         }
     }
-    Err(Error::conflict(format!(
-        "{} kept changing in the store while this upload started ({UPLOAD_ROUNDS} journals found and finished): \
-         another process is uploading the same revision; check with `alitx journals` and re-run",
-        local.revision.full_version()
-    )))
 }
 
 /// What the store holds of a revision when an upload round starts: its
@@ -220,7 +277,7 @@ async fn upload_round(
     store: &Arc<dyn Store>,
     local: &LocalRevision,
     found: Found,
-    whole: &mut Option<Result<Option<WholeTarball>>>,
+    unstarted: &mut Unstarted,
     options: &Options,
 ) -> Result<Option<Report>> {
     let revision = &local.revision;
@@ -235,6 +292,11 @@ async fn upload_round(
             Ok(None)
         }
         Start::TakeOver => {
+            // The takeover aborts every staged upload of the tarball key,
+            // this one's too: a new one is staged if this upload begins.
+            unstarted
+                .abort_upload(&**store, &revision.store_key())
+                .await;
             let takeover =
                 JournalHandle::take_over(store.clone(), prefix, &journal_key, options.lease, false)
                     .await?;
@@ -274,6 +336,11 @@ async fn upload_round(
             Ok(Some(report))
         }
         Start::CheckAdoption => {
+            // The quiet time counts every staged upload of the key: not
+            // this one's, just created.
+            unstarted
+                .abort_upload(&**store, &revision.store_key())
+                .await;
             let facts = adopt::facts(&**store, local).await?;
             match plan::adoption(facts, options.adopt_after) {
                 Adoption::Adopt => {
@@ -281,7 +348,9 @@ async fn upload_round(
                         "{} was left unpublished by an earlier upload of this very build: completing it",
                         revision.full_version()
                     );
-                    begin(store, local, whole, true, options).await.map(Some)
+                    begin(store, local, unstarted, true, options)
+                        .await
+                        .map(Some)
                 }
                 Adoption::TooRecent { retry_after } => {
                     Err(adopt::too_recent(revision, retry_after))
@@ -290,7 +359,9 @@ async fn upload_round(
                 Adoption::Differs(keys) => Err(adopt::differs(revision, &keys)),
             }
         }
-        Start::Begin => begin(store, local, whole, false, options).await.map(Some),
+        Start::Begin => begin(store, local, unstarted, false, options)
+            .await
+            .map(Some),
     }
 }
 
@@ -298,28 +369,41 @@ async fn upload_round(
 async fn begin(
     store: &Arc<dyn Store>,
     local: &LocalRevision,
-    whole: &mut Option<Result<Option<WholeTarball>>>,
+    unstarted: &mut Unstarted,
     adopting: bool,
     options: &Options,
 ) -> Result<Report> {
     let revision = &local.revision;
     let prefix = &options.journal_prefix;
     let journal_key = Journal::key_of(prefix, revision);
-    let whole = whole.take().transpose()?.flatten();
+    let whole = unstarted.whole.take().transpose()?.flatten();
     // A full local disk is refused now, with both figures, not half-way.
     store.ensure_space(local.tarball.size).await?;
-
-    // Intent: the journal is the first write; a concurrent writer of the
-    // same revision collides here.
     let mut journal = Journal::new(
-        crate::random_hex(8),
+        unstarted.txn.clone(),
         revision,
         local.tarball,
         &local.links,
         options.part_size as u64,
         options.lease,
     );
+    let upload_id = match unstarted.upload_id.clone() {
+        Some(upload_id) => upload_id,
+        None => {
+            let metadata = staged_metadata(&journal.txn, whole.as_ref());
+            let upload_id = store.create_upload(&journal.tarball.key, &metadata).await?;
+            unstarted.upload_id = Some(upload_id.clone());
+            upload_id
+        }
+    };
+    journal.tarball.upload_id = Some(upload_id.clone());
+    journal.tarball.sha256 = whole.as_ref().map(|whole| whole.sha256().to_string());
     journal.adopts = adopting;
+
+    // Intent: the journal is the first write; a concurrent writer of the
+    // same revision collides here. Until it is stored, the staged upload
+    // is aborted if this upload ends.
+    failpoint("before-record-upload");
     match store
         .put(&journal_key, journal.to_bytes(), &journal.journal_metadata(), PutMode::Create)
         .await?
@@ -339,6 +423,7 @@ async fn begin(
             }
         },
     }
+    unstarted.upload_id = None;
     debug!("intent: journal {journal_key} written");
     failpoint("after-intent");
     let handle = JournalHandle::created(store.clone(), prefix, journal);
@@ -346,7 +431,7 @@ async fn begin(
         store.clone(),
         &handle,
         Some(local),
-        whole,
+        Staging::Fresh { upload_id, whole },
         Tarball::Absent,
         Intent::Forward,
         options,
@@ -379,8 +464,17 @@ pub async fn continue_owned(
         part_size: journal.tarball.part_size as usize,
         ..options.clone()
     };
+    // Fence the previous owner out before anything is decided: its staged
+    // uploads are aborted, so the tarball read next stays as it is unless
+    // this process publishes it. A dead owner's can be resumed (its
+    // completion in flight would publish this very transaction).
+    let resumes_staged = handle.previous_owner() == Some(Liveness::OwnerDead)
+        && intent == Intent::Forward
+        && local.is_some_and(|local| mismatch(&journal, local).is_none());
+    undo::fence(&*store, &journal, resumes_staged).await?;
     let tarball = undo::tarball_now(&*store, &journal).await?;
-    let mut ended = drive(store, handle, local, None, tarball, intent, &options).await?;
+    let staging = Staging::Recorded;
+    let mut ended = drive(store, handle, local, staging, tarball, intent, &options).await?;
     let (Ended::Done(report) | Ended::Undone { report, .. }) = &mut ended;
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(ended)
@@ -413,7 +507,7 @@ async fn drive(
     store: Arc<dyn Store>,
     handle: &Arc<JournalHandle>,
     local: Option<&LocalRevision>,
-    whole: Option<WholeTarball>,
+    staging: Staging,
     tarball: Tarball,
     intent: Intent,
     options: &Options,
@@ -430,7 +524,7 @@ async fn drive(
         Plan::LeaveToForeign => return Err(undo::leave_to_foreign(&*store, handle, &journal).await),
         Plan::RollForward => {
             let local = local.expect("a matching work dir");
-            publish::roll_forward(store.clone(), handle, local, whole, options).await
+            publish::roll_forward(store.clone(), handle, local, staging, options).await
         }
         Plan::RollBack(why) => {
             match why {

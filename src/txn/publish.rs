@@ -15,7 +15,7 @@ use crate::failpoint::failpoint;
 use crate::journal::{Journal, SHA256_METADATA};
 use crate::layout::Link;
 use crate::ownership::JournalHandle;
-use crate::storage::{md5_hex_off_thread, Created, PutMode, Store, UploadedPart};
+use crate::storage::{md5_hex_off_thread, Created, Store, UploadedPart};
 use crate::tarball::{self, Part};
 use crate::workdir::{FileIdentity, LocalRevision};
 
@@ -75,17 +75,16 @@ pub(super) async fn finish_published(
 /// way (see [`JournalHandle::mark_committed`]).
 async fn commit(store: &dyn Store, handle: &JournalHandle, sha256: Option<&str>) -> Result<()> {
     let journal = handle.snapshot().await;
-    let (marked, recorded) = tokio::join!(
+    let (marked, recorded, aborted) = tokio::join!(
         handle.mark_committed(),
-        write_record(store, &journal, sha256)
+        write_record(store, &journal, sha256),
+        abort_staged_uploads(store, &journal, false)
     );
     marked?;
     debug!("journal marked committed");
     failpoint("after-commit-mark");
     recorded?;
-    if journal.tarball.upload_id.is_some() || journal.takeovers > 0 {
-        abort_staged_uploads(store, &journal, false).await?;
-    }
+    aborted?;
     handle.retire().await
 }
 
@@ -137,13 +136,27 @@ pub(super) async fn write_record(
     }
 }
 
+/// How the tarball's staged upload comes to be.
+pub(super) enum Staging {
+    /// Created alongside the upload's first look and recorded in its
+    /// intent journal: no part of it is sent yet. `whole`: the tarball,
+    /// read and verified, when it fits in one part.
+    Fresh {
+        upload_id: String,
+        whole: Option<WholeTarball>,
+    },
+    /// The one the journal records, with the parts it holds, if it still
+    /// exists; else a new one, recorded before any part is sent.
+    Recorded,
+}
+
 /// Publish the tarball (absent when the transaction was checked) and
 /// commit.
 pub(super) async fn roll_forward(
     store: Arc<dyn Store>,
     handle: &Arc<JournalHandle>,
     local: &LocalRevision,
-    whole: Option<WholeTarball>,
+    staging: Staging,
     options: &Options,
 ) -> Result<Report> {
     let journal = handle.snapshot().await;
@@ -151,16 +164,7 @@ pub(super) async fn roll_forward(
     let mut report = Report::new(Status::Committed, journal.id(), &journal.revision, &*store);
     report.txn = Some(journal.txn.clone());
     report.tarball_bytes = local.tarball.size;
-    // A tarball that fits in one part, with no staged upload to resume,
-    // is published by one conditional PUT instead of a multipart upload.
-    let sent = match whole {
-        Some(whole) => put_whole(&*store, handle, &journal, local, whole, options).await?,
-        None if journal.tarball.upload_id.is_none() && fits_one_part(local, options) => {
-            let whole = read_whole(local, options.part_size).await?;
-            put_whole(&*store, handle, &journal, local, whole, options).await?
-        }
-        None => put_staged(store.clone(), handle, &journal, local, options).await?,
-    };
+    let sent = put_staged(store.clone(), handle, &journal, local, staging, options).await?;
     report.keys_written = sent.links_written;
     report.keys_written.push(key.clone());
     report.bytes_sent = sent.bytes_sent;
@@ -203,6 +207,12 @@ pub(super) struct WholeTarball {
     data: Bytes,
 }
 
+impl WholeTarball {
+    pub(super) fn sha256(&self) -> &str {
+        &self.scanned.sha256
+    }
+}
+
 async fn read_whole(local: &LocalRevision, part_size: usize) -> Result<WholeTarball> {
     let path = local.tarball_path.clone();
     let revision = local.revision.clone();
@@ -224,64 +234,38 @@ async fn read_whole(local: &LocalRevision, part_size: usize) -> Result<WholeTarb
     .map_err(|e| Error::new(ErrorKind::Io, format!("reader task: {e}")))?
 }
 
-/// Write the links, then publish the verified tarball with one
-/// put-if-absent: it appears at once, after every link, and never over an
-/// object another uploader put there.
-async fn put_whole(
-    store: &dyn Store,
-    handle: &JournalHandle,
-    journal: &Journal,
-    local: &LocalRevision,
-    whole: WholeTarball,
-    options: &Options,
-) -> Result<Published> {
-    let links_written = write_links(store, handle, journal, options.link_concurrency).await?;
-    check_unchanged(journal, local, &whole.scanned)?;
-    let key = &journal.tarball.key;
-    let bytes_sent = whole.data.len() as u64;
-    let mut metadata = journal.object_metadata();
-    metadata.insert(SHA256_METADATA.into(), whole.scanned.sha256.clone());
-    handle.confirm().await?;
-    let created = store
-        .put(key, whole.data, &metadata, PutMode::Create)
-        .await?;
-    // Taken already: ours only if a retried request had stored it.
-    if created == Created::AlreadyExists
-        && !store
-            .head(key)
-            .await?
-            .is_some_and(|info| is_ours(&info, journal))
-    {
-        return Err(Error::conflict(format!(
-            "{key} appeared in the store from another uploader just before publishing"
-        )));
-    }
-    Ok(Published {
-        links_written,
-        sha256: whole.scanned.sha256,
-        bytes_sent,
-        parts_total: 1,
-        parts_reused: 0,
-    })
-}
-
 /// Stage the tarball's parts (resuming a recorded upload) while the links
-/// are written, record the verified SHA-256, then complete the upload: the
-/// tarball appears at once, after every link.
+/// are written, record the verified SHA-256 (known at the intent for a
+/// tarball read whole), then complete the upload: the tarball appears at
+/// once, after every link. A process that took the journal over has
+/// aborted that upload first, so this completion then fails: the
+/// revision is published only by the journal's owner.
 async fn put_staged(
     store: Arc<dyn Store>,
     handle: &JournalHandle,
     journal: &Journal,
     local: &LocalRevision,
+    staging: Staging,
     options: &Options,
 ) -> Result<Published> {
     let key = &journal.tarball.key;
-    // The upload id is recorded before anything else is written, so that
-    // no crash can orphan a staged upload.
-    let (upload_id, existing) =
-        staged_upload(&*store, handle, key, &journal.object_metadata()).await?;
+    let (upload_id, existing, whole) = match staging {
+        Staging::Fresh { upload_id, whole } => (upload_id, Vec::new(), whole),
+        Staging::Recorded => {
+            // The upload id is recorded before anything else is written,
+            // so that no crash can orphan a staged upload.
+            let (upload_id, existing) =
+                staged_upload(&*store, handle, key, &journal.object_metadata()).await?;
+            (upload_id, existing, None)
+        }
+    };
     let links = write_links(&*store, handle, journal, options.link_concurrency);
-    let bulk = send_tarball(store.clone(), key, &upload_id, local, options, existing);
+    let bulk = async {
+        match whole {
+            Some(whole) => send_whole(&*store, key, &upload_id, whole).await,
+            None => send_tarball(store.clone(), key, &upload_id, local, options, existing).await,
+        }
+    };
     let (links_written, sent) = tokio::try_join!(links, bulk)?;
     debug!(
         "tarball staged: {} parts, {} B sent",
@@ -291,13 +275,16 @@ async fn put_staged(
     failpoint("after-bulk");
     check_unchanged(journal, local, &sent.scanned)?;
     let sha256 = sent.scanned.sha256.clone();
-    // Also confirms that this process still owns the transaction.
-    handle.update(|j| j.tarball.sha256 = Some(sha256)).await?;
-
-    // Ceph ignores If-None-Match on completion: look just before. A
-    // completion whose answer was lost (the retry finds no upload) has
-    // published our tarball all the same.
-    match store.head(key).await? {
+    // Both confirm that this process still owns the transaction.
+    let owned = async {
+        match journal.tarball.sha256 {
+            Some(_) => handle.confirm().await,
+            None => handle.update(|j| j.tarball.sha256 = Some(sha256)).await,
+        }
+    };
+    // Ceph ignores If-None-Match on completion: look just before.
+    let (_, tarball) = tokio::try_join!(owned, store.head(key))?;
+    match tarball {
         Some(info) if is_ours(&info, journal) => {
             debug!("{key} is already published by this transaction")
         }
@@ -307,14 +294,25 @@ async fn put_staged(
             )))
         }
         None => {
-            if let Err(e) = store.complete_upload(key, &upload_id, &sent.parts).await {
+            failpoint("before-publish");
+            let completed = store.complete_upload(key, &upload_id, &sent.parts).await;
+            if let Err(e) = &completed {
                 if !store
                     .head(key)
                     .await?
                     .is_some_and(|info| is_ours(&info, journal))
                 {
-                    return Err(e);
+                    return Err(Error::new(e.kind, e.message.clone()));
                 }
+            }
+            // Published by this transaction: by this completion if the
+            // journal is still ours (its answer may have been lost); else
+            // by the process that took it over and aborted this upload
+            // first. Ceph RGW answers success to the completion of an
+            // aborted upload when the key holds an object with the same
+            // parts: only the journal tells.
+            handle.confirm().await?;
+            if completed.is_err() {
                 debug!("{key}: the completion's answer was lost, but it is published");
             }
         }
@@ -325,6 +323,24 @@ async fn put_staged(
         bytes_sent: sent.bytes_sent,
         parts_total: sent.parts.len() as u32,
         parts_reused: sent.reused,
+    })
+}
+
+/// Send a tarball read whole as the one part of its staged upload.
+async fn send_whole(
+    store: &dyn Store,
+    key: &str,
+    upload_id: &str,
+    whole: WholeTarball,
+) -> Result<Sent> {
+    let bytes_sent = whole.data.len() as u64;
+    let part = store.upload_part(key, upload_id, 1, whole.data).await?;
+    failpoint("part-sent-1");
+    Ok(Sent {
+        scanned: whole.scanned,
+        parts: vec![part],
+        bytes_sent,
+        reused: 0,
     })
 }
 

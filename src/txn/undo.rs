@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use std::time::Duration;
 
@@ -104,6 +104,17 @@ pub(super) async fn roll_back(store: &dyn Store, handle: &JournalHandle) -> Resu
     report.txn = Some(journal.txn.clone());
     let deleted = delete_own_links(store, &journal, || handle.confirm()).await?;
     report.keys_deleted = deleted.keys;
+    if deleted.published && !report.keys_deleted.is_empty() {
+        // Never "already published, nothing more written": the journal,
+        // kept, holds every key and body for `resume` to put back.
+        return Err(Error::conflict(format!(
+            "{} was published while this process rolled the transaction back, after it had deleted {}; \
+             run `alitx resume {}` to restore them",
+            journal.tarball.key,
+            crate::counted(report.keys_deleted.len(), "link"),
+            journal.id()
+        )));
+    }
     if deleted.published {
         return Err(Error::lost_ownership(format!(
             "{} was published while this process rolled the transaction back",
@@ -209,6 +220,36 @@ pub(super) async fn abort_staged_uploads(
             }
             store.abort_upload(key, &upload.upload_id).await?;
         }
+    }
+    Ok(())
+}
+
+/// Fence a journal's previous owner out, before a process that took it
+/// over decides anything: abort every staged upload of its tarball key,
+/// the recorded one included unless `keep_recorded` (kept for a dead
+/// owner's transaction rolled forward, whose parts it reuses). An abort
+/// that succeeded means that upload can no longer be completed: the
+/// tarball is then published only if a completion came first, which the
+/// read after this shows. A single PUT could not be stopped so; this is
+/// why every tarball is staged.
+pub(super) async fn fence(store: &dyn Store, journal: &Journal, keep_recorded: bool) -> Result<()> {
+    let key = &journal.tarball.key;
+    let recorded = journal.tarball.upload_id.clone();
+    let mut staged: Vec<String> = store
+        .list_uploads(key)
+        .await?
+        .into_iter()
+        .filter(|upload| upload.key == *key)
+        .map(|upload| upload.upload_id)
+        .collect();
+    staged.extend(recorded.clone().filter(|id| !staged.contains(id)));
+    staged.retain(|id| !(keep_recorded && recorded.as_ref() == Some(id)));
+    futures::future::try_join_all(staged.iter().map(|id| store.abort_upload(key, id))).await?;
+    if !staged.is_empty() {
+        debug!(
+            "{key}: aborted {} staged uploads before taking over",
+            staged.len()
+        );
     }
     Ok(())
 }

@@ -284,8 +284,9 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
             "{kind}: {one}"
         );
 
-        // Stale uploads: the orphan and the live journal's, which repair
-        // leaves to its journal.
+        // Stale uploads: the orphan, the live journal's, which repair
+        // leaves to its journal, and the two abandoned journals' (staged
+        // with the first look: pkg4's too, killed after its intent).
         let stale = json(&alitx(&check_args(&store, &["--stale-uploads-after", "0"])));
         let uploads: BTreeMap<String, Value> = stale["stale_uploads"]
             .as_array()
@@ -298,7 +299,7 @@ fn check_classifies_every_partial_state_and_repair_removes_exactly_the_leftovers
                 )
             })
             .collect();
-        assert_eq!(uploads.len(), 3, "{kind}: {stale}");
+        assert_eq!(uploads.len(), 4, "{kind}: {stale}");
         assert_eq!(uploads[&orphan.0], Value::Null);
 
         // repair --dry-run lists exactly the leftovers and changes nothing.

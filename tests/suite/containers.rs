@@ -384,3 +384,73 @@ fn dead_upload_round(
     assert_eq!(action, expected, "{what}: {message}");
     assert_exact(&store, wd, published, &what);
 }
+
+/// Issue 25, failure 2: an upload in a container frozen just before the
+/// completion that publishes, past its lease; another job's plain resume
+/// takes its journal over, rolling it back without the files or forward
+/// with them, after aborting the frozen owner's staged upload. Thawed,
+/// the owner cannot publish: it exits 4, or 0 saying the revision is
+/// already published (by the resume); the store holds the revision with
+/// every link, or nothing of it.
+#[test]
+fn a_frozen_upload_taken_over_after_its_lease_cannot_publish() {
+    const LEASE_SECONDS: u64 = 6;
+    let rt = runtime();
+    let wd = work_dir();
+    let other = tempfile::tempdir().unwrap();
+    let id = Journal::id_of(&wd.pkgs[0].revision());
+    let key = Journal::key_of(DEFAULT_PREFIX, &wd.pkgs[0].revision());
+    for kind in backends() {
+        for with_files in [false, true] {
+            let what = format!("{kind}, resumed with files: {with_files}");
+            let store = rt.block_on(TestStore::new(kind));
+            let backend = rt.block_on(store.open());
+            let upload = in_container(&upload_args(&wd, &store, LEASE_SECONDS))
+                .env("ALITX_FAILPOINT", "before-publish:stop")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = stopped_alitx_in(&upload, &what);
+            loop {
+                let journal: Journal =
+                    serde_json::from_slice(&rt.block_on(backend.get(&key)).unwrap().unwrap())
+                        .unwrap();
+                let wait = journal.lease_expires_at + 1 - alitx::now_secs();
+                if wait < 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(wait as u64 + 1));
+            }
+            let heal_dir = if with_files { wd.path() } else { other.path() };
+            let (action, message) = only_outcome(&alitx(&plain_resume(&store, heal_dir)), &id);
+            // SAFETY: signals our own descendant.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            let owned = upload.wait_with_output().unwrap();
+            let owner_said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&owned.stdout),
+                stderr(&owned)
+            );
+            eprintln!(
+                "{what}: resume {action}: {message}; owner exit {:?}",
+                owned.status.code()
+            );
+            let expected = if with_files {
+                "rolled-forward"
+            } else {
+                "rolled-back"
+            };
+            assert_eq!(action, expected, "{what}: {message}");
+            assert_exact(&store, &wd, if with_files { &[0] } else { &[] }, &what);
+            match owned.status.code() {
+                Some(4) => {}
+                Some(0) => assert!(
+                    with_files && owner_said.contains("\"already-published\""),
+                    "{what}: the owner says: {owner_said}"
+                ),
+                code => panic!("{what}: owner exit {code:?}: {owner_said}"),
+            }
+        }
+    }
+}

@@ -407,8 +407,10 @@ fn lost_answer_of_a_dist_link() {
     lost_answer(&wd, Match::method("PUT").path_ends_with(&link));
 }
 
+/// A small tarball is staged as one part too (see Fencing in
+/// docs/protocol.md): the PUT to its store key is that part.
 #[test]
-fn lost_answer_of_the_single_put_of_a_small_tarball() {
+fn lost_answer_of_the_one_part_of_a_small_tarball() {
     let wd = one_package(0);
     let tarball = wd.pkgs[0].revision().store_key();
     lost_answer(&wd, Match::method("PUT").path_ends_with(&tarball));

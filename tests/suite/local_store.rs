@@ -289,7 +289,10 @@ fn a_temporary_file_left_by_a_killed_writer_is_reported_by_check_and_removed_by_
 
     // Fresh, it may still be written: not reported.
     let backend = rt.block_on(store.open());
-    assert!(rt.block_on(backend.list_uploads("")).unwrap().is_empty());
+    assert!(rt
+        .block_on(backend.list_uploads(&package_link.key))
+        .unwrap()
+        .is_empty());
     age(&tmp.join(temp), 3600);
     let check = alitx(&store.cmd("check", &["--json", "--stale-uploads-after", "30m"]));
     assert_exit(&check, 5);

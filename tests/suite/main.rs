@@ -18,6 +18,7 @@ mod clock;
 mod conformance;
 mod containers;
 mod faults;
+mod fencing;
 mod fetch;
 mod https;
 mod local_store;

@@ -13,7 +13,7 @@ use alitx::storage::PutMode;
 /// several parts.
 pub(crate) const CRASH_POINTS: [&str; 9] = [
     "after-intent",
-    "after-create-upload",
+    "before-publish",
     "bulk-part-1",
     "bulk-part-3",
     "after-claim",
@@ -24,11 +24,13 @@ pub(crate) const CRASH_POINTS: [&str; 9] = [
 ];
 
 /// Every point where it kills the upload of a tarball that fits in one
-/// part, published by a single conditional PUT.
-const SINGLE_PUT_CRASH_POINTS: [&str; 5] = [
+/// part, read and verified whole before the intent and staged as one part.
+const ONE_PART_CRASH_POINTS: [&str; 7] = [
     "after-intent",
     "after-claim",
+    "part-sent-1",
     "after-links",
+    "before-publish",
     "after-publish",
     "after-commit-mark",
 ];
@@ -101,8 +103,8 @@ fn crash_matrix_every_point_heals_by_resume_rollback_or_rerun() {
 }
 
 #[test]
-fn crash_matrix_of_a_single_put_tarball_heals_the_same_way() {
-    crash_matrix(0, &SINGLE_PUT_CRASH_POINTS);
+fn crash_matrix_of_a_one_part_tarball_heals_the_same_way() {
+    crash_matrix(0, &ONE_PART_CRASH_POINTS);
 }
 
 /// Kill the upload of package 1 (with `payload` extra tarball bytes) at

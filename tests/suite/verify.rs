@@ -462,7 +462,7 @@ const FAILPOINTS_AFTER_PUBLISH: [&str; 3] = ["after-publish", "after-commit-mark
 /// An upload killed at any point after its tarball is published leaves a
 /// record once it is healed, whichever way: `resume` with the work dir,
 /// `resume` without it (an operator elsewhere), or the job run again. For
-/// a multi-part tarball and one published by a single PUT.
+/// a multi-part tarball and one of a single part.
 #[test]
 fn the_record_survives_every_crash_point_after_publish() {
     let rt = runtime();

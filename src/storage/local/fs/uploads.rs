@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{is_hex, parent, LocalFs, TEMP_SUFFIX};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
-use crate::storage::local::durable::{fsync_dir, write_durably, Temp};
+use crate::storage::local::durable::{create_in, fsync_dir, write_durably, Temp};
 use crate::storage::{md5_hex, Created, Metadata, PendingUpload, PutMode, UploadedPart};
 
 /// How long a temporary name must sit untouched before `list_uploads`
@@ -123,8 +123,30 @@ impl LocalFs {
             drop(Temp::adopt(self.temp_path(key, hex), &self.internal("tmp")));
             return Ok(());
         }
-        self.remove_upload(&self.upload_dir(upload_id)?)
+        self.withdraw_upload(upload_id)
             .map_err(|e| e.context(format!("aborting upload {upload_id}")))
+    }
+
+    /// Take a staged upload out of `uploads/` with one `rename(2)`, then
+    /// remove it. A completion in another process links its assembled file
+    /// from inside the upload's directory: once the rename is done, that
+    /// path is gone, so no completion can publish after an abort returned;
+    /// one that linked before it has published, as a HEAD then shows.
+    fn withdraw_upload(&self, upload_id: &str) -> Result<()> {
+        let dir = self.upload_dir(upload_id)?;
+        if !dir.exists() {
+            return Ok(());
+        }
+        let withdrawn = self
+            .internal("aborted")
+            .join(format!("{upload_id}.{}", crate::random_hex(6)));
+        match create_in(&withdrawn, || fs::rename(&dir, &withdrawn)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => return Ok(()),
+            Err(e) => return Err(Error::io(format!("withdrawing {}", dir.display()), e)),
+        }
+        fsync_dir(parent(&dir)).map_err(|e| Error::io(parent(&dir).display(), e))?;
+        self.remove_upload(&withdrawn)
     }
 
     pub fn list_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
