@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::check::{CheckReport, Reason, RevisionReport, State};
-use crate::deletion::{delete_unpublished, Deleter, Deletion};
+use crate::deletion::{delete_unpublished, published, revision_tarballs, Deleter, Deletion, Named};
 use crate::error::{Error, Result};
 use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
 use crate::recovery::{self, Selection};
@@ -254,16 +254,14 @@ async fn delete_partial(store: &dyn Store, revision: &RevisionReport, dry_run: b
 }
 
 /// [`delete_partial`]'s deletes, each key pushed to `deleted` once gone;
-/// `Some(tarball)` if the revision's tarball appeared and stopped them.
+/// `Some(tarball)` if a tarball of the revision appeared and stopped them.
 async fn delete_keys(
     store: &dyn Store,
     revision: &RevisionReport,
     deleted: &mut Vec<String>,
 ) -> Result<Option<String>> {
-    let tarball = match expected_tarball(revision) {
-        Some(tarball) => Some(tarball),
-        None => named_by_own_links(store, revision).await?,
-    };
+    let expected = expected_tarball(revision);
+    let tarballs = revision_tarballs(store, named(revision), expected.as_deref()).await?;
     for key in &revision.keys {
         if !owned(revision, key) {
             return Err(Error::store(format!(
@@ -271,46 +269,26 @@ async fn delete_keys(
                 revision.id()
             )));
         }
-        let deletion = match &tarball {
-            Some(tarball) => delete_unpublished(store, tarball, key, Deleter::Repair).await?,
-            None => delete_naming_nothing(store, revision, key).await?,
+        let deletion = match tarballs.is_empty() {
+            false => delete_unpublished(store, &tarballs, key, Deleter::Repair).await?,
+            true => delete_naming_nothing(store, revision, key).await?,
         };
         match deletion {
             Deletion::Deleted => deleted.push(key.clone()),
-            Deletion::Published => return Ok(tarball),
+            Deletion::Published => return published(store, &tarballs).await,
             Deletion::Missing | Deletion::NotOurs => {}
         }
     }
     Ok(None)
 }
 
-/// The store tarball of a revision whose hash `check` could not tell,
-/// from the bodies of its own links (package link, its own link in each
-/// dist directory): `None` when none names one of its name. An error when
-/// they name different ones.
-async fn named_by_own_links(
-    store: &dyn Store,
-    revision: &RevisionReport,
-) -> Result<Option<String>> {
-    let own = format!("/{}", revision.tarball);
-    let mut named = std::collections::BTreeSet::new();
-    for key in revision.keys.iter().filter(|k| k.ends_with(&own)) {
-        let kind = link_kind(revision, key);
-        let body = store.get(key).await?.unwrap_or_default();
-        if let Some(target) = layout::link_target(&revision.architecture, kind, &body) {
-            if target.ends_with(&own) {
-                named.insert(target);
-            }
-        }
+/// The revision, as the deletion guard takes it.
+fn named(revision: &RevisionReport) -> Named<'_> {
+    Named {
+        architecture: &revision.architecture,
+        package: &revision.package,
+        tarball: &revision.tarball,
     }
-    if named.len() > 1 {
-        return Err(Error::conflict(format!(
-            "{}: its links name different store tarballs ({}): left for a person",
-            revision.id(),
-            named.into_iter().collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(named.pop_first())
 }
 
 /// Whether `key`, a key of `revision`, is its package link or a dist link.
