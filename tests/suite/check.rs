@@ -641,3 +641,61 @@ fn repair_of_one_package_leaves_the_staged_upload_of_a_package_with_a_longer_nam
         assert_eq!(rt.block_on(store.pending_uploads()), 1, "{kind}");
     });
 }
+
+/// Issue 25, failure 6: a revision of the older layout (package link and
+/// `dist/` links only, from before aliBuild wrote `dist-direct` and
+/// `dist-runtime`) whose tarball a clean-up retired is listed in
+/// `TARS/<arch>/<pkg>.manifest`: evidence that it was published. check
+/// calls it `unpublished` and repair keeps every key of it, while the same
+/// leftovers of a revision the manifest does not list go.
+#[test]
+fn a_revision_listed_in_its_manifest_survives_bulk_repair() {
+    let rt = runtime();
+    each_backend(|kind, store| {
+        let listed = stock("oldlayout");
+        let mut unlisted = listed.clone();
+        unlisted.revision = "2".into();
+        let mut kept = Vec::new();
+        for revision in [&listed, &unlisted] {
+            let keys = rt.block_on(seed(
+                &store,
+                &Seed {
+                    revision: revision.clone(),
+                    tarball: false,
+                    package_link: true,
+                    dist_dirs: &["dist"],
+                    deps: vec![stock("zlib")],
+                },
+            ));
+            if revision == &listed {
+                kept = keys;
+            }
+        }
+        let manifest = format!("TARS/{ARCH}/{}.manifest", listed.package);
+        let line = format!(
+            "{}\t{}\n",
+            listed.tarball_name(),
+            listed.package_link().body
+        );
+        rt.block_on(store.put_foreign(&manifest, line.as_bytes()));
+
+        let out = alitx(&repair_args(&store, &["--min-age", "0"]));
+        let report = json(&out);
+        let revisions = by_tarball(&report["check"]);
+        assert_eq!(
+            revisions[&listed.tarball_name()]["state"],
+            "unpublished",
+            "{kind}: {report:#}"
+        );
+        assert_eq!(
+            revisions[&unlisted.tarball_name()]["state"],
+            "partial",
+            "{kind}"
+        );
+        let mut expected: BTreeSet<String> = kept.into_iter().collect();
+        expected.insert(manifest);
+        let left: BTreeSet<String> = rt.block_on(store.keys()).into_iter().collect();
+        assert_eq!(left, expected, "{kind}: {}", stderr(&out));
+        assert_exit(&out, 0);
+    });
+}
