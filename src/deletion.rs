@@ -5,19 +5,84 @@
 //! alitx deletes an object only if it is the deleter's own (it carries the
 //! transaction's id and still has the body the journal records for it, or,
 //! for `repair` of a stock upload's leftovers, it is a key of a revision
-//! that has no tarball) *and* the revision's store tarball does not exist.
-//! A transaction also checks, once before it deletes, that the revision's
-//! package link does not name another, published tarball
-//! (`txn::undo::tarball_now`): a journal is untrusted input, and one that
-//! names a published revision under another hash must delete nothing. Once the tarball exists, readers (the CVMFS
-//! publisher, every builder) may already use the revision, and aliBuild
-//! never reuses its number. Both conditions are read from the store right
-//! before each delete. The one exception is the explicit operator command
-//! `alitx repair --unpublish`, which does not come through here.
+//! that has no tarball) *and* no store tarball of the revision exists: not
+//! the one the deleter expects, nor any its own links (package link, its
+//! own link in each dist directory) name under another hash
+//! ([`revision_tarballs`]). A journal is untrusted input, and one that
+//! names a published revision under another hash must delete nothing. Once
+//! the tarball exists, readers (the CVMFS publisher, every builder) may
+//! already use the revision, and aliBuild never reuses its number. The
+//! tarballs are read from the store right before each delete. The one
+//! exception is the explicit operator command `alitx repair --unpublish`,
+//! which does not come through here.
 
 use crate::error::Result;
 use crate::journal::TXN_METADATA;
+use crate::layout::{self, LinkKind, DIST_DIRS};
 use crate::storage::{ObjectInfo, Store};
+
+/// A revision as every deleter can name it, its hash known or not.
+#[derive(Debug, Clone, Copy)]
+pub struct Named<'a> {
+    pub architecture: &'a str,
+    pub package: &'a str,
+    /// `<pkg>-<ver>-<rev>.<arch>.tar.gz`
+    pub tarball: &'a str,
+}
+
+impl Named<'_> {
+    /// Its own links, whose bodies name its store tarball: the package
+    /// link and its own link in each dist directory.
+    fn own_links(&self) -> Vec<(String, LinkKind)> {
+        let (arch, package, tarball) = (self.architecture, self.package, self.tarball);
+        let full = layout::tarball_full_version(arch, tarball).unwrap_or_default();
+        std::iter::once((
+            format!("TARS/{arch}/{package}/{tarball}"),
+            LinkKind::Package,
+        ))
+        .chain(DIST_DIRS.iter().map(|dir| {
+            let key = format!("TARS/{arch}/{dir}/{package}/{full}/{tarball}");
+            (key, LinkKind::Dist)
+        }))
+        .collect()
+    }
+}
+
+/// Every store tarball the revision may be published as: `expected` (the
+/// deleter's, if it knows the hash) and each one of its name that its own
+/// links name now, whatever the hash. Read once before a deleter starts;
+/// [`delete_unpublished`] checks them all before each delete.
+pub async fn revision_tarballs(
+    store: &dyn Store,
+    revision: Named<'_>,
+    expected: Option<&str>,
+) -> Result<Vec<String>> {
+    let own = format!("/{}", revision.tarball);
+    let bodies = futures::future::try_join_all(revision.own_links().into_iter().map(
+        |(key, kind)| async move { Ok::<_, crate::error::Error>((store.get(&key).await?, kind)) },
+    ))
+    .await?;
+    let mut tarballs: Vec<String> = expected.map(str::to_string).into_iter().collect();
+    for (body, kind) in bodies {
+        let named = body.and_then(|body| layout::link_target(revision.architecture, kind, &body));
+        if let Some(key) = named.filter(|key| key.ends_with(&own)) {
+            if !tarballs.contains(&key) {
+                tarballs.push(key);
+            }
+        }
+    }
+    Ok(tarballs)
+}
+
+/// The first of `tarballs` that exists now.
+pub async fn published(store: &dyn Store, tarballs: &[String]) -> Result<Option<String>> {
+    for key in tarballs {
+        if store.head(key).await?.is_some() {
+            return Ok(Some(key.clone()));
+        }
+    }
+    Ok(None)
+}
 
 /// Whose objects a deleter may remove.
 #[derive(Debug, Clone, Copy)]
@@ -42,17 +107,18 @@ pub enum Deletion {
     Published,
 }
 
-/// Delete `key`, an object of `store_key`'s revision, if the rule allows.
+/// Delete `key`, an object of the revision whose possible store tarballs
+/// are `tarballs` ([`revision_tarballs`]), if the rule allows.
 pub async fn delete_unpublished(
     store: &dyn Store,
-    store_key: &str,
+    tarballs: &[String],
     key: &str,
     deleter: Deleter<'_>,
 ) -> Result<Deletion> {
-    if store.head(store_key).await?.is_some() {
+    if published(store, tarballs).await?.is_some() {
         return Ok(Deletion::Published);
     }
-    if key == store_key {
+    if tarballs.iter().any(|tarball| tarball == key) {
         return Ok(Deletion::Missing);
     }
     let Some(info) = store.head(key).await? else {

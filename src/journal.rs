@@ -69,7 +69,42 @@ pub struct Journal {
     /// not write count as its own claim (and are never its to delete).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopts: bool,
+    /// Set when a deleter (`repair`, `repair --unpublish`) holds the
+    /// journal as the revision's lock: it uploads nothing, and `links` is
+    /// empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleter: Option<DeleterKind>,
+    /// The links a deleter removes, each with the body and redirect it
+    /// had, recorded before the first delete: what is put back if the
+    /// revision turns out published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removes: Vec<Link>,
 }
+
+/// Which deleter holds a journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeleterKind {
+    Repair,
+    Unpublish,
+}
+
+impl std::fmt::Display for DeleterKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeleterKind::Repair => "repair",
+            DeleterKind::Unpublish => "repair --unpublish",
+        })
+    }
+}
+
+/// The hash a deleter's journal names when no link of the revision tells
+/// it: no build has it, so its store tarball never exists.
+pub const UNKNOWN_HASH: &str = "0000000000000000000000000000000000000000";
+
+/// The longest link body a deleter's journal records (a link names one
+/// store key).
+const MAX_REMOVED_BODY: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TarballRecord {
@@ -169,7 +204,34 @@ impl Journal {
             renewals: 0,
             takeovers: 0,
             adopts: false,
+            deleter: None,
+            removes: Vec::new(),
         }
+    }
+
+    /// The journal a deleter holds as the revision's lock while it deletes
+    /// `removes` (recorded with their bodies).
+    pub fn for_deleter(
+        kind: DeleterKind,
+        revision: &Revision,
+        removes: Vec<Link>,
+        lease: Duration,
+    ) -> Self {
+        let identity = FileIdentity {
+            size: 0,
+            mtime_ns: 0,
+        };
+        let mut journal = Journal::new(
+            crate::random_hex(8),
+            revision,
+            identity,
+            &[],
+            8 << 20,
+            lease,
+        );
+        journal.deleter = Some(kind);
+        journal.removes = removes;
+        journal
     }
 
     /// `<arch>/<pkg>-<ver>-<rev>`: what `journals` prints and commands take.
@@ -228,10 +290,31 @@ impl Journal {
                 journal.tarball.key
             )));
         }
-        if journal.links.first().map(|r| &r.link) != Some(&revision.package_link()) {
-            return Err(bad(
-                "its first link is not this revision's package link".into()
-            ));
+        match journal.deleter {
+            None if journal.links.first().map(|r| &r.link) != Some(&revision.package_link()) => {
+                return Err(bad(
+                    "its first link is not this revision's package link".into()
+                ))
+            }
+            None if !journal.removes.is_empty() => {
+                return Err(bad("an upload's journal that removes links".into()))
+            }
+            Some(_) if !journal.links.is_empty() => {
+                return Err(bad("a deleter's journal that writes links".into()))
+            }
+            _ => {}
+        }
+        for link in &journal.removes {
+            if !revision.owns_key(&link.key)
+                || link.key == revision.store_key()
+                || link.body.len() > MAX_REMOVED_BODY
+            {
+                return Err(bad(format!(
+                    "it removes {}, which is not a link of {}",
+                    link.key,
+                    Self::id_of(&revision)
+                )));
+            }
         }
         for record in &journal.links {
             if !revision.owns_link(&record.link) {
@@ -371,6 +454,41 @@ mod tests {
         assert_eq!(key_from_arg(DEFAULT_PREFIX, "a/p-v-1").unwrap(), key);
         assert_eq!(key_from_arg(DEFAULT_PREFIX, &key).unwrap(), key);
         assert!(key_from_arg(DEFAULT_PREFIX, "../../etc").is_err());
+    }
+
+    /// A deleter's journal names only links of its own revision, and
+    /// only a deleter's journal removes links.
+    #[test]
+    fn a_deleters_journal_removes_only_its_own_revisions_links() {
+        let upload = journal();
+        let key = Journal::key_of(DEFAULT_PREFIX, &upload.revision);
+        let own = upload.revision.package_link();
+        let lease = Duration::from_secs(60);
+        let deleter = Journal::for_deleter(
+            DeleterKind::Repair,
+            &upload.revision,
+            vec![own.clone()],
+            lease,
+        );
+        let parsed = Journal::parse(DEFAULT_PREFIX, &key, &deleter.to_bytes()).unwrap();
+        assert_eq!(parsed, deleter);
+        assert!(String::from_utf8(deleter.to_bytes().to_vec())
+            .unwrap()
+            .contains(r#""deleter": "repair""#));
+        let mut foreign = own.clone();
+        foreign.key = "TARS/a/q/q-v-1.a.tar.gz".into();
+        let mut writes = deleter.clone();
+        writes.links = upload.links.clone();
+        let mut removes = upload.clone();
+        removes.removes = vec![own];
+        for bad in [
+            Journal::for_deleter(DeleterKind::Repair, &upload.revision, vec![foreign], lease),
+            writes,
+            removes,
+        ] {
+            let err = Journal::parse(DEFAULT_PREFIX, &key, &bad.to_bytes()).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Journal);
+        }
     }
 
     #[test]

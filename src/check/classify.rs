@@ -37,6 +37,11 @@ pub enum Reason {
     },
     /// Every link, no tarball: see [`State::Unpublished`].
     MayBeRetired,
+    /// No tarball, but its package's manifest lists it: see
+    /// [`State::Unpublished`].
+    InManifest {
+        manifest: String,
+    },
     /// Why repair leaves a published revision alone.
     LeftAlone(LeftAlone),
     /// The pending journal covering the revision.
@@ -72,6 +77,12 @@ impl fmt::Display for Reason {
             Reason::OwnDistLinkMissing { dir } => {
                 write!(f, "{dir} lacks the revision's own link")
             }
+            Reason::InManifest { manifest } => write!(
+                f,
+                "listed in {manifest}: it was published and its tarball retired by a clean-up, so its \
+                 revision number stays reserved and repair keeps it; only `alitx repair ... --unpublish` \
+                 naming it removes it"
+            ),
             Reason::MayBeRetired => write!(
                 f,
                 "every link is in place: it may have been published and its tarball retired by a clean-up, \
@@ -112,6 +123,7 @@ pub(super) fn classify(
     let Found {
         links,
         mut tarballs,
+        in_manifest,
         ..
     } = found;
     let all_names: BTreeSet<(String, String)> = tarballs.keys().cloned().collect();
@@ -132,9 +144,17 @@ pub(super) fn classify(
             };
             at.map(|i| all.remove(i))
         });
-        reports.push(report_for(
+        let listed = in_manifest.contains(&(arch.clone(), package.clone(), name.clone()));
+        let mut report = report_for(
             &arch, &package, true, &name, &links, tarball, &target, &all_names,
-        ));
+        );
+        if listed && report.state == State::Partial {
+            report.state = State::Unpublished;
+            report.reasons.push(Reason::InManifest {
+                manifest: format!("TARS/{arch}/{package}.manifest"),
+            });
+        }
+        reports.push(report);
     }
     // Tarballs no package link or dist directory claims.
     for ((arch, name), left) in &tarballs {

@@ -24,6 +24,9 @@ pub(super) struct Found {
     pub(super) tarballs: BTreeMap<(String, String), Vec<Tarball>>,
     pub(super) foreign: usize,
     pub(super) keys_listed: usize,
+    /// Revisions without a tarball that their package's
+    /// `TARS/<arch>/<pkg>.manifest` lists: evidence they were published.
+    pub(super) in_manifest: BTreeSet<RevisionKey>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -150,6 +153,59 @@ pub(super) async fn walk_architecture(
         .await?;
     for (key, object, body) in bodies {
         found.links.entry(key).or_default().package_link = Some((object, body));
+    }
+    requests += read_manifests(store, arch, &top.objects, options, found).await?;
+    Ok(requests)
+}
+
+/// Read the manifest of every package of `arch` that has a revision
+/// without a tarball, and note which of those it lists. aliBuild's
+/// manifest holds one line per revision, `<tarball name>\t<link body>`.
+/// Returns the number of requests made.
+async fn read_manifests(
+    store: &dyn Store,
+    arch: &str,
+    top: &[ObjectMeta],
+    options: &ScanOptions,
+    found: &mut Found,
+) -> Result<usize> {
+    let without_tarball: BTreeSet<&str> = found
+        .links
+        .keys()
+        .filter(|(a, _, name)| {
+            a == arch && !found.tarballs.contains_key(&(a.clone(), name.clone()))
+        })
+        .map(|(_, package, _)| package.as_str())
+        .collect();
+    let manifests: Vec<(String, String)> = top
+        .iter()
+        .filter_map(|object| {
+            let package = object
+                .key
+                .strip_prefix(&format!("TARS/{arch}/"))?
+                .strip_suffix(".manifest")?;
+            without_tarball
+                .contains(package)
+                .then(|| (package.to_string(), object.key.clone()))
+        })
+        .collect();
+    let requests = manifests.len();
+    let bodies: Vec<(String, Bytes)> = futures::stream::iter(manifests)
+        .map(|(package, key)| async move {
+            Ok::<_, Error>((package, store.get(&key).await?.unwrap_or_default()))
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .try_collect()
+        .await?;
+    for (package, body) in bodies {
+        for line in String::from_utf8_lossy(&body).lines() {
+            if let Some((name, _)) = line.split_once('\t') {
+                let key = (arch.to_string(), package.clone(), name.trim().to_string());
+                if found.links.contains_key(&key) {
+                    found.in_manifest.insert(key);
+                }
+            }
+        }
     }
     Ok(requests)
 }

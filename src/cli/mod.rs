@@ -231,7 +231,7 @@ async fn run(command: Command) -> Result<i32> {
                         ignore_dependents,
                         concurrency: scan.concurrency as usize,
                     };
-                    repair::unpublish(backend, found, &target, dry_run).await?
+                    repair::unpublish(backend, found, &target, &options, dry_run).await?
                 }
                 _ => {
                     repair::repair(backend, found, &options, dry_run, scan.concurrency as usize)

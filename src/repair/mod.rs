@@ -11,6 +11,7 @@
 //! retired: repair keeps it. `--unpublish` is the one deliberate exception:
 //! it removes one named revision, tarball included (`unpublish`).
 
+mod lock;
 mod unpublish;
 
 use std::sync::Arc;
@@ -19,13 +20,17 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::check::{CheckReport, Reason, RevisionReport, State};
-use crate::deletion::{delete_unpublished, Deleter, Deletion};
+use crate::deletion::{delete_unpublished, published, revision_tarballs, Deleter, Deletion, Named};
 use crate::error::{Error, Result};
+use crate::failpoint::failpoint;
+use crate::journal::{DeleterKind, Journal, UNKNOWN_HASH};
 use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
+use crate::ownership::JournalHandle;
 use crate::recovery::{self, Selection};
 use crate::storage::{Created, Metadata, Store};
 use crate::txn::{self, Options};
 
+pub use lock::finish_abandoned;
 pub use unpublish::{unpublish, Unpublish};
 
 /// What repair did (or, in a dry run, would do) to one revision.
@@ -130,6 +135,7 @@ pub async fn repair(
     if !dry_run {
         store.preflight().await?;
     }
+    failpoint("repair-scanned");
     let chosen: Vec<&RevisionReport> = check
         .revisions
         .iter()
@@ -150,7 +156,7 @@ pub async fn repair(
                     (State::PublishedIncomplete, true) => {
                         restore_links(&*store, revision, dry_run).await
                     }
-                    _ => Ok(delete_partial(&*store, revision, dry_run).await),
+                    _ => Ok(delete_partial(store, revision, options, dry_run).await),
                 };
                 result.unwrap_or_else(|e| Action::new(revision, ActionKind::Failed, e.message))
             }
@@ -218,25 +224,43 @@ fn joined(reasons: &[Reason]) -> String {
 }
 
 /// Delete a partial revision's own keys, in the order `check` listed them
-/// (dist links, package link), each through the one deletion rule: a
-/// tarball that appeared since the scan (an upload finishing) stops it. A
-/// failure half-way says which keys were deleted before it.
-async fn delete_partial(store: &dyn Store, revision: &RevisionReport, dry_run: bool) -> Action {
+/// (dist links, package link), holding the revision's journal as its lock
+/// (`lock`), each through the one deletion rule: a tarball that appeared
+/// since the scan (an upload finishing) stops it, and every link deleted
+/// is put back. A failure half-way says which keys were deleted before it.
+async fn delete_partial(
+    store: Arc<dyn Store>,
+    revision: &RevisionReport,
+    options: &Options,
+    dry_run: bool,
+) -> Action {
     if dry_run {
         return Action::new(revision, ActionKind::WouldDelete, joined(&revision.reasons))
             .with_keys(revision.keys.clone());
     }
     let mut deleted = Vec::new();
-    match delete_keys(store, revision, &mut deleted).await {
-        Ok(None) => Action::new(revision, ActionKind::Deleted, joined(&revision.reasons)),
-        Ok(Some(published)) => Action::new(
-            revision,
-            ActionKind::LeftAlone,
-            format!(
-                "{published} exists (an upload finished it since the scan, or its links name it): \
-                 the revision is published, and published is final; run check again"
-            ),
-        ),
+    match delete_keys(store, revision, options, &mut deleted).await {
+        Ok(Deletes::Done) => Action::new(revision, ActionKind::Deleted, joined(&revision.reasons)),
+        Ok(Deletes::Busy(e)) => Action::new(revision, ActionKind::LeftAlone, e.message),
+        Ok(Deletes::Published { tarball, restored }) => {
+            let mut action = Action::new(
+                revision,
+                ActionKind::LeftAlone,
+                format!(
+                    "{tarball} exists (an upload finished it since the scan, or its links name it): \
+                     the revision is published, and published is final; {}run check again",
+                    match (deleted.len(), restored.len()) {
+                        (0, _) => String::new(),
+                        (n, r) => format!(
+                            "{} deleted before it appeared, {r} put back; ",
+                            crate::counted(n, "link")
+                        ),
+                    }
+                ),
+            );
+            action.restored = restored;
+            action
+        }
         Err(e) => Action::new(
             revision,
             ActionKind::Failed,
@@ -253,17 +277,30 @@ async fn delete_partial(store: &dyn Store, revision: &RevisionReport, dry_run: b
     .with_keys(deleted)
 }
 
-/// [`delete_partial`]'s deletes, each key pushed to `deleted` once gone;
-/// `Some(tarball)` if the revision's tarball appeared and stopped them.
+/// How [`delete_keys`] ended.
+enum Deletes {
+    /// Every key went, or was gone.
+    Done,
+    /// Another process's journal covers the revision: nothing deleted.
+    Busy(Error),
+    /// A tarball of the revision exists: the deletes stopped, and what
+    /// went was put back (`restored`).
+    Published {
+        tarball: String,
+        restored: Vec<String>,
+    },
+}
+
+/// [`delete_partial`]'s deletes, each key pushed to `deleted` once gone.
 async fn delete_keys(
-    store: &dyn Store,
+    store: Arc<dyn Store>,
     revision: &RevisionReport,
+    options: &Options,
     deleted: &mut Vec<String>,
-) -> Result<Option<String>> {
-    let tarball = match expected_tarball(revision) {
-        Some(tarball) => Some(tarball),
-        None => named_by_own_links(store, revision).await?,
-    };
+) -> Result<Deletes> {
+    let expected = expected_tarball(revision);
+    let tarballs = revision_tarballs(&*store, named(revision), expected.as_deref()).await?;
+    let mut removes = Vec::new();
     for key in &revision.keys {
         if !owned(revision, key) {
             return Err(Error::store(format!(
@@ -271,46 +308,99 @@ async fn delete_keys(
                 revision.id()
             )));
         }
-        let deletion = match &tarball {
-            Some(tarball) => delete_unpublished(store, tarball, key, Deleter::Repair).await?,
-            None => delete_naming_nothing(store, revision, key).await?,
+        removes.extend(lock::current_link(&*store, key, link_kind(revision, key)).await?);
+    }
+    let journal = Journal::for_deleter(
+        DeleterKind::Repair,
+        &locked_revision(revision, &tarballs)?,
+        removes,
+        options.lease,
+    );
+    let handle = match lock::claim(store.clone(), &options.journal_prefix, journal).await? {
+        lock::Claim::Held(handle) => handle,
+        lock::Claim::Busy(other) => {
+            return Ok(Deletes::Busy(lock::busy_error(
+                &revision.id(),
+                DeleterKind::Repair,
+                other.as_deref(),
+            )))
+        }
+    };
+    failpoint("repair-claimed");
+    let result = delete_claimed(&*store, revision, &handle, &tarballs, deleted).await;
+    let retired = handle.retire().await;
+    let ended = result?;
+    retired?;
+    Ok(ended)
+}
+
+/// The deletes themselves, under the claimed journal `handle`: ownership
+/// confirmed before each; at the end, a tarball of the revision found
+/// published (now named by its links or expected) puts back what went.
+async fn delete_claimed(
+    store: &dyn Store,
+    revision: &RevisionReport,
+    handle: &Arc<JournalHandle>,
+    tarballs: &[String],
+    deleted: &mut Vec<String>,
+) -> Result<Deletes> {
+    let _renewals = handle.keep_alive();
+    for key in &revision.keys {
+        handle.confirm().await?;
+        let deletion = match tarballs.is_empty() {
+            false => delete_unpublished(store, tarballs, key, Deleter::Repair).await?,
+            true => delete_naming_nothing(store, revision, key).await?,
         };
         match deletion {
             Deletion::Deleted => deleted.push(key.clone()),
-            Deletion::Published => return Ok(tarball),
+            Deletion::Published => break,
             Deletion::Missing | Deletion::NotOurs => {}
         }
     }
-    Ok(None)
+    let mut now = revision_tarballs(store, named(revision), None).await?;
+    now.extend(tarballs.iter().cloned());
+    let Some(tarball) = published(store, &now).await? else {
+        return Ok(Deletes::Done);
+    };
+    let journal = handle.snapshot().await;
+    let restored = lock::restore(store, &journal.removes).await?;
+    Ok(Deletes::Published { tarball, restored })
 }
 
-/// The store tarball of a revision whose hash `check` could not tell,
-/// from the bodies of its own links (package link, its own link in each
-/// dist directory): `None` when none names one of its name. An error when
-/// they name different ones.
-async fn named_by_own_links(
-    store: &dyn Store,
-    revision: &RevisionReport,
-) -> Result<Option<String>> {
-    let own = format!("/{}", revision.tarball);
-    let mut named = std::collections::BTreeSet::new();
-    for key in revision.keys.iter().filter(|k| k.ends_with(&own)) {
-        let kind = link_kind(revision, key);
-        let body = store.get(key).await?.unwrap_or_default();
-        if let Some(target) = layout::link_target(&revision.architecture, kind, &body) {
-            if target.ends_with(&own) {
-                named.insert(target);
-            }
-        }
+/// The revision a deleter's journal names: the hash `check` found, else
+/// the one its links name, else [`UNKNOWN_HASH`].
+fn locked_revision(revision: &RevisionReport, tarballs: &[String]) -> Result<Revision> {
+    let named_hash = tarballs
+        .first()
+        .and_then(|key| layout::parse_store_key(&revision.architecture, key).ok())
+        .map(|(_, hash, _)| hash);
+    let hash = revision
+        .hash
+        .as_deref()
+        .or(named_hash)
+        .unwrap_or(UNKNOWN_HASH);
+    match (&revision.version, &revision.revision) {
+        (Some(version), Some(number)) => Revision::new(
+            &revision.architecture,
+            &revision.package,
+            version,
+            number,
+            hash,
+        ),
+        _ => Err(Error::input(format!(
+            "{}: its version or revision is not known",
+            revision.id()
+        ))),
     }
-    if named.len() > 1 {
-        return Err(Error::conflict(format!(
-            "{}: its links name different store tarballs ({}): left for a person",
-            revision.id(),
-            named.into_iter().collect::<Vec<_>>().join(", ")
-        )));
+}
+
+/// The revision, as the deletion guard takes it.
+fn named(revision: &RevisionReport) -> Named<'_> {
+    Named {
+        architecture: &revision.architecture,
+        package: &revision.package,
+        tarball: &revision.tarball,
     }
-    Ok(named.pop_first())
 }
 
 /// Whether `key`, a key of `revision`, is its package link or a dist link.

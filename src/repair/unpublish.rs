@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::{Action, ActionKind, RepairReport};
+use super::{lock, Action, ActionKind, RepairReport};
 use crate::check::{CheckReport, Reason, RevisionReport};
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::{self, DIST_DIRS};
+use crate::journal::{DeleterKind, Journal, UNKNOWN_HASH};
+use crate::layout::{self, Revision, DIST_DIRS};
+use crate::ownership::JournalHandle;
 use crate::storage::Store;
+use crate::txn::Options;
 
 /// The one revision `repair --unpublish` removes, named exactly.
 #[derive(Debug, Clone)]
@@ -30,15 +33,19 @@ pub struct Unpublish {
 /// it), then its dist links, then its package link (the revision number is
 /// free again), then its publication record. Refused while a journal covers
 /// it, and (unless `ignore_dependents`) while other revisions' dist links
-/// name its tarball. A failure half-way reports the keys already deleted.
+/// name its tarball. It deletes holding the revision's journal as its lock
+/// (`lock`): refused if another journal appeared since the scan. A failure
+/// half-way reports the keys already deleted.
 pub async fn unpublish(
     store: Arc<dyn Store>,
     check: CheckReport,
     target: &Unpublish,
+    options: &Options,
     dry_run: bool,
 ) -> Result<RepairReport> {
     let name = format!("{}-{}-{}", target.package, target.version, target.revision);
     let revision = named_revision(&check, target, &name)?;
+    crate::failpoint::failpoint("repair-scanned");
     if let Some(journal) = &revision.journal {
         let why = revision
             .reasons
@@ -65,14 +72,22 @@ pub async fn unpublish(
     let mut deleted = Vec::new();
     let mut failure = None;
     if !dry_run {
+        let handle = claim(store.clone(), revision, options).await?;
         for key in &keys {
-            match store.delete(key).await {
+            let deletion = match handle.confirm().await {
+                Ok(()) => store.delete(key).await,
+                Err(e) => Err(e),
+            };
+            match deletion {
                 Ok(()) => deleted.push(key.clone()),
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             }
+        }
+        if let Err(e) = handle.retire().await {
+            failure.get_or_insert(e);
         }
     }
     let after = format!(
@@ -119,6 +134,39 @@ pub async fn unpublish(
         left_over: false,
         check,
     })
+}
+
+/// Hold the revision's journal key as `--unpublish`'s lock; an error (exit
+/// 4) if another journal holds it.
+async fn claim(
+    store: Arc<dyn Store>,
+    revision: &RevisionReport,
+    options: &Options,
+) -> Result<Arc<JournalHandle>> {
+    let named = match (&revision.version, &revision.revision) {
+        (Some(version), Some(number)) => Revision::new(
+            &revision.architecture,
+            &revision.package,
+            version,
+            number,
+            revision.hash.as_deref().unwrap_or(UNKNOWN_HASH),
+        )?,
+        _ => {
+            return Err(Error::input(format!(
+                "{}: its version or revision is not known",
+                revision.id()
+            )))
+        }
+    };
+    let journal = Journal::for_deleter(DeleterKind::Unpublish, &named, Vec::new(), options.lease);
+    match lock::claim(store, &options.journal_prefix, journal).await? {
+        lock::Claim::Held(handle) => Ok(handle),
+        lock::Claim::Busy(other) => Err(lock::busy_error(
+            &revision.id(),
+            DeleterKind::Unpublish,
+            other.as_deref(),
+        )),
+    }
 }
 
 /// The one revision of the scan with that package, version and revision.

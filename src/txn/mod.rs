@@ -460,6 +460,14 @@ pub async fn continue_owned(
 ) -> Result<Ended> {
     let started = Instant::now();
     let journal = handle.snapshot().await;
+    if journal.deleter.is_some() {
+        // A deleter's lock, abandoned: its links go back if the revision
+        // is published, and the journal is retired.
+        let mut report = Report::new(Status::RolledBack, journal.id(), &journal.revision, &*store);
+        report.keys_written = crate::repair::finish_abandoned(&*store, handle).await?;
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        return Ok(Ended::Done(report));
+    }
     let options = Options {
         part_size: journal.tarball.part_size as usize,
         ..options.clone()
@@ -612,10 +620,14 @@ fn is_ours(info: &ObjectInfo, journal: &Journal) -> bool {
 
 fn live_lease_error(journal: &Journal) -> Error {
     let o = &journal.owner;
+    let doing = match journal.deleter {
+        Some(deleter) => format!("repaired (`{deleter}`)"),
+        None => "uploaded".into(),
+    };
     Error::new(
         ErrorKind::LiveLease,
         format!(
-            "{} is being uploaded by {} (pid {} on {}, started {}s ago; lease valid {}s more): \
+            "{} is being {doing} by {} (pid {} on {}, started {}s ago; lease valid {}s more): \
              wait for it, or if that process is dead run `alitx resume --force {}`",
             journal.revision.full_version(),
             o.tool,

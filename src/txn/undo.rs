@@ -9,10 +9,10 @@ use tracing::{debug, warn};
 
 use std::time::Duration;
 
-use crate::deletion::{delete_unpublished, Deleter, Deletion};
+use crate::deletion::{delete_unpublished, published, revision_tarballs, Deleter, Deletion, Named};
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::Journal;
-use crate::layout::{link_target, Link, LinkKind};
+use crate::layout::Link;
 use crate::ownership::JournalHandle;
 use crate::storage::Store;
 
@@ -20,9 +20,9 @@ use super::plan::{FailureFacts, JournalNow, Tarball};
 use super::{is_ours, Report, Status};
 
 /// The revision's tarball as the store holds it now: the journal's key,
-/// else the tarball the revision's package link names. A journal is
-/// untrusted input: one whose hash differs from the published build's
-/// must not undo that build.
+/// else any tarball of its name that its own links (package link, its own
+/// link in each dist directory) name. A journal is untrusted input: one
+/// whose hash differs from the published build's must not undo that build.
 pub(super) async fn tarball_now(store: &dyn Store, journal: &Journal) -> Result<Tarball> {
     if let Some(info) = store.head(&journal.tarball.key).await? {
         return Ok(match is_ours(&info, journal) {
@@ -30,16 +30,24 @@ pub(super) async fn tarball_now(store: &dyn Store, journal: &Journal) -> Result<
             false => Tarball::Foreign,
         });
     }
-    let package_link = journal.revision.package_link();
-    let Some(body) = store.get(&package_link.key).await? else {
-        return Ok(Tarball::Absent);
-    };
-    let named = link_target(&journal.revision.architecture, LinkKind::Package, &body);
-    match named {
-        Some(key) if key != journal.tarball.key && store.head(&key).await?.is_some() => {
-            Ok(Tarball::Foreign)
-        }
-        _ => Ok(Tarball::Absent),
+    let tarballs = revision_tarballs(store, named(journal), None).await?;
+    let others: Vec<String> = tarballs
+        .into_iter()
+        .filter(|key| *key != journal.tarball.key)
+        .collect();
+    match published(store, &others).await? {
+        Some(_) => Ok(Tarball::Foreign),
+        None => Ok(Tarball::Absent),
+    }
+}
+
+/// The journal's revision, as [`revision_tarballs`] takes it.
+fn named(journal: &Journal) -> Named<'_> {
+    let revision = &journal.revision;
+    Named {
+        architecture: &revision.architecture,
+        package: &revision.package,
+        tarball: journal.tarball.key.rsplit('/').next().unwrap_or_default(),
     }
 }
 
@@ -70,7 +78,8 @@ where
         keys: Vec::new(),
         published: false,
     };
-    if tarball_now(store, journal).await? != Tarball::Absent {
+    let tarballs = revision_tarballs(store, named(journal), Some(&journal.tarball.key)).await?;
+    if published(store, &tarballs).await?.is_some() {
         deleted.published = true;
         return Ok(deleted);
     }
@@ -80,7 +89,7 @@ where
             txn: &journal.txn,
             body: &link.body,
         };
-        match delete_unpublished(store, &journal.tarball.key, &link.key, deleter).await? {
+        match delete_unpublished(store, &tarballs, &link.key, deleter).await? {
             Deletion::Deleted => deleted.keys.push(link.key.clone()),
             Deletion::Missing | Deletion::NotOurs => {}
             Deletion::Published => {

@@ -742,6 +742,33 @@ pub fn alitx_killed_at(args: &[String], point: &str) {
     );
 }
 
+/// Put `links` (key → body) of `revision` as stock aliBuild writes them:
+/// no alitx metadata, dist link redirects without the leading `/`.
+pub async fn put_stock_links(
+    store: &TestStore,
+    revision: &Revision,
+    links: &BTreeMap<String, Vec<u8>>,
+) {
+    let backend = store.open().await;
+    for (key, body) in links {
+        let body = String::from_utf8(body.clone()).unwrap();
+        let package_link = *key == revision.package_link().key;
+        let link = alitx::layout::Link {
+            key: key.clone(),
+            symlink_target: match package_link {
+                true => format!("../../{body}"),
+                false => format!("../../../../../{body}"),
+            },
+            redirect: (!package_link).then(|| body.clone()),
+            body,
+        };
+        backend
+            .put_link_if_absent(&link, &Default::default())
+            .await
+            .unwrap();
+    }
+}
+
 /// Make the journal of `revision` look owned by a live upload on another
 /// host (a fresh lease), as a running upload elsewhere would leave it.
 pub async fn fake_live_owner(store: &TestStore, revision: &Revision) {

@@ -642,3 +642,140 @@ fn repair_of_one_package_leaves_the_staged_upload_of_a_package_with_a_longer_nam
         assert_eq!(rt.block_on(store.pending_uploads()), 1, "{kind}");
     });
 }
+
+/// Issue 25, failure 6: a revision of the older layout (package link and
+/// `dist/` links only, from before aliBuild wrote `dist-direct` and
+/// `dist-runtime`) whose tarball a clean-up retired is listed in
+/// `TARS/<arch>/<pkg>.manifest`: evidence that it was published. check
+/// calls it `unpublished` and repair keeps every key of it, while the same
+/// leftovers of a revision the manifest does not list go.
+#[test]
+fn a_revision_listed_in_its_manifest_survives_bulk_repair() {
+    let rt = runtime();
+    each_backend(|kind, store| {
+        let listed = stock("oldlayout");
+        let mut unlisted = listed.clone();
+        unlisted.revision = "2".into();
+        let mut kept = Vec::new();
+        for revision in [&listed, &unlisted] {
+            let keys = rt.block_on(seed(
+                &store,
+                &Seed {
+                    revision: revision.clone(),
+                    tarball: false,
+                    package_link: true,
+                    dist_dirs: &["dist"],
+                    deps: vec![stock("zlib")],
+                },
+            ));
+            if revision == &listed {
+                kept = keys;
+            }
+        }
+        let manifest = format!("TARS/{ARCH}/{}.manifest", listed.package);
+        let line = format!(
+            "{}\t{}\n",
+            listed.tarball_name(),
+            listed.package_link().body
+        );
+        rt.block_on(store.put_foreign(&manifest, line.as_bytes()));
+
+        let out = alitx(&repair_args(&store, &["--min-age", "0"]));
+        let report = json(&out);
+        let revisions = by_tarball(&report["check"]);
+        assert_eq!(
+            revisions[&listed.tarball_name()]["state"],
+            "unpublished",
+            "{kind}: {report:#}"
+        );
+        assert_eq!(
+            revisions[&unlisted.tarball_name()]["state"],
+            "partial",
+            "{kind}"
+        );
+        let mut expected: BTreeSet<String> = kept.into_iter().collect();
+        expected.insert(manifest);
+        let left: BTreeSet<String> = rt.block_on(store.keys()).into_iter().collect();
+        assert_eq!(left, expected, "{kind}: {}", stderr(&out));
+        assert_exit(&out, 0);
+    });
+}
+
+/// `repair --unpublish` deletes holding the revision's journal key: a
+/// journal that appears after its scan (an upload of the revision
+/// starting) makes it delete nothing and exit 4.
+#[test]
+fn unpublish_deletes_nothing_of_a_revision_a_journal_took_since_the_scan() {
+    use std::process::{Command, Stdio};
+    let rt = runtime();
+    each_backend(|kind, store| {
+        let wd = WorkDir::chain(1, 1 << 10);
+        assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
+        let rev = wd.pkgs[0].revision();
+        let unpublish = Command::new(env!("CARGO_BIN_EXE_alitx"))
+            .args(store.cmd(
+                "repair",
+                &[
+                    "--architecture",
+                    ARCH,
+                    "--package",
+                    &rev.package,
+                    "--version",
+                    &rev.version,
+                    "--revision",
+                    &rev.revision,
+                    "--unpublish",
+                ],
+            ))
+            .env("ALITX_FAILPOINT", "repair-scanned:stop")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        while process_state(unpublish.id()) != Some('T') {
+            assert!(process_state(unpublish.id()).is_some(), "{kind}: it ended");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let identity = alitx::workdir::FileIdentity {
+            size: 1,
+            mtime_ns: 1,
+        };
+        let journal = Journal::new(
+            "racer".into(),
+            &rev,
+            identity,
+            &[rev.package_link()],
+            8 << 20,
+            std::time::Duration::from_secs(600),
+        );
+        rt.block_on(async {
+            let key = Journal::key_of(DEFAULT_PREFIX, &rev);
+            let backend = store.open().await;
+            let metadata = journal.journal_metadata();
+            backend
+                .put(
+                    &key,
+                    journal.to_bytes(),
+                    &metadata,
+                    alitx::storage::PutMode::Create,
+                )
+                .await
+                .unwrap();
+        });
+        let before = rt.block_on(store.snapshot());
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(unpublish.id() as libc::pid_t, libc::SIGCONT) };
+        let out = unpublish.wait_with_output().unwrap();
+        assert_exit(&out, 4);
+        assert!(
+            stderr(&out).contains("is covered by the journal"),
+            "{kind}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            before,
+            "{kind}: nothing deleted"
+        );
+    });
+}

@@ -572,3 +572,113 @@ fn an_owner_frozen_mid_upload_stops_once_its_journal_is_taken_over() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Wait until process `pid` is stopped (SIGSTOP at a failpoint): `true`;
+/// `false` if it ended without stopping.
+fn wait_stopped(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match process_state(pid) {
+            Some('T') => return true,
+            None | Some('Z') => return false,
+            _ if Instant::now() > deadline => panic!("process {pid} neither stopped nor ended"),
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Continue a process stopped by [`wait_stopped`].
+fn thaw(child: &std::process::Child) {
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+}
+
+/// Issue 25, failure 1: `repair` racing an upload that adopts what a
+/// killed stock upload left (its package link and one dist directory's
+/// links: partial). repair is frozen right after its scan, or right after
+/// it claimed the revision, and the upload started then, frozen right
+/// after its links if it gets there; repair continues and ends, then the
+/// upload. The revision ends published with every key (repair found the
+/// upload's journal and deleted nothing), or without any trace (the upload
+/// found repair's and exited 4): never a published tarball missing links.
+#[test]
+fn repair_racing_an_adopting_upload_leaves_the_revision_whole_or_gone() {
+    let rt = runtime();
+    let wd = work_dir(&[("adopted", 1 << 10)], 5);
+    let rev = wd.pkgs[0].revision();
+    let leftovers: BTreeMap<String, Vec<u8>> = wd
+        .expected([0])
+        .into_iter()
+        .filter(|(key, _)| {
+            *key == rev.package_link().key || key.starts_with(&rev.dist_prefix("dist"))
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for kind in backends() {
+        for repair_stop in ["repair-scanned", "repair-claimed"] {
+            let what = format!("{kind}, repair frozen at {repair_stop}");
+            let store = rt.block_on(TestStore::new(kind));
+            rt.block_on(put_stock_links(&store, &rev, &leftovers));
+            let spawn = |args: Vec<String>, point: String| {
+                Command::new(env!("CARGO_BIN_EXE_alitx"))
+                    .args(args)
+                    .env("ALITX_FAILPOINT", point)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let repair = spawn(
+                store.cmd("repair", &["--json", "--min-age", "0"]),
+                format!("{repair_stop}:stop"),
+            );
+            let repair_frozen = wait_stopped(repair.id());
+            let mut adopt = upload_args(&wd, 0, &store);
+            adopt.extend(args(&["--adopt-after", "0s"]));
+            let upload = spawn(adopt, "after-links:stop".into());
+            let upload_frozen = wait_stopped(upload.id());
+            thaw(&repair);
+            let repaired = repair.wait_with_output().unwrap();
+            thaw(&upload);
+            let uploaded = upload.wait_with_output().unwrap();
+            let published = rt
+                .block_on(async { store.open().await.head(&rev.store_key()).await })
+                .unwrap()
+                .is_some();
+            eprintln!(
+                "{what}: repair {}frozen, exit {:?}; upload {}frozen, exit {:?}: {}; published: {published}",
+                if repair_frozen { "" } else { "not " },
+                repaired.status.code(),
+                if upload_frozen { "" } else { "not " },
+                uploaded.status.code(),
+                stderr(&uploaded).lines().last().unwrap_or_default()
+            );
+            let (expected, upload_code): (&[usize], i32) = match published {
+                true => (&[0], 0),
+                false => (&[], 4),
+            };
+            if uploaded.status.code() != Some(upload_code) {
+                problems.push(format!(
+                    "{what}: the upload exited {:?}: {}",
+                    uploaded.status.code(),
+                    stderr(&uploaded)
+                ));
+            }
+            if !published && !stderr(&uploaded).contains("being repaired") {
+                problems.push(format!(
+                    "{what}: the upload did not say why: {}",
+                    stderr(&uploaded)
+                ));
+            }
+            if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                assert_exact(&store, &wd, expected, &what)
+            })) {
+                problems.push(format!(
+                    "{what}: {}",
+                    e.downcast_ref::<String>().cloned().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -652,14 +652,58 @@ fn an_upload_that_loses_its_journal_stops_before_publishing_and_never_recreates_
     }
 }
 
-/// A journal put back under the prefix with a published revision's
-/// transaction id but another hash (its links' checksums recomputed, its
-/// owner gone): `resume` deletes nothing of the published revision, since
-/// its package link names a tarball that exists, and retires the journal;
-/// the original upload, run again, finds the revision published.
+/// Put back, under the prefix, a journal of `wd`'s published package `i`
+/// with its transaction id but another hash (its links' checksums
+/// recomputed, its owner gone), as a buggy tool could.
+fn forge_journal_under_another_hash(store: &TestStore, wd: &WorkDir, i: usize) {
+    use sha2::Digest;
+    let rt = runtime();
+    let rev = wd.pkgs[i].revision();
+    let txn = rt.block_on(async {
+        let info = store.open().await.head(&rev.store_key()).await.unwrap();
+        info.unwrap().metadata[alitx::journal::TXN_METADATA].clone()
+    });
+    let local = alitx::workdir::read_revision(wd.path(), rev.clone()).unwrap();
+    let genuine = Journal::new(
+        txn,
+        &rev,
+        local.tarball,
+        &local.links,
+        8 << 20,
+        std::time::Duration::from_secs(60),
+    );
+    let other = hash_of("forged");
+    let text = String::from_utf8(genuine.to_bytes().to_vec())
+        .unwrap()
+        .replace(
+            &format!("{}/{}", &rev.hash[..2], rev.hash),
+            &format!("{}/{other}", &other[..2]),
+        )
+        .replace(&rev.hash, &other);
+    let mut forged: Journal = serde_json::from_str(&text).unwrap();
+    assert_ne!(forged.tarball.key, rev.store_key());
+    for link in &mut forged.links {
+        link.body_sha256 = hex::encode(sha2::Sha256::digest(link.link.body.as_bytes()));
+    }
+    forged.owner.host = "build-node-gone".into();
+    forged.lease_expires_at = alitx::now_secs() - 60;
+    let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &rev);
+    rt.block_on(async {
+        let backend = store.open().await;
+        let metadata = forged.journal_metadata();
+        backend
+            .put(&key, forged.to_bytes(), &metadata, PutMode::Overwrite)
+            .await
+            .unwrap();
+    });
+}
+
+/// A forged journal of a published revision under another hash: `resume`
+/// deletes nothing of the published revision, since its package link names
+/// a tarball that exists, and retires the journal; the original upload,
+/// run again, finds the revision published.
 #[test]
 fn a_forged_journal_of_a_published_revision_under_another_hash_deletes_nothing() {
-    use sha2::Digest;
     let rt = runtime();
     each_backend(|kind, store| {
         let wd = WorkDir::chain(2, 1 << 10);
@@ -667,44 +711,7 @@ fn a_forged_journal_of_a_published_revision_under_another_hash_deletes_nothing()
             assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
         }
         let published = rt.block_on(store.snapshot());
-        let rev = wd.pkgs[1].revision();
-        let txn = rt.block_on(async {
-            let info = store.open().await.head(&rev.store_key()).await.unwrap();
-            info.unwrap().metadata[alitx::journal::TXN_METADATA].clone()
-        });
-        let local = alitx::workdir::read_revision(wd.path(), rev.clone()).unwrap();
-        let genuine = Journal::new(
-            txn,
-            &rev,
-            local.tarball,
-            &local.links,
-            8 << 20,
-            std::time::Duration::from_secs(60),
-        );
-        let other = hash_of("forged");
-        let text = String::from_utf8(genuine.to_bytes().to_vec())
-            .unwrap()
-            .replace(
-                &format!("{}/{}", &rev.hash[..2], rev.hash),
-                &format!("{}/{other}", &other[..2]),
-            )
-            .replace(&rev.hash, &other);
-        let mut forged: Journal = serde_json::from_str(&text).unwrap();
-        assert_ne!(forged.tarball.key, rev.store_key());
-        for link in &mut forged.links {
-            link.body_sha256 = hex::encode(sha2::Sha256::digest(link.link.body.as_bytes()));
-        }
-        forged.owner.host = "build-node-gone".into();
-        forged.lease_expires_at = alitx::now_secs() - 60;
-        let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &rev);
-        rt.block_on(async {
-            let backend = store.open().await;
-            let metadata = forged.journal_metadata();
-            backend
-                .put(&key, forged.to_bytes(), &metadata, PutMode::Overwrite)
-                .await
-                .unwrap();
-        });
+        forge_journal_under_another_hash(&store, &wd, 1);
 
         let out = alitx(&store.cmd("resume", &[]));
         assert_exit(&out, 3);
@@ -722,6 +729,34 @@ fn a_forged_journal_of_a_published_revision_under_another_hash_deletes_nothing()
         let again = alitx(&wd.upload_args(1, &store));
         assert_exit(&again, 0);
         assert_exact(&store, &wd, &[0, 1], kind);
+    });
+}
+
+/// Issue 25, 3b: the same forged journal, while the published revision
+/// lacks its package link (what a lost race leaves): its own dist links
+/// still name its published tarball, so `resume` deletes none of its
+/// links, dependency links included.
+#[test]
+fn a_forged_journal_deletes_nothing_of_a_published_revision_without_its_package_link() {
+    let rt = runtime();
+    each_backend(|kind, store| {
+        let wd = WorkDir::chain(2, 1 << 10);
+        for i in 0..2 {
+            assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
+        }
+        let package_link = wd.pkgs[1].revision().package_link().key;
+        rt.block_on(async { store.open().await.delete(&package_link).await.unwrap() });
+        let published = rt.block_on(store.snapshot());
+        forge_journal_under_another_hash(&store, &wd, 1);
+
+        let out = alitx(&store.cmd("resume", &[]));
+        assert_exit(&out, 3);
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            published,
+            "{kind}: every remaining link of the published revision must stay, the forged journal retired: {}",
+            stderr(&out)
+        );
     });
 }
 

@@ -271,26 +271,7 @@ fn a_rebuild_of_the_same_hash_completes_a_revision_left_unpublished() {
             .map(|(key, body)| (key.clone(), body.clone()))
             .collect();
         assert!(leftovers.len() >= 3, "{leftovers:?}");
-        rt.block_on(async {
-            let backend = store.open().await;
-            for (key, body) in &leftovers {
-                let body = String::from_utf8(body.clone()).unwrap();
-                let package_link = *key == rev.package_link().key;
-                let link = alitx::layout::Link {
-                    key: key.clone(),
-                    symlink_target: match package_link {
-                        true => format!("../../{body}"),
-                        false => format!("../../../../../{body}"),
-                    },
-                    redirect: (!package_link).then(|| body.clone()),
-                    body,
-                };
-                backend
-                    .put_link_if_absent(&link, &Default::default())
-                    .await
-                    .unwrap();
-            }
-        });
+        rt.block_on(put_stock_links(&store, &rev, &leftovers));
 
         let young = alitx(&wd.upload_args(1, &store));
         assert_exit(&young, 4);
