@@ -244,7 +244,10 @@ impl Intercept for RetryLog {
     ) -> Result<(), BoxError> {
         if let Some(Err(err)) = context.output_or_error() {
             let why = match context.response() {
-                Some(response) if !answer::sent_by_s3(response) => {
+                // An error answer that is not S3's (not one the SDK failed to parse).
+                Some(response)
+                    if !response.status().is_success() && !answer::sent_by_s3(response) =>
+                {
                     answer::Uncoded::of(response).describe()
                 }
                 Some(response) => {

@@ -93,26 +93,35 @@ impl S3Store {
                 let code = err.code().unwrap_or("").to_string();
                 let detail = err.message().unwrap_or("").to_string();
                 let from_s3 = !code.is_empty() || response.is_some_and(answer::sent_by_s3);
-                match (code.as_str(), status) {
-                    ("InvalidAccessKeyId" | "SignatureDoesNotMatch", _) => Error::store(format!(
+                // An error answer (a success the SDK failed to parse is not).
+                let uncoded = response
+                    .filter(|r| !r.status().is_success())
+                    .map(answer::Uncoded::of);
+                match (code.as_str(), status, uncoded) {
+                    ("InvalidAccessKeyId" | "SignatureDoesNotMatch", _, _) => Error::store(format!(
                         "{endpoint} refused our credentials ({code}) on {op} {target}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                     )),
-                    ("AccessDenied", _) | (_, Some(403)) if from_s3 => Error::store(format!(
+                    ("AccessDenied", _, _) | (_, Some(403), _) if from_s3 => Error::store(format!(
                         "{endpoint} denied {op} {target} (HTTP 403): the credentials are wrong or lack permission for this bucket; \
                          check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                     )),
-                    ("NoSuchBucket", _) => Error::store(format!(
+                    ("NoSuchBucket", _, _) => Error::store(format!(
                         "bucket {} does not exist at {endpoint}: check --remote-store and --endpoint-url",
                         self.bucket()
                     )),
-                    // No S3 error code (a proxy's JSON, a gateway's page, a
-                    // HEAD's empty body): what answered, and what it said.
-                    ("", _) => Error::store(format!(
+                    // An error answer without an S3 error code (a proxy's
+                    // JSON, a gateway's page, a HEAD's empty body): what
+                    // answered, and what it said.
+                    ("", _, Some(uncoded)) => Error::store(format!(
                         "S3 {op} {target} failed at {endpoint}: {}",
-                        match response {
-                            Some(response) => answer::Uncoded::of(response).describe(),
-                            None => source_chain(&err),
-                        }
+                        uncoded.describe()
+                    )),
+                    // An answer the SDK could not parse: the cause is in the
+                    // error's sources.
+                    ("", _, None) => Error::store(format!(
+                        "S3 {op} {target} failed at {endpoint}: {}{}",
+                        status.map(|s| format!("HTTP {s}: ")).unwrap_or_default(),
+                        source_chain(&err)
                     )),
                     _ => Error::store(format!(
                         "S3 {op} {target} failed at {endpoint}: {} {code} {detail}",
