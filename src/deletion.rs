@@ -17,7 +17,7 @@
 
 use crate::error::Result;
 use crate::journal::TXN_METADATA;
-use crate::storage::{ObjectInfo, Store};
+use crate::storage::{get_small, ObjectInfo, Small, Store};
 
 /// Whose objects a deleter may remove.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +59,9 @@ pub async fn delete_unpublished(
         return Ok(Deletion::Missing);
     };
     if let Deleter::Txn { txn, body } = deleter {
-        if !written_by(&info, txn) || store.get(key).await?.as_deref() != Some(body.as_bytes()) {
+        if !written_by(&info, txn)
+            || get_small(store, key, Small::Link).await?.as_deref() != Some(body.as_bytes())
+        {
             return Ok(Deletion::NotOurs);
         }
     }

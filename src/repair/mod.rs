@@ -23,7 +23,7 @@ use crate::deletion::{delete_unpublished, Deleter, Deletion};
 use crate::error::{Error, Result};
 use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
 use crate::recovery::{self, Selection};
-use crate::storage::{Created, Metadata, Store};
+use crate::storage::{get_small, Created, Metadata, Small, Store};
 use crate::txn::{self, Options};
 
 pub use unpublish::{unpublish, Unpublish};
@@ -296,7 +296,9 @@ async fn named_by_own_links(
     let mut named = std::collections::BTreeSet::new();
     for key in revision.keys.iter().filter(|k| k.ends_with(&own)) {
         let kind = link_kind(revision, key);
-        let body = store.get(key).await?.unwrap_or_default();
+        let body = get_small(store, key, Small::Link)
+            .await?
+            .unwrap_or_default();
         if let Some(target) = layout::link_target(&revision.architecture, kind, &body) {
             if target.ends_with(&own) {
                 named.insert(target);
@@ -329,7 +331,7 @@ async fn delete_naming_nothing(
     revision: &RevisionReport,
     key: &str,
 ) -> Result<Deletion> {
-    let Some(body) = store.get(key).await? else {
+    let Some(body) = get_small(store, key, Small::Link).await? else {
         return Ok(Deletion::Missing);
     };
     let own = format!("/{}", revision.tarball);

@@ -14,7 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::journal::Journal;
 use crate::layout::{link_target, Link, LinkKind};
 use crate::ownership::JournalHandle;
-use crate::storage::Store;
+use crate::storage::{get_small, Small, Store};
 
 use super::plan::{FailureFacts, JournalNow, Tarball};
 use super::{is_ours, Report, Status};
@@ -31,7 +31,7 @@ pub(super) async fn tarball_now(store: &dyn Store, journal: &Journal) -> Result<
         });
     }
     let package_link = journal.revision.package_link();
-    let Some(body) = store.get(&package_link.key).await? else {
+    let Some(body) = get_small(store, &package_link.key, Small::Link).await? else {
         return Ok(Tarball::Absent);
     };
     let named = link_target(&journal.revision.architecture, LinkKind::Package, &body);
@@ -143,7 +143,8 @@ pub async fn rollback_keys(store: &dyn Store, journal: &Journal) -> Result<Vec<S
     for link in rollback_order(journal) {
         let info = store.head(&link.key).await?;
         if info.is_some_and(|info| is_ours(&info, journal))
-            && store.get(&link.key).await?.as_deref() == Some(link.body.as_bytes())
+            && get_small(store, &link.key, Small::Link).await?.as_deref()
+                == Some(link.body.as_bytes())
         {
             ours.push(link.key.clone());
         }
