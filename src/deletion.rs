@@ -19,7 +19,7 @@
 use crate::error::Result;
 use crate::journal::TXN_METADATA;
 use crate::layout::{self, LinkKind, DIST_DIRS};
-use crate::storage::{ObjectInfo, Store};
+use crate::storage::{get_small, ObjectInfo, Small, Store};
 
 /// A revision as every deleter can name it, its hash known or not.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +59,9 @@ pub async fn revision_tarballs(
 ) -> Result<Vec<String>> {
     let own = format!("/{}", revision.tarball);
     let bodies = futures::future::try_join_all(revision.own_links().into_iter().map(
-        |(key, kind)| async move { Ok::<_, crate::error::Error>((store.get(&key).await?, kind)) },
+        |(key, kind)| async move {
+            Ok::<_, crate::error::Error>((get_small(store, &key, Small::Link).await?, kind))
+        },
     ))
     .await?;
     let mut tarballs: Vec<String> = expected.map(str::to_string).into_iter().collect();
@@ -125,7 +127,9 @@ pub async fn delete_unpublished(
         return Ok(Deletion::Missing);
     };
     if let Deleter::Txn { txn, body } = deleter {
-        if !written_by(&info, txn) || store.get(key).await?.as_deref() != Some(body.as_bytes()) {
+        if !written_by(&info, txn)
+            || get_small(store, key, Small::Link).await?.as_deref() != Some(body.as_bytes())
+        {
             return Ok(Deletion::NotOurs);
         }
     }

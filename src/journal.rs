@@ -25,6 +25,11 @@ pub const FORMAT: u32 = 1;
 /// `TARS/`, so no reader of the store ever lists them.
 pub const DEFAULT_PREFIX: &str = ".alitx/journals/";
 
+/// The tarball part sizes an upload may use, in MiB (`--part-size`): a
+/// journal read back that names another is not trusted, since its part
+/// size sizes the buffers of a resume.
+pub const PART_SIZE_MIB: std::ops::RangeInclusive<u64> = 5..=512;
+
 /// User metadata naming the transaction that wrote an object.
 pub const TXN_METADATA: &str = "alitx-txn";
 
@@ -331,6 +336,14 @@ impl Journal {
                 )));
             }
         }
+        let part_size = journal.tarball.part_size;
+        if part_size % (1 << 20) != 0 || !PART_SIZE_MIB.contains(&(part_size >> 20)) {
+            return Err(bad(format!(
+                "its part size {part_size} is not a whole number of MiB from {} to {}",
+                PART_SIZE_MIB.start(),
+                PART_SIZE_MIB.end()
+            )));
+        }
         let id_ok = |id: &str| {
             !id.is_empty() && id.len() <= 1024 && id.bytes().all(|b| b.is_ascii_graphic())
         };
@@ -370,8 +383,11 @@ impl Journal {
         )
     }
 
+    /// Whether the owner is gone: its liveness says so, or it is this very
+    /// process and no upload of it holds the journal any more (see
+    /// [`crate::ownership::abandoned_here`]).
     pub fn owner_gone(&self) -> bool {
-        self.liveness() != Liveness::Live
+        self.liveness() != Liveness::Live || crate::ownership::abandoned_here(&self.owner)
     }
 
     /// The journal object's own metadata: its owner's token, and the
@@ -429,7 +445,7 @@ pub(crate) fn test_journal() -> Journal {
         &revision,
         identity,
         &links,
-        8,
+        8 << 20,
         Duration::from_secs(60),
     )
 }
@@ -536,7 +552,17 @@ mod tests {
         bad_ns.owner.pid_ns = Some("pid:[1]\n".into());
         let mut bad_boot = journal();
         bad_boot.owner.boot_id = Some("x".repeat(5000));
+        let part_size = |size: u64| {
+            let mut j = journal();
+            j.tarball.part_size = size;
+            j.to_bytes().to_vec()
+        };
         for bytes in [
+            part_size(0),
+            part_size(4 << 20),
+            part_size((5 << 20) + 1),
+            part_size(513 << 20),
+            part_size(u64::MAX),
             bad_ns.to_bytes().to_vec(),
             bad_boot.to_bytes().to_vec(),
             forged.to_bytes().to_vec(),
@@ -550,6 +576,9 @@ mod tests {
                     .kind,
                 ErrorKind::Journal
             );
+        }
+        for size in [5 << 20, 512 << 20] {
+            assert!(Journal::parse(DEFAULT_PREFIX, &key, &part_size(size)).is_ok());
         }
         // An older alitx's owner, without pid namespace and boot id.
         let mut older = serde_json::to_value(journal()).unwrap();

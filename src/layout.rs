@@ -217,15 +217,24 @@ pub fn tarball_full_version<'a>(architecture: &str, name: &'a str) -> Option<&'a
 }
 
 /// The store key a link's body names, read as aliBuild's readers read it:
-/// trailing newlines are stripped; a package link's body is relative to
-/// `TARS/` (`<arch>/store/...`, one leading `../../` allowed, as the readers
-/// prepend it where it is missing), a dist link's names the key itself
-/// (`TARS/<arch>/store/...`). `None` unless that is a store tarball of
-/// `architecture`. The body is never followed, only parsed.
+/// trailing line ends (`\n`, `\r\n`) are stripped; a package link's body
+/// is relative to `TARS/` (`<arch>/store/...`, after one leading `../../`,
+/// `./` or `/`, which the readers resolve to the same key), a dist link's
+/// names the key itself (`TARS/<arch>/store/...`). `None` unless that is a
+/// store tarball of `architecture`. The body is never followed, only
+/// parsed.
 pub fn link_target(architecture: &str, kind: LinkKind, body: &[u8]) -> Option<String> {
-    let body = std::str::from_utf8(body).ok()?.trim_end_matches('\n');
+    let body = std::str::from_utf8(body)
+        .ok()?
+        .trim_end_matches(['\r', '\n']);
     let key = match kind {
-        LinkKind::Package => format!("TARS/{}", body.strip_prefix("../../").unwrap_or(body)),
+        LinkKind::Package => {
+            let relative = ["../../", "./", "/"]
+                .iter()
+                .find_map(|prefix| body.strip_prefix(prefix))
+                .unwrap_or(body);
+            format!("TARS/{relative}")
+        }
         LinkKind::Dist => body.to_string(),
     };
     parse_store_key(architecture, &key).is_ok().then_some(key)
@@ -396,16 +405,24 @@ mod tests {
         for good in [
             body.clone(),
             format!("{body}\n"),
+            format!("{body}\r\n"),
             format!("../../{body}"),
             format!("../../{body}\n"),
+            format!("./{body}"),
+            format!("./{body}\r\n"),
+            format!("/{body}"),
+            format!("/{body}\n"),
         ] {
             assert_eq!(package(&good), Some(key.clone()), "{good:?}");
         }
         for bad in [
             format!("../{body}"),
             format!("../../../../{body}"),
-            format!("{body}\r\n"),
-            format!("/{body}"),
+            format!("//{body}"),
+            format!(".//{body}"),
+            format!("./../../{body}"),
+            format!("{body}\r\nx"),
+            format!(" {body}"),
             key.clone(),
             "../../../etc/passwd".to_string(),
             String::new(),
@@ -419,6 +436,7 @@ mod tests {
         let dist = |b: &str| link_target(&r.architecture, LinkKind::Dist, b.as_bytes());
         assert_eq!(dist(&key), Some(key.clone()));
         assert_eq!(dist(&format!("{key}\n")), Some(key.clone()));
+        assert_eq!(dist(&format!("{key}\r\n")), Some(key.clone()));
         assert_eq!(dist(&body), None);
         assert_eq!(
             split_full_version("Python-modules", "Python-modules-v1-2-3"),

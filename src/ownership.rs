@@ -14,7 +14,8 @@
 //! a lease renewal that fails, or finds another owner, stops the
 //! transaction before its commit point.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -23,7 +24,7 @@ use tracing::{debug, warn};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Owner, State, OWNER_METADATA};
 use crate::liveness::Liveness;
-use crate::storage::{PutMode, Store};
+use crate::storage::{get_small, PutMode, Small, Store};
 
 /// How long a takeover waits between writing itself in as owner and
 /// reading the journal back: longer than one journal write takes, so that
@@ -50,7 +51,7 @@ pub async fn read_journal(store: &dyn Store, prefix: &str, key: &str) -> Result<
 
 /// Read and validate the journal at `key` with a GET, without looking first.
 async fn get_journal(store: &dyn Store, prefix: &str, key: &str) -> Result<Option<Journal>> {
-    match store.get(key).await? {
+    match get_small(store, key, Small::Journal).await? {
         Some(bytes) => Journal::parse(prefix, key, &bytes).map(Some),
         None => Ok(None),
     }
@@ -77,6 +78,8 @@ pub struct JournalHandle {
     /// `None` once retired.
     journal: Mutex<Option<Journal>>,
     lease: Duration,
+    /// Marks the journal held by this process while the handle exists.
+    _held: Held,
     /// Why this process may no longer write, once a renewal failed: it lost
     /// ownership, or the store stopped answering and the lease may run out.
     lost: std::sync::Mutex<Option<Error>>,
@@ -102,6 +105,7 @@ impl JournalHandle {
             store,
             prefix: prefix.into(),
             key: Journal::key_of(prefix, &journal.revision),
+            _held: Held::new(&journal.owner.token),
             journal: Mutex::new(Some(journal)),
             lease,
             lost: std::sync::Mutex::new(None),
@@ -323,6 +327,43 @@ impl JournalHandle {
     }
 }
 
+/// The owner tokens of the journals this process acquired, each with
+/// whether a [`JournalHandle`] of it still exists.
+fn acquired() -> &'static std::sync::Mutex<HashMap<String, bool>> {
+    static ACQUIRED: OnceLock<std::sync::Mutex<HashMap<String, bool>>> = OnceLock::new();
+    ACQUIRED.get_or_init(Default::default)
+}
+
+/// Whether `owner` is this very process and no handle of it holds the
+/// journal any more: an upload of this process failed and left it (as one
+/// of `serve-uploads` does, which goes on), and nothing here works on it.
+pub fn abandoned_here(owner: &Owner) -> bool {
+    acquired()
+        .lock()
+        .expect("acquired journals")
+        .get(&owner.token)
+        == Some(&false)
+}
+
+/// A journal held by this process, from its acquisition until the handle
+/// is dropped.
+struct Held(String);
+
+impl Held {
+    fn new(token: &str) -> Self {
+        let mut acquired = acquired().lock().expect("acquired journals");
+        acquired.insert(token.to_string(), true);
+        Held(token.to_string())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut acquired = acquired().lock().expect("acquired journals");
+        acquired.insert(std::mem::take(&mut self.0), false);
+    }
+}
+
 /// Stops the lease renewals when dropped.
 pub struct KeepAlive(tokio::task::JoinHandle<()>);
 
@@ -389,6 +430,21 @@ mod tests {
         store.delete(&key).await.unwrap();
         let err = handle.confirm().await.unwrap_err();
         assert!(err.message.contains("retired"), "{err}");
+    }
+
+    /// A journal this process acquired is its own live upload's while the
+    /// handle exists, and gone once it was dropped: `serve-uploads` retries
+    /// an upload that failed in the same process at once.
+    #[tokio::test]
+    async fn a_journal_this_process_let_go_of_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, handle, journal) = owned(dir.path()).await;
+        assert!(!journal.owner_gone(), "held by a running upload");
+        drop(handle);
+        assert!(journal.owner_gone(), "its upload failed and let it go");
+        let mut other = journal.clone();
+        other.owner = Owner::this_process();
+        assert!(!other.owner_gone(), "never acquired by a handle here");
     }
 
     /// The commit mark is written without reading the journal first: over

@@ -9,6 +9,8 @@
 //! that it describes the revision whose key it is stored at, and that every
 //! field has the shape alitx writes.
 
+use std::fmt;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -16,9 +18,9 @@ use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
-use crate::journal::{Journal, SHA256_METADATA};
+use crate::journal::{Journal, SHA256_METADATA, TXN_METADATA};
 use crate::layout::Revision;
-use crate::storage::{Created, PutMode, Store};
+use crate::storage::{get_small, Created, ObjectInfo, PutMode, Small, Store};
 
 /// Bump when the format changes incompatibly; readers refuse versions they
 /// do not know instead of guessing.
@@ -33,7 +35,7 @@ pub const PREFIX: &str = ".alitx/published/";
 pub const SIZE_METADATA: &str = "alitx-size";
 
 /// A record is a few hundred bytes; anything much larger is not one.
-pub const MAX_SIZE: u64 = 64 << 10;
+pub const MAX_SIZE: u64 = Small::Record.limit();
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -128,15 +130,108 @@ impl Record {
     }
 }
 
+/// What vouches for the tarball a record is to describe.
+#[derive(Debug, Clone, Copy)]
+pub enum Evidence<'a> {
+    /// This process published it in this transaction, from bytes it
+    /// verified against the journal.
+    PublishedHere,
+    /// What the store holds at the tarball's key (`None`: nothing). A
+    /// journal read back is a claim until that tarball agrees with it.
+    Found(Option<&'a ObjectInfo>),
+}
+
+/// How the store's tarball contradicts the journal that claims it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contradiction {
+    Absent,
+    /// It carries no transaction id, or another one.
+    OtherTransaction,
+    Size {
+        journal: u64,
+        store: u64,
+    },
+    Sha256 {
+        journal: String,
+        store: String,
+    },
+}
+
+impl fmt::Display for Contradiction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Contradiction::Absent => write!(f, "the store holds no tarball there"),
+            Contradiction::OtherTransaction => {
+                write!(f, "the tarball there was not written by its transaction")
+            }
+            Contradiction::Size { journal, store } => write!(
+                f,
+                "the tarball there holds {store} bytes, the journal says {journal}"
+            ),
+            Contradiction::Sha256 { journal, store } => write!(
+                f,
+                "the tarball there has the SHA-256 {store}, the journal says {journal}"
+            ),
+        }
+    }
+}
+
+/// Why `tarball` is not the one `journal`'s transaction published with the
+/// SHA-256 `sha256`, if it is not: the one it published carries the
+/// transaction's id and the journal's size, and the same SHA-256 where the
+/// store object has one.
+pub fn contradiction(
+    journal: &Journal,
+    sha256: &str,
+    tarball: Option<&ObjectInfo>,
+) -> Option<Contradiction> {
+    let Some(tarball) = tarball else {
+        return Some(Contradiction::Absent);
+    };
+    if tarball.metadata.get(TXN_METADATA) != Some(&journal.txn) {
+        return Some(Contradiction::OtherTransaction);
+    }
+    if tarball.size != journal.tarball.size {
+        return Some(Contradiction::Size {
+            journal: journal.tarball.size,
+            store: tarball.size,
+        });
+    }
+    match tarball.metadata.get(SHA256_METADATA) {
+        Some(store) if store != sha256 => Some(Contradiction::Sha256 {
+            journal: sha256.to_string(),
+            store: store.clone(),
+        }),
+        _ => None,
+    }
+}
+
 /// Leave the record of `journal`'s transaction, whose tarball is published
-/// with the SHA-256 `sha256`. Created with put-if-absent: a record of the
+/// with the SHA-256 `sha256`, unless `evidence` contradicts the journal:
+/// then no record is written, with a warning. Created with put-if-absent: a record of the
 /// same publication already there (a retried request, an earlier roll
 /// forward of the same transaction) is success. A record of anything else
 /// is stale: it describes a revision that was removed from the store and
 /// has now been published again (its tarball, just published, carries this
 /// transaction's id). It is replaced, with a warning naming both, since
 /// every fetch of the revision is checked against it.
-pub async fn write(store: &dyn Store, journal: &Journal, sha256: &str) -> Result<()> {
+pub async fn write(
+    store: &dyn Store,
+    journal: &Journal,
+    sha256: &str,
+    evidence: Evidence<'_>,
+) -> Result<()> {
+    if let Evidence::Found(tarball) = evidence {
+        if let Some(why) = contradiction(journal, sha256, tarball) {
+            warn!(
+                "{}: {why}: the journal {} claims what the store does not bear out; \
+                 no publication record written",
+                journal.tarball.key,
+                journal.id()
+            );
+            return Ok(());
+        }
+    }
     let record = Record::of(journal, sha256);
     let key = key_of(&journal.revision);
     let mut metadata = journal.object_metadata();
@@ -184,9 +279,8 @@ pub async fn read(store: &dyn Store, revision: &Revision) -> Result<Option<Recor
 
 /// [`read`] by the record's key.
 pub async fn read_key(store: &dyn Store, key: &str) -> Result<Option<Record>> {
-    // Bounded: a huge object at the record's key is no record.
-    match store.get_range(key, 0, MAX_SIZE + 1).await? {
-        Some(body) => parse(key, &body.into_bytes()).map(Some),
+    match get_small(store, key, Small::Record).await? {
+        Some(body) => parse(key, &body).map(Some),
         None => Ok(None),
     }
 }
@@ -264,6 +358,56 @@ mod tests {
             LinksDigest::of(["a", "b"]),
             "the digest does not depend on the order"
         );
+    }
+
+    #[test]
+    fn a_record_is_written_only_for_the_tarball_its_journal_describes() {
+        let j = journal();
+        let sha = "0a".repeat(32);
+        let tarball = |txn: Option<&str>, size: u64, sha256: Option<&str>| ObjectInfo {
+            size,
+            metadata: txn
+                .map(|t| (TXN_METADATA.to_string(), t.to_string()))
+                .into_iter()
+                .chain(sha256.map(|s| (SHA256_METADATA.to_string(), s.to_string())))
+                .collect(),
+            website_redirect: None,
+        };
+        let other_sha = "0b".repeat(32);
+        let cases = [
+            (Some(tarball(Some("t1"), 10, Some(&sha))), None),
+            (Some(tarball(Some("t1"), 10, None)), None),
+            (None, Some(Contradiction::Absent)),
+            (
+                Some(tarball(None, 10, Some(&sha))),
+                Some(Contradiction::OtherTransaction),
+            ),
+            (
+                Some(tarball(Some("t2"), 10, Some(&sha))),
+                Some(Contradiction::OtherTransaction),
+            ),
+            (
+                Some(tarball(Some("t1"), 11, Some(&sha))),
+                Some(Contradiction::Size {
+                    journal: 10,
+                    store: 11,
+                }),
+            ),
+            (
+                Some(tarball(Some("t1"), 10, Some(&other_sha))),
+                Some(Contradiction::Sha256 {
+                    journal: sha.clone(),
+                    store: other_sha.clone(),
+                }),
+            ),
+        ];
+        for (found, expected) in cases {
+            assert_eq!(
+                contradiction(&j, &sha, found.as_ref()),
+                expected,
+                "{found:?}"
+            );
+        }
     }
 
     #[test]

@@ -206,10 +206,11 @@ pub(super) fn classify(
         let age = report.age_seconds;
         report.age_seconds = age.map(|newest| now - newest);
         cover_by_journal(report, journals);
+        // An age the store does not tell is recent (see `newest_time`).
         report.recent = report.state == State::Partial
             && report
                 .age_seconds
-                .is_some_and(|age| age < options.min_age.as_secs() as i64);
+                .is_none_or(|age| age < options.min_age.as_secs() as i64);
         report.repairable = match report.state {
             State::Partial => !report.recent,
             State::Abandoned => true,
@@ -289,7 +290,7 @@ fn report_for(
     let mut keys: Vec<&ObjectMeta> = tarball.iter().map(|t| &t.object).collect();
     keys.extend(links.dist.iter().flatten());
     keys.extend(links.package_link.iter().map(|(link, _)| link));
-    let newest = keys.iter().filter_map(|o| o.last_modified).max();
+    let newest = crate::storage::newest_time(keys.iter().map(|o| o.last_modified));
     // Without a tarball, only a package link naming its own store tarball
     // beside the revision's own link in every dist directory may have been
     // published: anything less proves the upload never completed.

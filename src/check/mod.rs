@@ -288,7 +288,8 @@ async fn stale_uploads(
                 return None;
             }
             let age = u.initiated.map(|t| now - t);
-            if age.is_some_and(|age| age < threshold) {
+            // An unknown time is recent (see `storage::newest_time`).
+            if age.is_none_or(|age| age < threshold) {
                 return None;
             }
             Some(StaleUpload {

@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::ScanOptions;
 use crate::error::{Error, Result};
 use crate::layout::{self, DIST_DIRS};
-use crate::storage::{md5_hex, ObjectMeta, Store};
+use crate::storage::{get_small, md5_hex, ObjectMeta, Small, Store};
 
 /// Which revision a key belongs to: architecture, package, tarball name.
 pub(super) type RevisionKey = (String, String, String);
@@ -145,7 +145,9 @@ pub(super) async fn walk_architecture(
     let bodies: Vec<(RevisionKey, ObjectMeta, Bytes)> = futures::stream::iter(package_links)
         .map(|(key, object)| async move {
             // A link deleted since the listing reads as empty: still reported.
-            let body = store.get(&object.key).await?.unwrap_or_default();
+            let body = get_small(store, &object.key, Small::Link)
+                .await?
+                .unwrap_or_default();
             Ok::<_, Error>((key, object, body))
         })
         .buffer_unordered(options.concurrency.max(1))

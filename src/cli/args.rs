@@ -406,7 +406,7 @@ pub(super) struct UploadArgs {
     #[command(flatten)]
     pub(super) store: StoreArgs,
     /// Tarball part size in MiB (5 to 512).
-    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(5..=512))]
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(crate::journal::PART_SIZE_MIB))]
     pub(super) part_size: u64,
     /// Parts uploaded in parallel.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]

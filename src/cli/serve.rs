@@ -33,16 +33,16 @@ pub(super) async fn serve_uploads() -> Result<i32> {
 async fn serve_lines(finishers: &Finishers) -> Result<i32> {
     let mut stores = Stores::new();
     let mut input = std::io::stdin().lock();
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
         let read = input
-            .read_line(&mut line)
+            .read_until(b'\n', &mut line)
             .map_err(|e| Error::io("reading standard input", e))?;
         if read == 0 {
             return Ok(exit::OK);
         }
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
         let answer = match serve_one(&line, &mut stores, finishers).await {
@@ -57,7 +57,7 @@ async fn serve_lines(finishers: &Finishers) -> Result<i32> {
 }
 
 /// One upload, from its line of `alitx upload` arguments.
-async fn serve_one(line: &str, stores: &mut Stores, finishers: &Finishers) -> Result<Report> {
+async fn serve_one(line: &[u8], stores: &mut Stores, finishers: &Finishers) -> Result<Report> {
     let args = parse_upload(line)?;
     within_timeout(deadline(&args.store), async {
         let (local, mut options) = upload_plan(&args, false)?;
@@ -87,7 +87,12 @@ async fn serve_one(line: &str, stores: &mut Stores, finishers: &Finishers) -> Re
 
 /// The `alitx upload` arguments a line holds, checked as the command line
 /// checks them.
-fn parse_upload(line: &str) -> Result<UploadArgs> {
+fn parse_upload(line: &[u8]) -> Result<UploadArgs> {
+    let line = std::str::from_utf8(line).map_err(|e| {
+        Error::input(format!(
+            "a line of serve-uploads' input is not UTF-8 ({e}): it must be a JSON array of `alitx upload` arguments"
+        ))
+    })?;
     let words: Vec<String> = serde_json::from_str(line).map_err(|e| {
         Error::input(format!(
             "each line of serve-uploads' input must be a JSON array of `alitx upload` arguments \

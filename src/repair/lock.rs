@@ -12,7 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{DeleterKind, Journal};
 use crate::layout::{Link, LinkKind, Revision};
 use crate::ownership::{read_journal, JournalHandle};
-use crate::storage::{Created, Metadata, PutMode, Store};
+use crate::storage::{get_small, Created, Metadata, PutMode, Small, Store};
 
 /// What a deleter's attempt to claim a revision found.
 pub enum Claim {
@@ -68,7 +68,7 @@ pub async fn current_link(store: &dyn Store, key: &str, kind: LinkKind) -> Resul
     let Some(info) = store.head(key).await? else {
         return Ok(None);
     };
-    let Some(body) = store.get(key).await? else {
+    let Some(body) = get_small(store, key, Small::Link).await? else {
         return Ok(None);
     };
     let body = String::from_utf8_lossy(&body).into_owned();

@@ -27,7 +27,7 @@ use crate::journal::{DeleterKind, Journal, UNKNOWN_HASH};
 use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
 use crate::ownership::JournalHandle;
 use crate::recovery::{self, Selection};
-use crate::storage::{Created, Metadata, Store};
+use crate::storage::{get_small, Created, Metadata, Small, Store};
 use crate::txn::{self, Options};
 
 pub use lock::finish_abandoned;
@@ -419,7 +419,7 @@ async fn delete_naming_nothing(
     revision: &RevisionReport,
     key: &str,
 ) -> Result<Deletion> {
-    let Some(body) = store.get(key).await? else {
+    let Some(body) = get_small(store, key, Small::Link).await? else {
         return Ok(Deletion::Missing);
     };
     let own = format!("/{}", revision.tarball);

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::layout::Link;
 
 pub use local::LocalStore;
@@ -152,6 +152,72 @@ pub async fn md5_hex_off_thread(data: Bytes) -> String {
     tokio::task::spawn_blocking(move || md5_hex(&data))
         .await
         .expect("md5 task")
+}
+
+/// When the newest of some objects was written, from their times (`None`
+/// where the store does not tell). One policy for an unknown time: the
+/// object may have been written just now, so the newest time is unknown
+/// too (as it is with no object at all), and nothing is old enough to
+/// repair or to adopt on its strength.
+pub fn newest_time(times: impl IntoIterator<Item = Option<i64>>) -> Option<i64> {
+    times
+        .into_iter()
+        .try_fold(None, |newest: Option<i64>, time| {
+            time.map(|time| newest.max(Some(time)))
+        })
+        .flatten()
+}
+
+/// The small objects alitx reads whole from a store that anyone may write:
+/// each is read up to a limit, never whole, and a larger one is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Small {
+    /// A package or dist link: one store key.
+    Link,
+    /// An intent journal: every link of a revision.
+    Journal,
+    /// A publication record: a few hundred bytes.
+    Record,
+}
+
+impl Small {
+    /// The most bytes of one that are read.
+    pub const fn limit(self) -> u64 {
+        match self {
+            Small::Link => 4 << 10,
+            Small::Journal => 4 << 20,
+            Small::Record => 64 << 10,
+        }
+    }
+
+    fn refused(self, key: &str) -> Error {
+        let (kind, what) = match self {
+            Small::Link => (ErrorKind::Conflict, "a link"),
+            Small::Journal => (ErrorKind::Journal, "a journal"),
+            Small::Record => (ErrorKind::Verification, "a publication record"),
+        };
+        Error::new(
+            kind,
+            format!(
+                "{key} is larger than {} bytes, which {what} never is: not read; \
+                 something else than alitx or aliBuild wrote it",
+                self.limit()
+            ),
+        )
+    }
+}
+
+/// The body of the small object `what` at `key`, if there is one: at most
+/// its limit is read (one request, as a whole read), and a larger object
+/// is an error.
+pub async fn get_small(store: &dyn Store, key: &str, what: Small) -> Result<Option<Bytes>> {
+    let Some(body) = store.get_range(key, 0, what.limit() + 1).await? else {
+        return Ok(None);
+    };
+    if body.len() as u64 > what.limit() {
+        return Err(what.refused(key));
+    }
+    Ok(Some(body.into_bytes()))
 }
 
 /// A staged upload that was started and neither completed nor aborted.
@@ -398,6 +464,52 @@ pub fn parse_spec(spec: &str) -> Result<StoreSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_time_makes_the_newest_unknown() {
+        assert_eq!(newest_time([Some(5), Some(9), Some(7)]), Some(9));
+        assert_eq!(newest_time([Some(5), None, Some(7)]), None);
+        assert_eq!(newest_time([None]), None);
+        assert_eq!(newest_time([]), None);
+    }
+
+    /// An untrusted small object is read up to its limit, never whole: one
+    /// at the limit is read, one byte more is refused, naming the key.
+    #[tokio::test]
+    async fn small_objects_are_read_up_to_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let put = |key: &'static str, len: u64| {
+            let store = &store;
+            async move {
+                let body = Bytes::from(vec![b'x'; len as usize]);
+                let none = Metadata::new();
+                store
+                    .put(key, body, &none, PutMode::Overwrite)
+                    .await
+                    .unwrap();
+            }
+        };
+        assert_eq!(
+            get_small(&store, "a/none", Small::Link).await.unwrap(),
+            None
+        );
+        for (what, kind) in [
+            (Small::Link, ErrorKind::Conflict),
+            (Small::Journal, ErrorKind::Journal),
+            (Small::Record, ErrorKind::Verification),
+        ] {
+            put("a/fits", what.limit()).await;
+            let read = get_small(&store, "a/fits", what).await.unwrap().unwrap();
+            assert_eq!(read.len() as u64, what.limit(), "{what:?}");
+            put("a/larger", what.limit() + 1).await;
+            let Err(err) = get_small(&store, "a/larger", what).await else {
+                panic!("{what:?}: a larger object was read");
+            };
+            assert_eq!(err.kind, kind, "{what:?}");
+            assert!(err.message.contains("a/larger is larger than"), "{err}");
+        }
+    }
 
     #[test]
     fn store_specs() {

@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Link, Revision, DIST_DIRS};
-use crate::storage::{md5_hex, ObjectMeta, Store};
+use crate::storage::{get_small, md5_hex, newest_time, ObjectMeta, Small, Store};
 use crate::workdir::LocalRevision;
 
 use super::plan::AdoptionFacts;
@@ -20,7 +20,7 @@ use super::plan::AdoptionFacts;
 pub(super) async fn facts(store: &dyn Store, local: &LocalRevision) -> Result<AdoptionFacts> {
     let revision = &local.revision;
     let package_link = revision.package_link();
-    let body = store.get(&package_link.key).await?;
+    let body = get_small(store, &package_link.key, Small::Link).await?;
     if body.as_deref() != Some(package_link.body.as_bytes()) {
         return Ok(AdoptionFacts {
             package_link_matches: false,
@@ -37,18 +37,15 @@ pub(super) async fn facts(store: &dyn Store, local: &LocalRevision) -> Result<Ad
     let mut listings = listings.into_iter();
     let package_dir = listings.next().expect("the package directory's listing");
     let dist: Vec<ObjectMeta> = listings.flat_map(|listing| listing.objects).collect();
-    let newest = package_dir
-        .objects
-        .iter()
-        .filter(|object| object.key == package_link.key)
-        .chain(&dist)
-        .map(|object| object.last_modified)
-        .chain([last_part])
-        .collect::<Option<Vec<i64>>>()
-        // A key whose time the store does not tell could be from now.
-        .map_or(crate::now_secs(), |times| {
-            times.into_iter().max().unwrap_or(0)
-        });
+    let newest = newest_time(
+        package_dir
+            .objects
+            .iter()
+            .filter(|object| object.key == package_link.key)
+            .chain(&dist)
+            .map(|object| object.last_modified)
+            .chain([last_part]),
+    );
     let planned: HashMap<&str, &Link> = local.links.iter().map(|l| (l.key.as_str(), l)).collect();
     let differing: Vec<Option<String>> = futures::stream::iter(&dist)
         .map(|object| {
@@ -69,7 +66,7 @@ pub(super) async fn facts(store: &dyn Store, local: &LocalRevision) -> Result<Ad
     Ok(AdoptionFacts {
         package_link_matches: true,
         differing,
-        quiet_for: crate::now_secs() - newest,
+        quiet_for: newest.map_or(0, |newest| crate::now_secs() - newest),
     })
 }
 
@@ -80,7 +77,10 @@ async fn is_identical(store: &dyn Store, object: &ObjectMeta, link: &Link) -> Re
     let body_md5 = md5_hex(link.body.as_bytes());
     let same_body = match &object.md5 {
         Some(md5) => *md5 == body_md5,
-        None => store.get(&object.key).await?.as_deref() == Some(link.body.as_bytes()),
+        None => {
+            get_small(store, &object.key, Small::Link).await?.as_deref()
+                == Some(link.body.as_bytes())
+        }
     };
     if !same_body {
         return Ok(false);
@@ -97,24 +97,21 @@ async fn is_identical(store: &dyn Store, object: &ObjectMeta, link: &Link) -> Re
 /// was started, if it has none): `Some(0)` when there is none.
 async fn last_part_received(store: &dyn Store, revision: &Revision) -> Result<Option<i64>> {
     let key = revision.store_key();
-    let mut newest = Some(0);
+    let mut times = vec![Some(0)];
     for upload in store.list_uploads(&key).await? {
         if upload.key != key {
             continue;
         }
         let parts = store.list_parts(&key, &upload.upload_id).await?;
-        let times = parts
-            .unwrap_or_default()
-            .iter()
-            .map(|part| part.received_at)
-            .chain([upload.initiated])
-            .collect::<Option<Vec<i64>>>();
-        newest = match (newest, times) {
-            (Some(newest), Some(times)) => Some(times.into_iter().fold(newest, i64::max)),
-            _ => None,
-        };
+        times.extend(
+            parts
+                .unwrap_or_default()
+                .iter()
+                .map(|part| part.received_at),
+        );
+        times.push(upload.initiated);
     }
-    Ok(newest)
+    Ok(newest_time(times))
 }
 
 /// The revision is this build's, but something of it moved too recently:

@@ -29,7 +29,7 @@ use crate::journal::Journal;
 use crate::layout::{Link, Revision};
 use crate::liveness::Liveness;
 use crate::ownership::{read_journal, JournalHandle, Takeover};
-use crate::storage::{Created, ObjectInfo, PutMode, Store};
+use crate::storage::{get_small, Created, ObjectInfo, PutMode, Small, Store};
 use crate::workdir::LocalRevision;
 
 pub use bookkeeping::{Bookkeeping, Finishers};
@@ -646,7 +646,10 @@ async fn links_complete(store: &dyn Store, revision: &Revision, links: &[Link]) 
     // A link that cannot be read is a store error, never a missing link.
     let differs: Vec<bool> = futures::stream::iter(links)
         .map(|link| async move {
-            Ok::<_, Error>(store.get(&link.key).await?.as_deref() != Some(link.body.as_bytes()))
+            Ok::<_, Error>(
+                get_small(store, &link.key, Small::Link).await?.as_deref()
+                    != Some(link.body.as_bytes()),
+            )
         })
         .buffer_unordered(32)
         .try_collect()

@@ -15,7 +15,8 @@ use crate::failpoint::failpoint;
 use crate::journal::{Journal, SHA256_METADATA};
 use crate::layout::Link;
 use crate::ownership::JournalHandle;
-use crate::storage::{md5_hex_off_thread, Created, Store, UploadedPart};
+use crate::record::Evidence;
+use crate::storage::{get_small, md5_hex_off_thread, Created, Small, Store, UploadedPart};
 use crate::tarball::{self, Part};
 use crate::workdir::{FileIdentity, LocalRevision};
 
@@ -64,7 +65,8 @@ pub(super) async fn finish_published(
             report.keys_written.len()
         );
     }
-    commit(store, handle, report.tarball_sha256.as_deref()).await?;
+    let evidence = Evidence::Found(Some(&tarball));
+    commit(store, handle, report.tarball_sha256.as_deref(), evidence).await?;
     Ok(report)
 }
 
@@ -73,11 +75,16 @@ pub(super) async fn finish_published(
 /// between them is rolled forward either way), then retire the journal.
 /// Another owner that took the journal over meanwhile finishes it the same
 /// way (see [`JournalHandle::mark_committed`]).
-async fn commit(store: &dyn Store, handle: &JournalHandle, sha256: Option<&str>) -> Result<()> {
+async fn commit(
+    store: &dyn Store,
+    handle: &JournalHandle,
+    sha256: Option<&str>,
+    evidence: Evidence<'_>,
+) -> Result<()> {
     let journal = handle.snapshot().await;
     let (marked, recorded, aborted) = tokio::join!(
         handle.mark_committed(),
-        write_record(store, &journal, sha256),
+        write_record(store, &journal, sha256, evidence),
         abort_staged_uploads(store, &journal, false)
     );
     marked?;
@@ -98,13 +105,16 @@ async fn commit_as_asked(
 ) -> Result<Report> {
     let sha256 = report.tarball_sha256.clone();
     match &options.bookkeeping {
-        Bookkeeping::BeforeReport => commit(&**store, handle, sha256.as_deref()).await?,
+        Bookkeeping::BeforeReport => {
+            commit(&**store, handle, sha256.as_deref(), Evidence::PublishedHere).await?
+        }
         Bookkeeping::Background(finishers) => {
             let (store, handle) = (store.clone(), handle.clone());
             let journal_key = handle.key().to_string();
             let task = crate::machine::spawn(async move {
                 let _renewals = handle.keep_alive();
-                if let Err(err) = commit(&*store, &handle, sha256.as_deref()).await {
+                let evidence = Evidence::PublishedHere;
+                if let Err(err) = commit(&*store, &handle, sha256.as_deref(), evidence).await {
                     warn!(
                         "{} is published, but finishing its journal failed: {err}; \
                          `alitx resume` or the next upload of it finishes it",
@@ -118,14 +128,16 @@ async fn commit_as_asked(
     Ok(report)
 }
 
-/// Leave the publication record of a committed transaction.
+/// Leave the publication record of a committed transaction, if `evidence`
+/// bears the journal out (see [`crate::record::write`]).
 pub(super) async fn write_record(
     store: &dyn Store,
     journal: &Journal,
     sha256: Option<&str>,
+    evidence: Evidence<'_>,
 ) -> Result<()> {
     match sha256 {
-        Some(sha256) => crate::record::write(store, journal, sha256).await,
+        Some(sha256) => crate::record::write(store, journal, sha256, evidence).await,
         None => {
             warn!(
                 "{} is published, but its SHA-256 is not known here: no publication record written",
@@ -466,7 +478,9 @@ async fn put_link(
     if info.as_ref().is_some_and(|info| is_ours(info, journal)) {
         return Ok(false);
     }
-    if identical_ok && store.get(&link.key).await?.as_deref() == Some(link.body.as_bytes()) {
+    if identical_ok
+        && get_small(store, &link.key, Small::Link).await?.as_deref() == Some(link.body.as_bytes())
+    {
         return Ok(false);
     }
     Err(Error::conflict(format!(
@@ -572,16 +586,16 @@ fn tokio_stream_from<T: Send + 'static>(
 
 /// Retire the journal of a committed transaction (its revision is
 /// published and final), after leaving its publication record if the
-/// process that committed it died first.
+/// process that committed it died first and the store's tarball bears the
+/// journal out.
 pub async fn retire_committed(store: &dyn Store, journal: &Journal, prefix: &str) -> Result<()> {
-    let sha256 = match &journal.tarball.sha256 {
-        Some(sha256) => Some(sha256.clone()),
-        None => store
-            .head(&journal.tarball.key)
-            .await?
-            .and_then(|info| info.metadata.get(SHA256_METADATA).cloned()),
-    };
-    write_record(store, journal, sha256.as_deref()).await?;
+    let tarball = store.head(&journal.tarball.key).await?;
+    let sha256 = journal.tarball.sha256.clone().or_else(|| {
+        let info = tarball.as_ref()?;
+        info.metadata.get(SHA256_METADATA).cloned()
+    });
+    let evidence = Evidence::Found(tarball.as_ref());
+    write_record(store, journal, sha256.as_deref(), evidence).await?;
     store
         .delete(&Journal::key_of(prefix, &journal.revision))
         .await

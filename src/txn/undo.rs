@@ -14,7 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::journal::Journal;
 use crate::layout::Link;
 use crate::ownership::JournalHandle;
-use crate::storage::Store;
+use crate::storage::{get_small, Small, Store};
 
 use super::plan::{FailureFacts, JournalNow, Tarball};
 use super::{is_ours, Report, Status};
@@ -163,7 +163,8 @@ pub async fn rollback_keys(store: &dyn Store, journal: &Journal) -> Result<Vec<S
     for link in rollback_order(journal) {
         let info = store.head(&link.key).await?;
         if info.is_some_and(|info| is_ours(&info, journal))
-            && store.get(&link.key).await?.as_deref() == Some(link.body.as_bytes())
+            && get_small(store, &link.key, Small::Link).await?.as_deref()
+                == Some(link.body.as_bytes())
         {
             ours.push(link.key.clone());
         }

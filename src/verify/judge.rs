@@ -8,7 +8,7 @@ use crate::error::{ErrorKind, Result};
 use crate::journal::SHA256_METADATA;
 use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
 use crate::record::{self, LinksDigest, Record};
-use crate::storage::md5_hex;
+use crate::storage::{get_small, md5_hex, Small};
 
 impl Reader {
     /// The verdict on one revision; `None` if it is not published.
@@ -67,7 +67,7 @@ impl Reader {
         let (link_body, record) = tokio::join!(
             async {
                 match candidate.has_package_link {
-                    true => store.get(&link_key).await,
+                    true => get_small(store, &link_key, Small::Link).await,
                     false => Ok(None),
                 }
             },
@@ -245,7 +245,9 @@ impl Reader {
                 Some(found) => {
                     // Read unless the listed MD5 is that of the exact body.
                     let names_it = found.md5.as_deref() == Some(&own_body_md5) || {
-                        let body = self.store.get(&own.key).await?.unwrap_or_default();
+                        let body = get_small(&*self.store, &own.key, Small::Link)
+                            .await?
+                            .unwrap_or_default();
                         layout::link_target(&revision.architecture, LinkKind::Dist, &body)
                             .is_some_and(|target| target == store_key)
                     };

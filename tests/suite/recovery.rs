@@ -830,3 +830,94 @@ fn resume_reports_rolled_back_only_when_it_undid_the_transaction() {
         assert!(list_journals(&store.spec()).as_array().unwrap().is_empty());
     }
 }
+
+/// A committed journal read back is a claim, not evidence. One whose
+/// tarball size and SHA-256 are not those of the published tarball (stale,
+/// or forged) leaves the revision's good record alone; one written for a
+/// stock-published revision (its tarball carries no transaction of alitx)
+/// leaves no record. `resume` retires each with a warning, and `verify`
+/// finds both tarballs intact.
+#[test]
+fn a_committed_journal_the_store_contradicts_writes_no_record() {
+    use sha2::Digest;
+    let rt = runtime();
+    each_backend(|kind, store| {
+        let wd = WorkDir::chain(3, 1 << 10);
+        for i in 0..2 {
+            assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
+        }
+        // Package 2 as stock aliBuild publishes it: no alitx metadata.
+        let stock = wd.pkgs[2].revision();
+        rt.block_on(async {
+            let backend = store.open().await;
+            let local = alitx::workdir::read_revision(wd.path(), stock.clone()).unwrap();
+            for link in &local.links {
+                backend
+                    .put_link_if_absent(link, &Default::default())
+                    .await
+                    .unwrap();
+            }
+            let tarball = std::fs::read(wd.tarball_path(2)).unwrap();
+            store.put_foreign(&stock.store_key(), &tarball).await;
+        });
+        let published = rt.block_on(store.snapshot());
+        let records = rt.block_on(store.records());
+        assert_eq!(records.len(), 2, "{kind}");
+
+        let committed_journal = |i: usize, txn: String, sha256: String, size: u64| {
+            let rev = wd.pkgs[i].revision();
+            let local = alitx::workdir::read_revision(wd.path(), rev.clone()).unwrap();
+            let mut journal = Journal::new(
+                txn,
+                &rev,
+                local.tarball,
+                &local.links,
+                8 << 20,
+                std::time::Duration::from_secs(60),
+            );
+            journal.state = alitx::journal::State::Committed;
+            journal.tarball.sha256 = Some(sha256);
+            journal.tarball.size = size;
+            journal.owner.host = "build-node-gone".into();
+            journal.lease_expires_at = alitx::now_secs() - 60;
+            rt.block_on(async {
+                let key = Journal::key_of(alitx::journal::DEFAULT_PREFIX, &rev);
+                let metadata = journal.journal_metadata();
+                let backend = store.open().await;
+                backend
+                    .put(&key, journal.to_bytes(), &metadata, PutMode::Overwrite)
+                    .await
+                    .unwrap();
+            });
+        };
+        // Package 1's own transaction, but other bytes than it published.
+        let txn = rt.block_on(async {
+            let info = store
+                .open()
+                .await
+                .head(&wd.pkgs[1].revision().store_key())
+                .await;
+            info.unwrap().unwrap().metadata[alitx::journal::TXN_METADATA].clone()
+        });
+        let size = std::fs::metadata(wd.tarball_path(1)).unwrap().len();
+        committed_journal(1, txn, "0b".repeat(32), size + 1);
+        // Package 2's exact bytes, under a transaction that never wrote it.
+        let tarball = std::fs::read(wd.tarball_path(2)).unwrap();
+        let sha256 = hex::encode(sha2::Sha256::digest(&tarball));
+        committed_journal(2, "forged01".into(), sha256, tarball.len() as u64);
+
+        let out = alitx(&store.cmd("resume", &[]));
+        assert_exit(&out, 0);
+        let err = stderr(&out);
+        assert_eq!(
+            err.matches("no publication record written").count(),
+            2,
+            "{kind}: {err}"
+        );
+        assert!(!err.contains("replacing it"), "{kind}: {err}");
+        assert_eq!(rt.block_on(store.snapshot()), published, "{kind}");
+        assert_eq!(rt.block_on(store.records()), records, "{kind}");
+        assert!(list_journals(&store.spec()).as_array().unwrap().is_empty());
+        assert_exit(&alitx(&store.cmd("verify", &[])), 0);
+    });
+}

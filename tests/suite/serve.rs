@@ -179,3 +179,110 @@ fn killed_it_leaves_what_a_killed_upload_leaves() {
         }
     }
 }
+
+/// `alitx serve-uploads` fed one line at a time: `between(i)` runs once the
+/// answer to line `i` is read, before the next line is written. The
+/// answers, and how the process ended.
+fn serve_in_turn(
+    lines: &[Vec<u8>],
+    env: &[(&str, &str)],
+    mut between: impl FnMut(usize),
+) -> (Vec<serde_json::Value>, Output) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_alitx"))
+        .arg("serve-uploads")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut answers = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        input.write_all(line).unwrap();
+        input.write_all(b"\n").unwrap();
+        input.flush().unwrap();
+        let mut answer = String::new();
+        if output.read_line(&mut answer).unwrap() == 0 {
+            break;
+        }
+        answers.push(serde_json::from_str(&answer).unwrap());
+        between(i);
+    }
+    drop(input);
+    (answers, child.wait_with_output().unwrap())
+}
+
+/// An upload that fails inside serve-uploads (its tarball cannot be
+/// written: on S3 its PUT is never answered and `--timeout` stops it,
+/// locally a file stands where its directory goes) leaves its journal
+/// owned by the process itself; the same line again, once the store is
+/// whole, takes the journal over at once and publishes the revision
+/// exactly. A line that is not UTF-8 gets an error answer and ends nothing.
+#[test]
+fn a_failed_upload_is_retried_in_the_same_process_and_bad_bytes_end_nothing() {
+    use crate::common::proxy::{Fault, Faults, Match, Proxy, Rule};
+    each_backend(|kind, store| {
+        let wd = WorkDir::chain(1, 0);
+        let rev = wd.pkgs[0].revision();
+        let proxy = (kind == "s3").then(|| {
+            Proxy::start(Faults::only(Rule::nth(
+                1,
+                Match::method("PUT").path_contains("/store/"),
+                Fault::NeverAnswer,
+            )))
+        });
+        let blocker = (kind == "local").then(|| {
+            let key = rev.store_key();
+            let dir = store.root().join(&key[..key.rfind('/').unwrap()]);
+            let blocker = dir.parent().unwrap().to_path_buf();
+            std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+            std::fs::write(&blocker, b"in the way").unwrap();
+            blocker
+        });
+        let mut extra = vec!["--timeout", "5"];
+        let url = proxy.as_ref().map(|p| p.url());
+        if let Some(url) = &url {
+            extra.extend(["--endpoint-url", url]);
+        }
+        let upload = line(&wd, 0, &store, &extra).into_bytes();
+        let lines = [
+            b"[\"--work-dir\", \"\xff\xfe\"]".to_vec(),
+            upload.clone(),
+            upload,
+        ];
+        let env = [("ALITX_TAKEOVER_SETTLE_MS", "200")];
+        let (answers, out) = serve_in_turn(&lines, &env, |i| {
+            if i == 1 {
+                if let Some(blocker) = &blocker {
+                    std::fs::remove_file(blocker).unwrap();
+                }
+            }
+        });
+        assert_exit(&out, 0);
+        let statuses: Vec<&str> = answers
+            .iter()
+            .map(|a| a["status"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(
+            statuses,
+            ["error", "error", "committed"],
+            "{kind}: {answers:?}\n{}",
+            stderr(&out)
+        );
+        assert_eq!(answers[0]["exit_code"], 1, "{kind}: {}", answers[0]);
+        assert!(
+            answers[0]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not UTF-8"),
+            "{kind}: {}",
+            answers[0]
+        );
+        assert_ne!(answers[1]["exit_code"], 0, "{kind}: {}", answers[1]);
+        assert_exact(&store, &wd, &[0], kind);
+        assert!(list_journals(&store.spec()).as_array().unwrap().is_empty());
+    });
+}

@@ -234,20 +234,25 @@ fn unpublish_refuses_while_other_revisions_depend_on_it() {
     });
 }
 
-/// aliBuild's readers strip a trailing newline from a package link body
-/// and accept a leading `../../`: `check` and `verify` read such a body
-/// alike (the revision is complete and verified, no `--unpublish`).
+/// aliBuild's readers strip a trailing line end (`\n`, `\r\n`) from a
+/// package link body and accept a leading `../../`, `./` or `/`: `check`
+/// and `verify` read such a body alike (the revision is complete and
+/// verified, no `--unpublish`).
 #[test]
 fn check_and_verify_read_package_link_bodies_as_alibuild_does() {
     let rt = runtime();
     each_backend(|kind, store| {
-        let wd = WorkDir::chain(2, 0);
-        for i in 0..2 {
+        let wd = WorkDir::chain(5, 0);
+        for i in 0..5 {
             assert_exit(&alitx(&wd.upload_args(i, &store)), 0);
         }
+        let body = |i: usize| wd.pkgs[i].revision().package_link().body;
         let bodies = [
-            format!("{}\n", wd.pkgs[0].revision().package_link().body),
-            format!("../../{}", wd.pkgs[1].revision().package_link().body),
+            format!("{}\n", body(0)),
+            format!("../../{}", body(1)),
+            format!("{}\r\n", body(2)),
+            format!("./{}", body(3)),
+            format!("/{}", body(4)),
         ];
         for (i, body) in bodies.iter().enumerate() {
             let key = wd.pkgs[i].revision().package_link().key;
@@ -259,11 +264,11 @@ fn check_and_verify_read_package_link_bodies_as_alibuild_does() {
         let out = run(&store, &["check", "--json"]);
         assert_exit(&out, 0);
         let report = json(&out);
-        assert_eq!(report["summary"]["complete"], 2, "{kind}: {report}");
+        assert_eq!(report["summary"]["complete"], 5, "{kind}: {report}");
         let out = run(&store, &["verify", "--json"]);
         assert_exit(&out, 0);
         let report = json(&out);
-        assert_eq!(report["summary"]["verified"], 2, "{kind}: {report}");
+        assert_eq!(report["summary"]["verified"], 5, "{kind}: {report}");
         let out = run(&store, &["verify"]);
         assert_exit(&out, 0);
         assert!(!String::from_utf8_lossy(&out.stdout).contains("--unpublish"));

@@ -317,6 +317,38 @@ fn a_rebuild_of_the_same_hash_completes_a_revision_left_unpublished() {
     });
 }
 
+/// A stock upload to a local-directory store killed after its links
+/// leaves its package link and every dist link as the relative symlinks
+/// aliBuild lays out, with no alitx sidecar: the same build with
+/// `--adopt-after 0` completes it (exit 0, adopted) and every key is exact.
+#[test]
+fn a_rebuild_completes_a_stock_upload_killed_in_a_local_store() {
+    let store = runtime().block_on(TestStore::new("local"));
+    let wd = WorkDir::chain(2, 1 << 10);
+    let rev = wd.pkgs[1].revision();
+    let expected = wd.expected([1]);
+    let mut links = 0;
+    for (key, body) in expected.iter().filter(|(key, _)| **key != rev.store_key()) {
+        let body = String::from_utf8(body.clone()).unwrap();
+        let target = match *key == rev.package_link().key {
+            true => format!("../../{body}"),
+            false => format!("../../../../../{body}"),
+        };
+        let path = store.root().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, path).unwrap();
+        links += 1;
+    }
+    assert!(links > 3, "{expected:?}");
+
+    let mut adopt = wd.upload_args(1, &store);
+    adopt.extend(args(&["--adopt-after", "0s", "--json"]));
+    let out = alitx(&adopt);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["adopted"], true, "{}", stderr(&out));
+    assert_exact(&store, &wd, &[1], "adopted");
+}
+
 /// Bad input of every kind: a clear error, exit 1, and an untouched store.
 #[test]
 fn bad_input_is_refused_and_the_store_is_unchanged() {

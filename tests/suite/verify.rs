@@ -560,8 +560,9 @@ fn the_record_is_created_once_and_a_stale_one_is_replaced() {
                 )
             };
             let sha = sha256_of(&wd.tarball_path(0)).unwrap();
+            let here = record::Evidence::PublishedHere;
             let first = journal("txn-one");
-            record::write(&*backend, &first, &sha).await.unwrap();
+            record::write(&*backend, &first, &sha, here).await.unwrap();
             let written = record::read(&*backend, &rev).await.unwrap().unwrap();
             assert_eq!(
                 (written.txn.as_str(), written.sha256.as_str()),
@@ -577,7 +578,7 @@ fn the_record_is_created_once_and_a_stale_one_is_replaced() {
 
             // Again, as a retry would: success, the record untouched.
             tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-            record::write(&*backend, &first, &sha).await.unwrap();
+            record::write(&*backend, &first, &sha, here).await.unwrap();
             assert_eq!(
                 record::read(&*backend, &rev).await.unwrap().unwrap(),
                 written,
@@ -586,7 +587,7 @@ fn the_record_is_created_once_and_a_stale_one_is_replaced() {
 
             // Another transaction's publication of the same revision.
             let other_sha = "ab".repeat(32);
-            record::write(&*backend, &journal("txn-two"), &other_sha)
+            record::write(&*backend, &journal("txn-two"), &other_sha, here)
                 .await
                 .unwrap();
             let replaced = record::read(&*backend, &rev).await.unwrap().unwrap();

@@ -233,10 +233,10 @@ impl LocalFs {
             Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(Error::io(path.display(), e)),
         };
-        let (metadata, website_redirect) = self
-            .read_sidecar(key, &identity)
-            .map(|s| (s.metadata, s.website_redirect))
-            .unwrap_or_default();
+        let (metadata, website_redirect) = match self.read_sidecar(key, &identity) {
+            Some(sidecar) => (sidecar.metadata, sidecar.website_redirect),
+            None => (Metadata::new(), implied_redirect(&meta, &path)?),
+        };
         Ok(Some(ObjectInfo {
             size: size_of(&meta, &path)?,
             metadata,
@@ -424,6 +424,18 @@ fn link_body(path: &Path) -> Result<String> {
     Ok(body)
 }
 
+/// The redirect of an object without a sidecar: a symlink that stock
+/// aliBuild (or anything but alitx) left, naming a key of the store
+/// (`TARS/...`, as a dist link does), redirects there, as that link's S3
+/// object does; anything else does not.
+fn implied_redirect(meta: &fs::Metadata, path: &Path) -> Result<Option<String>> {
+    if !meta.file_type().is_symlink() {
+        return Ok(None);
+    }
+    let body = link_body(path)?;
+    Ok(body.starts_with("TARS/").then(|| format!("/{body}")))
+}
+
 /// A listed object's size and modification time, and for a link the MD5 of
 /// its body (a plain file would have to be read for it); `None` if it was
 /// deleted since the directory was read.
@@ -469,4 +481,38 @@ fn is_missing(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The symlinks stock aliBuild leaves have no sidecar: a dist link
+    /// redirects to the key it names, a package link (relative to `TARS/`)
+    /// does not.
+    #[test]
+    fn a_stock_symlink_redirects_where_it_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalFs::new(dir.path().to_path_buf());
+        let tarball = "TARS/a/store/cd/cdcd/p-v-1.a.tar.gz";
+        for (key, target, redirect) in [
+            (
+                "TARS/a/dist/p/p-v-1/p-v-1.a.tar.gz",
+                format!("../../../../../{tarball}"),
+                Some(format!("/{tarball}")),
+            ),
+            (
+                "TARS/a/p/p-v-1.a.tar.gz",
+                "../../a/store/cd/cdcd/p-v-1.a.tar.gz".to_string(),
+                None,
+            ),
+        ] {
+            let path = dir.path().join(key);
+            fs::create_dir_all(parent(&path)).unwrap();
+            symlink(target, &path).unwrap();
+            let info = store.head(key).unwrap().unwrap();
+            assert_eq!(info.website_redirect, redirect, "{key}");
+            assert!(info.metadata.is_empty(), "{key}");
+        }
+    }
 }
