@@ -201,7 +201,7 @@ pub async fn scan(store: &dyn Store, options: &ScanOptions) -> Result<CheckRepor
     let mut revisions = classify(found, &journals, now, options);
     revisions.sort_by(|a, b| (&a.architecture, &a.tarball).cmp(&(&b.architecture, &b.tarball)));
     let stale_uploads =
-        stale_uploads(store, &architectures, &all_journals, &known, now, options).await?;
+        stale_uploads(store, &all_journals, &known, now, options).await?;
     requests += 1;
 
     let count = |state: State| revisions.iter().filter(|r| r.state == state).count();
@@ -252,13 +252,13 @@ fn selected_journals(all: &[JournalEntry], options: &ScanOptions) -> Vec<Journal
         .collect()
 }
 
-/// Staged uploads under the scanned architectures older than the threshold.
-/// Each is matched to a pending journal (of any package) by key and upload
+/// Staged uploads of the scanned architecture (`--architecture`, else any:
+/// an upload killed before it wrote anything else has no `TARS/<arch>/`
+/// listing to be found through) older than the threshold. Each is matched to a pending journal (of any package) by key and upload
 /// id; with `--package`, an upload belongs to the package of its journal,
 /// or, with none, to the package its tarball name names.
 async fn stale_uploads(
     store: &dyn Store,
-    architectures: &[String],
     journals: &[JournalEntry],
     known: &BTreeSet<(String, String)>,
     now: i64,
@@ -270,7 +270,7 @@ async fn stale_uploads(
         .into_iter()
         .filter_map(|u| {
             let arch = u.key.split('/').nth(1).unwrap_or("").to_string();
-            if !architectures.contains(&arch) {
+            if options.architecture.as_ref().is_some_and(|a| *a != arch) {
                 return None;
             }
             let journal = journals.iter().find_map(|entry| {
