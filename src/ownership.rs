@@ -125,7 +125,12 @@ impl JournalHandle {
         let Some(current) = read_journal(&*store, prefix, key).await? else {
             return Ok(Takeover::Retired);
         };
-        let previous_owner = current.liveness();
+        // An owner that is this very process without a handle on the
+        // journal (see [`abandoned_here`]) is as gone as a dead one.
+        let previous_owner = match current.liveness() {
+            Liveness::Live if abandoned_here(&current.owner) => Liveness::OwnerDead,
+            liveness => liveness,
+        };
         if !force && previous_owner == Liveness::Live {
             return Ok(Takeover::Busy(Box::new(current)));
         }
@@ -305,12 +310,17 @@ impl JournalHandle {
 
     /// Renew the lease every third of its length until the returned guard
     /// is dropped. A renewal that fails or finds another owner marks the
-    /// ownership lost: the next [`confirm`](Self::confirm) fails.
+    /// ownership lost: the next [`confirm`](Self::confirm) fails. Between
+    /// renewals the task holds no handle, so that the journal counts as let
+    /// go of ([`abandoned_here`]) as soon as its upload drops its own.
     pub fn keep_alive(self: &Arc<Self>) -> KeepAlive {
-        let handle = self.clone();
+        let (weak, lease) = (Arc::downgrade(self), self.lease);
         KeepAlive(crate::machine::spawn(async move {
             loop {
-                tokio::time::sleep(handle.lease / 3).await;
+                tokio::time::sleep(lease / 3).await;
+                let Some(handle) = weak.upgrade() else {
+                    return;
+                };
                 if let Err(e) = handle.update(|j| j.renewals += 1).await {
                     warn!("renewing the lease on {}: {e}", handle.key);
                     // A store that does not answer is a store error, not a

@@ -200,8 +200,7 @@ pub async fn scan(store: &dyn Store, options: &ScanOptions) -> Result<CheckRepor
     let known = known_packages(&found);
     let mut revisions = classify(found, &journals, now, options);
     revisions.sort_by(|a, b| (&a.architecture, &a.tarball).cmp(&(&b.architecture, &b.tarball)));
-    let stale_uploads =
-        stale_uploads(store, &all_journals, &known, now, options).await?;
+    let stale_uploads = stale_uploads(store, &all_journals, &known, now, options).await?;
     requests += 1;
 
     let count = |state: State| revisions.iter().filter(|r| r.state == state).count();
