@@ -43,7 +43,7 @@ fn main() {
         let done = seed - from + 1;
         if done % 100 == 0 || done == seeds {
             eprintln!(
-                "{done}/{seeds} seeds, {} failed, {:.0} seeds/s",
+                "{done}/{seeds} seeds, {} with invariant violations, {:.0} seeds/s",
                 failed.len(),
                 done as f64 / started.elapsed().as_secs_f64()
             );

@@ -348,11 +348,14 @@ fn acquired() -> &'static std::sync::Mutex<HashMap<String, bool>> {
 /// journal any more: an upload of this process failed and left it (as one
 /// of `serve-uploads` does, which goes on), and nothing here works on it.
 pub fn abandoned_here(owner: &Owner) -> bool {
-    acquired()
-        .lock()
-        .expect("acquired journals")
-        .get(&owner.token)
-        == Some(&false)
+    let machine = crate::machine::current();
+    let this_process = owner.pid == machine.pid() && machine.pid_scope().can_check(owner);
+    this_process
+        && acquired()
+            .lock()
+            .expect("acquired journals")
+            .get(&owner.token)
+            == Some(&false)
 }
 
 /// A journal held by this process, from its acquisition until the handle
