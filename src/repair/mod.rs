@@ -379,19 +379,7 @@ fn locked_revision(revision: &RevisionReport, tarballs: &[String]) -> Result<Rev
         .as_deref()
         .or(named_hash)
         .unwrap_or(UNKNOWN_HASH);
-    match (&revision.version, &revision.revision) {
-        (Some(version), Some(number)) => Revision::new(
-            &revision.architecture,
-            &revision.package,
-            version,
-            number,
-            hash,
-        ),
-        _ => Err(Error::input(format!(
-            "{}: its version or revision is not known",
-            revision.id()
-        ))),
-    }
+    revision_with_hash(revision, Some(hash))
 }
 
 /// The revision, as the deletion guard takes it.
@@ -477,7 +465,12 @@ async fn restore_links(
 
 /// The revision a published report describes.
 fn published_revision(revision: &RevisionReport) -> Result<Revision> {
-    match (&revision.version, &revision.revision, &revision.hash) {
+    revision_with_hash(revision, revision.hash.as_deref())
+}
+
+/// The revision `revision` reports, under `hash`.
+fn revision_with_hash(revision: &RevisionReport, hash: Option<&str>) -> Result<Revision> {
+    match (&revision.version, &revision.revision, hash) {
         (Some(version), Some(number), Some(hash)) => Revision::new(
             &revision.architecture,
             &revision.package,
