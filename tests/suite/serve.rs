@@ -7,20 +7,25 @@
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use crate::common::*;
 
-/// `alitx serve-uploads` fed `lines` (then end of input), with `env`.
-fn serve(lines: &[String], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alitx"))
+/// `alitx serve-uploads` started with `env`, its three streams piped.
+fn spawn_serve(env: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_alitx"))
         .arg("serve-uploads")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// `alitx serve-uploads` fed `lines` (then end of input), with `env`.
+fn serve(lines: &[String], env: &[(&str, &str)]) -> Output {
+    let mut child = spawn_serve(env);
     let mut input = child.stdin.take().unwrap();
     for line in lines {
         // A killed process reads no further: a broken pipe is expected then.
@@ -189,14 +194,7 @@ fn serve_in_turn(
     mut between: impl FnMut(usize),
 ) -> (Vec<serde_json::Value>, Output) {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alitx"))
-        .arg("serve-uploads")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(env);
     let mut input = child.stdin.take().unwrap();
     let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut answers = Vec::new();
