@@ -19,6 +19,7 @@
 use crate::error::Result;
 use crate::journal::TXN_METADATA;
 use crate::layout::{self, LinkKind, DIST_DIRS};
+use crate::ownership::JournalHandle;
 use crate::storage::{get_small, ObjectInfo, Small, Store};
 
 /// A revision as every deleter can name it, its hash known or not.
@@ -110,12 +111,15 @@ pub enum Deletion {
 }
 
 /// Delete `key`, an object of the revision whose possible store tarballs
-/// are `tarballs` ([`revision_tarballs`]), if the rule allows.
+/// are `tarballs` ([`revision_tarballs`]), if the rule allows; as `owner`
+/// of the revision's journal ([`JournalHandle::delete_as_owner`]) where
+/// the deleter holds it.
 pub async fn delete_unpublished(
     store: &dyn Store,
     tarballs: &[String],
     key: &str,
     deleter: Deleter<'_>,
+    owner: Option<&JournalHandle>,
 ) -> Result<Deletion> {
     if published(store, tarballs).await?.is_some() {
         return Ok(Deletion::Published);
@@ -133,7 +137,10 @@ pub async fn delete_unpublished(
             return Ok(Deletion::NotOurs);
         }
     }
-    store.delete(key).await?;
+    match owner {
+        Some(handle) => handle.delete_as_owner(key).await?,
+        None => store.delete(key).await?,
+    }
     Ok(Deletion::Deleted)
 }
 

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Owner, State, OWNER_METADATA};
 use crate::liveness::Liveness;
-use crate::storage::{get_small, PutMode, Small, Store};
+use crate::storage::{get_small, PutMode, Sent, Small, Store};
 
 /// How long a takeover waits between writing itself in as owner and
 /// reading the journal back: longer than one journal write takes, so that
@@ -37,6 +37,19 @@ pub fn settle_time() -> Duration {
         .unwrap_or(1000);
     Duration::from_millis(ms)
 }
+
+/// How long after the start of the read that proved ownership a delete may
+/// still be sent: half the settle time. A delete sent within it lands before
+/// a process that took the journal over meanwhile has ended its settle
+/// (every request lands well within the other half, or never), so no
+/// deleter's late delete meets what the new owner writes after it.
+fn send_window() -> Duration {
+    settle_time() / 2
+}
+
+/// How many times a delete re-proves ownership before it gives up on a
+/// store (or a process) too slow to send it within [`send_window`].
+const DELETE_ATTEMPTS: usize = 5;
 
 /// Read and validate the journal at `key`, if there is one. A HEAD comes
 /// first: a missing journal is the common case at the start of an upload,
@@ -258,6 +271,29 @@ impl JournalHandle {
             ))),
             Some(_) => Ok(()),
         }
+    }
+
+    /// Delete `key` as the journal's owner: confirm ownership, then send the
+    /// delete only within [`send_window`] of the confirming read's start,
+    /// by the monotonic clock (a process frozen in between proves it again).
+    pub async fn delete_as_owner(&self, key: &str) -> Result<()> {
+        for _ in 0..DELETE_ATTEMPTS {
+            let proof = tokio::time::Instant::now();
+            self.confirm().await?;
+            if self.store.delete_before(key, proof + send_window()).await? == Sent::Yes {
+                return Ok(());
+            }
+            debug!(
+                "{key}: ownership of {} proven too long ago to delete; proving it again",
+                self.key
+            );
+        }
+        Err(Error::store(format!(
+            "{key} was not deleted: {DELETE_ATTEMPTS} times in a row, proving that this process still owns {} \
+             took longer than {} ms; run the command again when the store answers faster",
+            self.key,
+            send_window().as_millis()
+        )))
     }
 
     /// Change the journal and write it, after confirming ownership; a

@@ -335,7 +335,7 @@ async fn delete_keys(
 }
 
 /// The deletes themselves, under the claimed journal `handle`: ownership
-/// confirmed before each; at the end, a tarball of the revision found
+/// proven right before each; at the end, a tarball of the revision found
 /// published (now named by its links or expected) puts back what went.
 async fn delete_claimed(
     store: &dyn Store,
@@ -346,10 +346,11 @@ async fn delete_claimed(
 ) -> Result<Deletes> {
     let _renewals = handle.keep_alive();
     for key in &revision.keys {
-        handle.confirm().await?;
         let deletion = match tarballs.is_empty() {
-            false => delete_unpublished(store, tarballs, key, Deleter::Repair).await?,
-            true => delete_naming_nothing(store, revision, key).await?,
+            false => {
+                delete_unpublished(store, tarballs, key, Deleter::Repair, Some(handle)).await?
+            }
+            true => delete_naming_nothing(store, revision, key, handle).await?,
         };
         match deletion {
             Deletion::Deleted => deleted.push(key.clone()),
@@ -406,6 +407,7 @@ async fn delete_naming_nothing(
     store: &dyn Store,
     revision: &RevisionReport,
     key: &str,
+    owner: &JournalHandle,
 ) -> Result<Deletion> {
     let Some(body) = get_small(store, key, Small::Link).await? else {
         return Ok(Deletion::Missing);
@@ -419,7 +421,7 @@ async fn delete_naming_nothing(
             revision.id()
         )));
     }
-    store.delete(key).await?;
+    owner.delete_as_owner(key).await?;
     Ok(Deletion::Deleted)
 }
 

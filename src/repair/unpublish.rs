@@ -74,11 +74,7 @@ pub async fn unpublish(
     if !dry_run {
         let handle = claim(store.clone(), revision, options).await?;
         for key in &keys {
-            let deletion = match handle.confirm().await {
-                Ok(()) => store.delete(key).await,
-                Err(e) => Err(e),
-            };
-            match deletion {
+            match handle.delete_as_owner(key).await {
                 Ok(()) => deleted.push(key.clone()),
                 Err(e) => {
                     failure = Some(e);

@@ -231,6 +231,14 @@ pub struct PendingUpload {
 
 /// The storage primitives of the protocol. Keys are `/`-separated relative
 /// paths such as `TARS/<arch>/store/...`; callers validate them.
+/// Whether a request with a deadline was sent ([`Store::delete_before`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Yes,
+    /// The deadline had passed: nothing was sent.
+    TooLate,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
     /// Where this store is, for messages: never includes credentials.
@@ -267,6 +275,16 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Delete `key`; deleting a missing key succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Delete `key` only if the request leaves before `deadline`, as
+    /// checked right before it is sent: a process that stalled (frozen,
+    /// starved) since its last proof of ownership sends nothing.
+    async fn delete_before(&self, key: &str, deadline: tokio::time::Instant) -> Result<Sent> {
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Sent::TooLate);
+        }
+        self.delete(key).await.map(|()| Sent::Yes)
+    }
 
     /// One level under `prefix` (empty, or ending in `/`), both parts
     /// sorted: like S3's ListObjectsV2 with delimiter `/`. With `recursive`,

@@ -64,16 +64,13 @@ struct Deleted {
 
 /// Delete, in rollback order (dist links, then the package link that
 /// frees the revision number), every link of `journal` that is still its
-/// own, with `confirm` before each delete.
-async fn delete_own_links<F, Fut>(
+/// own: as the journal's `owner` where this process holds it, proving
+/// ownership right before each delete.
+async fn delete_own_links(
     store: &dyn Store,
     journal: &Journal,
-    confirm: F,
-) -> Result<Deleted>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
+    owner: Option<&JournalHandle>,
+) -> Result<Deleted> {
     let mut deleted = Deleted {
         keys: Vec::new(),
         published: false,
@@ -84,12 +81,11 @@ where
         return Ok(deleted);
     }
     for link in rollback_order(journal) {
-        confirm().await?;
         let deleter = Deleter::Txn {
             txn: &journal.txn,
             body: &link.body,
         };
-        match delete_unpublished(store, &tarballs, &link.key, deleter).await? {
+        match delete_unpublished(store, &tarballs, &link.key, deleter, owner).await? {
             Deletion::Deleted => deleted.keys.push(link.key.clone()),
             Deletion::Missing | Deletion::NotOurs => {}
             Deletion::Published => {
@@ -111,7 +107,7 @@ pub(super) async fn roll_back(store: &dyn Store, handle: &JournalHandle) -> Resu
     let journal = handle.snapshot().await;
     let mut report = Report::new(Status::RolledBack, journal.id(), &journal.revision, store);
     report.txn = Some(journal.txn.clone());
-    let deleted = delete_own_links(store, &journal, || handle.confirm()).await?;
+    let deleted = delete_own_links(store, &journal, Some(handle)).await?;
     report.keys_deleted = deleted.keys;
     if deleted.published && !report.keys_deleted.is_empty() {
         // Never "already published, nothing more written": the journal,
@@ -141,7 +137,7 @@ pub(super) async fn roll_back(store: &dyn Store, handle: &JournalHandle) -> Resu
 /// own: those a process wrote after another one rolled the transaction
 /// back. Returns how many went.
 pub(super) async fn sweep_late_links(store: &dyn Store, journal: &Journal) -> Result<usize> {
-    let deleted = delete_own_links(store, journal, || async { Ok(()) }).await?;
+    let deleted = delete_own_links(store, journal, None).await?;
     Ok(deleted.keys.len())
 }
 
