@@ -306,6 +306,7 @@ async fn upload_round(
                 Takeover::Owned(handle) => handle,
             };
             info!("took over abandoned journal {journal_key}");
+            let other_build = handle.snapshot().await.revision != *revision;
             match continue_owned(
                 store.clone(),
                 &handle,
@@ -315,8 +316,12 @@ async fn upload_round(
             )
             .await?
             {
-                // It described other bytes: undone, now publish ours.
-                Ended::Done(report) if report.status == Status::RolledBack => Ok(None),
+                // It described other bytes (undone) or another build
+                // (finished or undone, it is not this upload's outcome):
+                // look again, for ours.
+                Ended::Done(report) if report.status == Status::RolledBack || other_build => {
+                    Ok(None)
+                }
                 Ended::Done(report) => Ok(Some(report)),
                 Ended::Undone { cause, .. } => {
                     warn!("{cause}; starting a new transaction");
