@@ -172,7 +172,9 @@ pub fn aftermath(facts: FailureFacts) -> Aftermath {
             _ => Aftermath::KeepForResume,
         },
         Some(Tarball::Absent) => match facts.kind {
-            ErrorKind::Conflict | ErrorKind::Verification => Aftermath::Undo,
+            // Nothing to resume where another upload holds the revision
+            // (a live one of the same build: a fresh start adopts it later).
+            ErrorKind::Conflict | ErrorKind::Verification | ErrorKind::LiveLease => Aftermath::Undo,
             _ => Aftermath::KeepForResume,
         },
     }

@@ -478,10 +478,23 @@ async fn put_link(
     if info.as_ref().is_some_and(|info| is_ours(info, journal)) {
         return Ok(false);
     }
-    if identical_ok
-        && get_small(store, &link.key, Small::Link).await?.as_deref() == Some(link.body.as_bytes())
-    {
-        return Ok(false);
+    let identical =
+        get_small(store, &link.key, Small::Link).await?.as_deref() == Some(link.body.as_bytes());
+    match (identical, identical_ok) {
+        (true, true) => return Ok(false),
+        // A package link of this very build that appeared since the first
+        // look: another upload of the same build is writing it.
+        (true, false) => {
+            return Err(Error::new(
+                ErrorKind::LiveLease,
+                format!(
+                    "{} was written by another upload of this very build since this one began: \
+                     it may still be running; re-run once it is over, or after --adopt-after, to complete it",
+                    link.key
+                ),
+            ))
+        }
+        (false, _) => {}
     }
     Err(Error::conflict(format!(
         "{} already exists in the store and was not written by this transaction: another build holds revision {} of {}; \
