@@ -8,6 +8,10 @@ mod sim;
 
 use std::time::Instant;
 
+/// How many failing seeds are explained, and listed, at most.
+const EXPLAINED: usize = 5;
+const LISTED: usize = 100;
+
 fn main() {
     let mut seeds = 100u64;
     let mut from = 0u64;
@@ -29,6 +33,14 @@ fn main() {
             _ => usage(&arg),
         }
     }
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The product's own log, to follow a replayed seed step by step.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .without_time()
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let started = Instant::now();
     let mut failed = Vec::new();
     for seed in from..from + seeds {
@@ -37,7 +49,10 @@ fn main() {
             run.log.iter().for_each(|line| println!("{line}"));
         }
         if !run.violations().is_empty() {
-            println!("{}", run.explain(&actors));
+            // The first few are explained in full; every one is listed.
+            if failed.len() < EXPLAINED {
+                println!("{}", run.explain(&actors));
+            }
             failed.push(seed);
         }
         let done = seed - from + 1;
@@ -50,7 +65,12 @@ fn main() {
         }
     }
     if !failed.is_empty() {
-        println!("failing seeds: {failed:?}");
+        let shown: Vec<String> = failed.iter().take(LISTED).map(u64::to_string).collect();
+        let more = match failed.len() > LISTED {
+            true => format!(" and {} more", failed.len() - LISTED),
+            false => String::new(),
+        };
+        println!("failing seeds: {}{more}", shown.join(", "));
         std::process::exit(1);
     }
 }

@@ -47,7 +47,7 @@ use alitx::machine::{self, Machine};
 use alitx::recovery::{self, Selection};
 use alitx::storage::{
     md5_hex, Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, PutMode, Segments,
-    Store, UploadedPart,
+    Sent, Store, UploadedPart,
 };
 use alitx::txn::{self, Options};
 
@@ -66,10 +66,14 @@ pub enum Actor {
     RollbackForce,
     Repair,
     Check,
+    /// A journal that lies, put where none is (a stale copy, a bug, a
+    /// hand edit): a committed one whose tarball digest and size are
+    /// wrong, or a pending one whose hash is another build's.
+    Forger,
 }
 
 impl Actor {
-    pub const ALL: [Actor; 8] = [
+    pub const ALL: [Actor; 9] = [
         Actor::Upload,
         Actor::Conflicting,
         Actor::Stock,
@@ -78,6 +82,7 @@ impl Actor {
         Actor::RollbackForce,
         Actor::Repair,
         Actor::Check,
+        Actor::Forger,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +95,7 @@ impl Actor {
             Actor::RollbackForce => "rollback-force",
             Actor::Repair => "repair",
             Actor::Check => "check",
+            Actor::Forger => "forger",
         }
     }
 
@@ -365,7 +371,10 @@ pub struct Network {
     pub unavailable: u64,
     /// Percent of answers lost after the store applied the request.
     pub lost: u64,
-    /// Percent of requests held up to a minute on the way.
+    /// Percent of answers held up to a minute on their way back (or of
+    /// 503s, before they come). A request itself lands within 200 ms of
+    /// leaving or never: the settle time of a takeover and the send window
+    /// of a delete (docs/protocol.md) are sized on that bound.
     pub slow: u64,
 }
 
@@ -374,6 +383,9 @@ const FAULTY: Network = Network {
     lost: 2,
     slow: 5,
 };
+/// A stock uploader's network: faulty, but never slow enough to make a
+/// running upload look abandoned to repair.
+const STOCK_NETWORK: Network = Network { slow: 0, ..FAULTY };
 const CLEAN: Network = Network {
     unavailable: 0,
     lost: 0,
@@ -507,9 +519,9 @@ impl SimStore {
     ) -> Result<T> {
         self.thawed().await;
         let unavailable = self.rng.lock().unwrap().chance(self.network.unavailable);
-        let on_the_way = self.delay(true);
+        let on_the_way = self.delay(false);
         if unavailable {
-            tokio::time::sleep(on_the_way).await;
+            tokio::time::sleep(self.delay(true)).await;
             return Err(Error::store(format!("{what}: 503 Service Unavailable")));
         }
         let (world, name) = (self.world.clone(), self.process.name.clone());
@@ -518,7 +530,7 @@ impl SimStore {
             op(&mut world.lock().unwrap(), &name)
         });
         let answer = landed.await.expect("a request never panics");
-        tokio::time::sleep(self.delay(false)).await;
+        tokio::time::sleep(self.delay(true)).await;
         self.thawed().await;
         if self.rng.lock().unwrap().chance(self.network.lost) {
             return Err(Error::store(format!("{what}: connection reset")));
@@ -615,6 +627,16 @@ impl Store for SimStore {
             Ok(Created::Yes)
         })
         .await
+    }
+
+    /// The deadline is checked once the process is thawed, right before
+    /// the request leaves, as the product's stores do.
+    async fn delete_before(&self, key: &str, deadline: Instant) -> Result<Sent> {
+        self.thawed().await;
+        if Instant::now() >= deadline {
+            return Ok(Sent::TooLate);
+        }
+        self.delete(key).await.map(|()| Sent::Yes)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -935,10 +957,18 @@ async fn simulate(seed: u64, actors: &[Actor]) -> Run {
             let kill_at = rng
                 .chance(30)
                 .then(|| start + Duration::from_millis(rng.between(0, 5_000)));
+            // Stock aliBuild takes no lock: only `--min-age` (AGE here)
+            // keeps repair off a stock upload that is still running, so a
+            // stock process stalls for less than that, by freeze or by a
+            // slow network alike (see STOCK_NETWORK).
+            let longest_freeze = match actor {
+                Actor::Stock => AGE.as_millis() as u64 / 2,
+                _ => 60_000,
+            };
             let freeze = rng.chance(30).then(|| {
                 (
                     start + Duration::from_millis(rng.between(0, 5_000)),
-                    Duration::from_millis(rng.between(100, 60_000)),
+                    Duration::from_millis(rng.between(100, longest_freeze)),
                 )
             });
             Plan {
@@ -1070,7 +1100,10 @@ async fn run_process(
     let store = Arc::new(SimStore {
         world: world.clone(),
         process: process.clone(),
-        network: FAULTY,
+        network: match plan.actor {
+            Actor::Stock => STOCK_NETWORK,
+            _ => FAULTY,
+        },
         rng: Mutex::new(Rng::new(seed)),
     });
     let machine = sim_machine(process, machines, world, seed);
@@ -1123,7 +1156,7 @@ async fn run_process(
             );
             w.violation(3, message, vec![ours.tarball_key.clone()]);
         }
-        Fate::Published if !w.complete(ours) => {
+        Fate::Published(_) if !w.complete(ours) => {
             let message = format!(
                 "{} exited 0 reporting the revision published, which is not complete",
                 process.name
@@ -1140,8 +1173,9 @@ async fn run_process(
 /// How an actor's command ended, as its exit code and report tell.
 #[derive(Debug)]
 enum Fate {
-    /// Exit 0, the revision published (committed or already published).
-    Published,
+    /// Exit 0, the revision published (committed or already published),
+    /// with the report's status.
+    Published(txn::Status),
     /// Exit 0, anything else.
     Done(String),
     /// Exit 3.
@@ -1186,7 +1220,9 @@ async fn act(actor: Actor, store: Arc<SimStore>, build: usize, min_age: Duration
             let local = alitx::workdir::read_revision(dir, revision.clone()).unwrap();
             match txn::upload(store, local, &options).await {
                 Ok(report) => match report.status {
-                    txn::Status::Committed | txn::Status::AlreadyPublished => Fate::Published,
+                    status @ (txn::Status::Committed | txn::Status::AlreadyPublished) => {
+                        Fate::Published(status)
+                    }
                     other => Fate::Done(format!("{other:?}")),
                 },
                 Err(e) => failed(e),
@@ -1235,6 +1271,7 @@ async fn act(actor: Actor, store: Arc<SimStore>, build: usize, min_age: Duration
             Ok(outcomes) => Fate::Done(outcomes_line(&outcomes)),
             Err(e) => failed(e),
         },
+        Actor::Forger => forge_journal(&*store).await,
         Actor::Repair | Actor::Check => {
             let scan = scan_options(min_age);
             let found = match alitx::check::scan(&*store, &scan).await {
@@ -1253,6 +1290,58 @@ async fn act(actor: Actor, store: Arc<SimStore>, build: usize, min_age: Duration
                 Err(e) => failed(e),
             }
         }
+    }
+}
+
+/// Put a lying journal of the revision where none is, well-formed (the
+/// product refuses malformed ones, left for the operator): a committed one
+/// of build 0 whose tarball digest and size are wrong, or a pending one of
+/// build 1 (whose dependency links have build 0's bodies). Either carries
+/// the transaction id a link of the revision carries, as a stale copy of a
+/// real journal would. Its owner is this process, which ends at once: the
+/// journal is abandoned.
+async fn forge_journal(store: &dyn Store) -> Fate {
+    let random = machine::current().random_hex(32);
+    let stale = random.as_bytes()[0] % 2 == 0;
+    let (_, revision, build) = &work_dirs().builds[if stale { 0 } else { 1 }];
+    let mut txn = random.clone();
+    for link in &build.links {
+        match store.head(&link.key).await {
+            Ok(Some(info)) => {
+                if let Some(id) = info.metadata.get(alitx::journal::TXN_METADATA) {
+                    txn = id.clone();
+                    break;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return failed(e),
+        }
+    }
+    let file = alitx::workdir::FileIdentity {
+        size: 4242,
+        mtime_ns: 1,
+    };
+    let part_size = 8 << 20;
+    let mut journal =
+        alitx::journal::Journal::new(txn, revision, file, &build.links, part_size, LEASE);
+    if stale {
+        journal.state = alitx::journal::State::Committed;
+        journal.tarball.sha256 = Some(random);
+    }
+    let key = alitx::journal::Journal::key_of(&options().journal_prefix, revision);
+    let written = store
+        .put(
+            &key,
+            journal.to_bytes(),
+            &journal.journal_metadata(),
+            PutMode::Create,
+        )
+        .await;
+    match written {
+        Ok(Created::Yes) if stale => Fate::Done("forged a stale committed journal".into()),
+        Ok(Created::Yes) => Fate::Done("forged a journal of another hash".into()),
+        Ok(Created::AlreadyExists) => Fate::Done("a journal was there".into()),
+        Err(e) => failed(e),
     }
 }
 
