@@ -47,8 +47,9 @@ fn send_window() -> Duration {
     settle_time() / 2
 }
 
-/// How many times a delete re-proves ownership before it gives up on a
-/// store (or a process) too slow to send it within [`send_window`].
+/// How many times a delete, or a journal write, re-proves ownership before
+/// it gives up on a store (or a process) too slow to send it within
+/// [`send_window`].
 const DELETE_ATTEMPTS: usize = 5;
 
 /// Read and validate the journal at `key`, if there is one. A HEAD comes
@@ -318,22 +319,48 @@ impl JournalHandle {
         let Some(journal) = guard.as_mut() else {
             return Ok(());
         };
-        if confirm == Confirm::First {
-            self.confirm_token(&journal.owner.token).await?;
-        }
         let mut next = journal.clone();
         change(&mut next);
-        next.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
-        self.store
-            .put(
-                &self.key,
-                next.to_bytes(),
-                &next.journal_metadata(),
-                PutMode::Overwrite,
-            )
-            .await?;
-        *journal = next;
-        Ok(())
+        if confirm == Confirm::No {
+            next.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
+            let metadata = next.journal_metadata();
+            let body = next.to_bytes();
+            self.store
+                .put(&self.key, body, &metadata, PutMode::Overwrite)
+                .await?;
+            *journal = next;
+            return Ok(());
+        }
+        // Sent within the send window of the read that proved ownership,
+        // like a delete: a write held up past it could land after a
+        // takeover's settle, or bring back a journal another process retired.
+        for _ in 0..DELETE_ATTEMPTS {
+            let proof = tokio::time::Instant::now();
+            self.confirm_token(&journal.owner.token).await?;
+            next.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
+            let (body, metadata) = (next.to_bytes(), next.journal_metadata());
+            let mode = PutMode::Overwrite;
+            let deadline = proof + send_window();
+            if self
+                .store
+                .put_before(&self.key, body, &metadata, mode, deadline)
+                .await?
+                == Sent::Yes
+            {
+                *journal = next;
+                return Ok(());
+            }
+            debug!(
+                "{}: ownership proven too long ago to write it; proving it again",
+                self.key
+            );
+        }
+        Err(Error::store(format!(
+            "{} was not written: {DELETE_ATTEMPTS} times in a row, proving that this process still owns it \
+             took longer than {} ms; run the command again when the store answers faster",
+            self.key,
+            send_window().as_millis()
+        )))
     }
 
     /// Delete the journal: the transaction is over.

@@ -276,6 +276,22 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Delete `key`; deleting a missing key succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
 
+    /// Write `key` as [`put`](Self::put) does, only if the request leaves
+    /// before `deadline` (see [`delete_before`](Self::delete_before)).
+    async fn put_before(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+        mode: PutMode,
+        deadline: tokio::time::Instant,
+    ) -> Result<Sent> {
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Sent::TooLate);
+        }
+        self.put(key, body, metadata, mode).await.map(|_| Sent::Yes)
+    }
+
     /// Delete `key` only if the request leaves before `deadline`, as
     /// checked right before it is sent: a process that stalled (frozen,
     /// starved) since its last proof of ownership sends nothing.

@@ -631,6 +631,22 @@ impl Store for SimStore {
 
     /// The deadline is checked once the process is thawed, right before
     /// the request leaves, as the product's stores do.
+    async fn put_before(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+        mode: PutMode,
+        deadline: Instant,
+    ) -> Result<Sent> {
+        self.thawed().await;
+        if Instant::now() >= deadline {
+            return Ok(Sent::TooLate);
+        }
+        self.put(key, body, metadata, mode).await.map(|_| Sent::Yes)
+    }
+
+    /// As [`put_before`](Self::put_before).
     async fn delete_before(&self, key: &str, deadline: Instant) -> Result<Sent> {
         self.thawed().await;
         if Instant::now() >= deadline {
@@ -1149,7 +1165,7 @@ async fn run_process(
     let mut w = world.lock().unwrap();
     let (_, _, ours) = &work_dirs().builds[build];
     match &fate {
-        Fate::Conflict if !w.held_by_another(&ours.hash, from_ms, to_ms) => {
+        Fate::Conflict(_) if !w.held_by_another(&ours.hash, from_ms, to_ms) => {
             let message = format!(
                 "{} exited 3 although no other hash held the revision",
                 process.name
@@ -1178,8 +1194,8 @@ enum Fate {
     Published(txn::Status),
     /// Exit 0, anything else.
     Done(String),
-    /// Exit 3.
-    Conflict,
+    /// Exit 3, with its message.
+    Conflict(String),
     Failed(i32, String),
 }
 
@@ -1191,7 +1207,7 @@ impl std::fmt::Display for Fate {
 
 fn failed(e: Error) -> Fate {
     match e.exit_code() {
-        3 => Fate::Conflict,
+        3 => Fate::Conflict(e.message),
         code => Fate::Failed(code, e.message),
     }
 }
