@@ -12,7 +12,7 @@ use crate::layout::{Link, Revision, DIST_DIRS};
 use crate::storage::{get_small, md5_hex, newest_time, ObjectMeta, Small, Store};
 use crate::workdir::LocalRevision;
 
-use super::plan::AdoptionFacts;
+use super::plan::{AdoptionFacts, PackageLinkNow};
 
 /// Compare the revision's keys in the store with what `local` would write,
 /// and find when anything of it last moved: its newest key, or a part
@@ -20,10 +20,14 @@ use super::plan::AdoptionFacts;
 pub(super) async fn facts(store: &dyn Store, local: &LocalRevision) -> Result<AdoptionFacts> {
     let revision = &local.revision;
     let package_link = revision.package_link();
-    let body = get_small(store, &package_link.key, Small::Link).await?;
-    if body.as_deref() != Some(package_link.body.as_bytes()) {
+    let link_now = match get_small(store, &package_link.key, Small::Link).await? {
+        None => PackageLinkNow::Gone,
+        Some(body) if body != package_link.body.as_bytes() => PackageLinkNow::Other,
+        Some(_) => PackageLinkNow::Ours,
+    };
+    if link_now != PackageLinkNow::Ours {
         return Ok(AdoptionFacts {
-            package_link_matches: false,
+            package_link: link_now,
             differing: Vec::new(),
             quiet_for: 0,
         });
@@ -64,7 +68,7 @@ pub(super) async fn facts(store: &dyn Store, local: &LocalRevision) -> Result<Ad
     let mut differing: Vec<String> = differing.into_iter().flatten().collect();
     differing.sort();
     Ok(AdoptionFacts {
-        package_link_matches: true,
+        package_link: PackageLinkNow::Ours,
         differing,
         quiet_for: newest.map_or(0, |newest| crate::now_secs() - newest),
     })

@@ -198,11 +198,15 @@ pub async fn upload(
                 return Ok(report);
             }
         }
-        Err(Error::conflict(format!(
-            "{} kept changing in the store while this upload started ({UPLOAD_ROUNDS} journals found and finished): \
-             another process is uploading the same revision; check with `alitx journals` and re-run",
-            local.revision.full_version()
-        )))
+        // Busy, not a conflict: no other hash is known to hold the revision.
+        Err(Error::new(
+            ErrorKind::LiveLease,
+            format!(
+                "{} kept changing in the store while this upload started ({UPLOAD_ROUNDS} journals found and finished): \
+                 another process is uploading the same revision; check with `alitx journals` and re-run",
+                local.revision.full_version()
+            ),
+        ))
     };
     let ended = rounds.await;
     // A staged upload no intent journal recorded: nobody else would free it.
@@ -330,7 +334,14 @@ async fn upload_round(
             }
         }
         Start::CheckPublished => {
-            links_complete(&**store, revision, &local.links).await?;
+            let restored = complete_links(&**store, revision, &local.links).await?;
+            if !restored.is_empty() {
+                warn!(
+                    "{} is published: restored {} missing links",
+                    revision.full_version(),
+                    restored.len()
+                );
+            }
             let mut report = Report::new(
                 Status::AlreadyPublished,
                 Journal::id_of(revision),
@@ -338,6 +349,7 @@ async fn upload_round(
                 &**store,
             );
             report.tarball_bytes = local.tarball.size;
+            report.keys_written = restored;
             Ok(Some(report))
         }
         Start::CheckAdoption => {
@@ -360,6 +372,7 @@ async fn upload_round(
                 Adoption::TooRecent { retry_after } => {
                     Err(adopt::too_recent(revision, retry_after))
                 }
+                Adoption::Gone => Ok(None),
                 Adoption::Taken => Err(taken_error(revision)),
                 Adoption::Differs(keys) => Err(adopt::differs(revision, &keys)),
             }
@@ -420,11 +433,15 @@ async fn begin(
                 debug!("intent: the journal's first write had stored it")
             }
             Some(other) => return Err(live_lease_error(&other)),
+            // Busy, not a conflict: nothing says another hash holds it.
             None => {
-                return Err(Error::conflict(format!(
-                    "another upload of {} started and finished while this one was starting; re-run to check the result",
-                    revision.full_version()
-                )))
+                return Err(Error::new(
+                    ErrorKind::LiveLease,
+                    format!(
+                        "another upload of {} started and finished while this one was starting; re-run to check the result",
+                        revision.full_version()
+                    ),
+                ))
             }
         },
     }
@@ -645,30 +662,63 @@ fn live_lease_error(journal: &Journal) -> Error {
     )
 }
 
-/// With the tarball present: every link is there exactly, or a conflict
-/// naming the partial revision.
-async fn links_complete(store: &dyn Store, revision: &Revision, links: &[Link]) -> Result<()> {
+/// With this build's tarball published: every link is there exactly, or
+/// missing and put back (they are this very build's, whoever published it:
+/// the state a deleter that met the publication, or a stock upload killed
+/// after its tarball, leaves), or a conflict naming the partial revision
+/// where another body holds a key. Returns the keys put back.
+async fn complete_links(
+    store: &dyn Store,
+    revision: &Revision,
+    links: &[Link],
+) -> Result<Vec<String>> {
     // A link that cannot be read is a store error, never a missing link.
-    let differs: Vec<bool> = futures::stream::iter(links)
+    let outcomes: Vec<LinkNow> = futures::stream::iter(links)
         .map(|link| async move {
-            Ok::<_, Error>(
-                get_small(store, &link.key, Small::Link).await?.as_deref()
-                    != Some(link.body.as_bytes()),
-            )
+            match get_small(store, &link.key, Small::Link).await? {
+                Some(body) if body == link.body.as_bytes() => return Ok(LinkNow::Exact),
+                Some(_) => return Ok(LinkNow::Different),
+                None => {}
+            }
+            let metadata = crate::storage::Metadata::new();
+            Ok::<_, Error>(match store.put_link_if_absent(link, &metadata).await? {
+                Created::Yes => LinkNow::Restored(link.key.clone()),
+                Created::AlreadyExists => match get_small(store, &link.key, Small::Link).await? {
+                    Some(body) if body == link.body.as_bytes() => LinkNow::Exact,
+                    _ => LinkNow::Different,
+                },
+            })
         })
         .buffer_unordered(32)
         .try_collect()
         .await?;
-    let missing = differs.into_iter().filter(|differs| *differs).count();
-    if missing == 0 {
-        return Ok(());
+    let different = outcomes
+        .iter()
+        .filter(|o| **o == LinkNow::Different)
+        .count();
+    if different > 0 {
+        return Err(Error::conflict(format!(
+            "{} is in the store but {different} of its links hold other bodies: a partial revision left by another uploader; \
+             inspect it with `alitx check --package {}`",
+            revision.store_key(),
+            revision.package
+        )));
     }
-    Err(Error::conflict(format!(
-        "{} is in the store but {missing} of its links are missing or different: a partial revision left by another uploader; \
-         inspect it with `alitx check --package {}`",
-        revision.store_key(),
-        revision.package
-    )))
+    Ok(outcomes
+        .into_iter()
+        .filter_map(|o| match o {
+            LinkNow::Restored(key) => Some(key),
+            _ => None,
+        })
+        .collect())
+}
+
+/// One link of a published build, as [`complete_links`] found it.
+#[derive(Debug, PartialEq, Eq)]
+enum LinkNow {
+    Exact,
+    Restored(String),
+    Different,
 }
 
 /// The package link exists but the tarball does not: refused before writing

@@ -184,14 +184,25 @@ pub fn aftermath(facts: FailureFacts) -> Aftermath {
 /// its tarball, compared with what this upload would write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdoptionFacts {
-    /// The package link's body is exactly the one this upload writes.
-    pub package_link_matches: bool,
+    /// The package link as read for adoption.
+    pub package_link: PackageLinkNow,
     /// Existing keys of the revision that differ from what this upload
     /// would write there (body or redirect), or that it would not write.
     pub differing: Vec<String>,
     /// Seconds since the revision's newest key was written, or a part of a
     /// staged upload of its tarball received.
     pub quiet_for: i64,
+}
+
+/// The package link, read again when an upload weighs adoption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageLinkNow {
+    /// Exactly the body this upload writes.
+    Ours,
+    /// Another body: another build's, or something else.
+    Other,
+    /// Deleted since the upload's first look.
+    Gone,
 }
 
 /// Whether a rebuild of the same hash may complete the revision.
@@ -202,6 +213,8 @@ pub enum Adoption {
     /// Same build, but an upload may still be writing it: retry after
     /// this many seconds.
     TooRecent { retry_after: i64 },
+    /// The package link went since the first look: look again.
+    Gone,
     /// The package link names another build.
     Taken,
     /// Same package link, but these keys differ from this build's.
@@ -210,7 +223,9 @@ pub enum Adoption {
 
 pub fn adoption(facts: AdoptionFacts, adopt_after: Duration) -> Adoption {
     let adopt_after = adopt_after.as_secs() as i64;
-    if !facts.package_link_matches {
+    if facts.package_link == PackageLinkNow::Gone {
+        Adoption::Gone
+    } else if facts.package_link == PackageLinkNow::Other {
         Adoption::Taken
     } else if !facts.differing.is_empty() {
         Adoption::Differs(facts.differing)
@@ -340,29 +355,33 @@ mod tests {
     #[test]
     fn adoption_table() {
         let after = Duration::from_secs(900);
-        let facts = |matches: bool, differing: &[&str], quiet_for: i64| AdoptionFacts {
-            package_link_matches: matches,
+        let facts = |link: PackageLinkNow, differing: &[&str], quiet_for: i64| AdoptionFacts {
+            package_link: link,
             differing: differing.iter().map(|k| k.to_string()).collect(),
             quiet_for,
         };
         let rows = [
-            (facts(true, &[], 900), Adoption::Adopt),
-            (facts(true, &[], 86_400), Adoption::Adopt),
+            (facts(PackageLinkNow::Ours, &[], 900), Adoption::Adopt),
+            (facts(PackageLinkNow::Ours, &[], 86_400), Adoption::Adopt),
             (
-                facts(true, &[], 899),
+                facts(PackageLinkNow::Ours, &[], 899),
                 Adoption::TooRecent { retry_after: 1 },
             ),
             (
-                facts(true, &[], 0),
+                facts(PackageLinkNow::Ours, &[], 0),
                 Adoption::TooRecent { retry_after: 900 },
             ),
-            (facts(false, &[], 86_400), Adoption::Taken),
-            (facts(false, &["k"], 0), Adoption::Taken),
+            (facts(PackageLinkNow::Other, &[], 86_400), Adoption::Taken),
+            (facts(PackageLinkNow::Other, &["k"], 0), Adoption::Taken),
+            (facts(PackageLinkNow::Gone, &[], 86_400), Adoption::Gone),
             (
-                facts(true, &["k"], 86_400),
+                facts(PackageLinkNow::Ours, &["k"], 86_400),
                 Adoption::Differs(vec!["k".into()]),
             ),
-            (facts(true, &["k"], 0), Adoption::Differs(vec!["k".into()])),
+            (
+                facts(PackageLinkNow::Ours, &["k"], 0),
+                Adoption::Differs(vec!["k".into()]),
+            ),
         ];
         for (facts, expected) in rows {
             let row = format!("{facts:?}");

@@ -145,6 +145,58 @@ fn json_report_names_the_journal_keys_and_bytes() {
     });
 }
 
+/// The state a deleter that met the publication, or a stock upload killed
+/// after its tarball, leaves: this build's tarball published, links of it
+/// missing. A re-run of the same build puts them back (they are its own),
+/// where it used to exit 3 "a partial revision left by another uploader".
+#[test]
+fn uploading_a_published_build_with_links_missing_puts_them_back() {
+    let rt = runtime();
+    each_backend(|kind, store| {
+        let wd = WorkDir::sample();
+        upload_all(&wd, &store);
+        let expected = rt.block_on(store.snapshot());
+        let store_key = wd.pkgs[3].revision().store_key();
+        let own = format!("/{}", store_key.rsplit('/').next().unwrap());
+        let gone: Vec<String> = wd
+            .expected([3])
+            .into_keys()
+            .filter(|key| key.contains("/dist") && !key.ends_with(&own))
+            .take(2)
+            .collect();
+        assert_eq!(
+            gone.len(),
+            2,
+            "{kind}: the sample's package 3 has dependency links"
+        );
+        rt.block_on(async {
+            let opened = store.open().await;
+            for key in &gone {
+                opened.delete(key).await.unwrap();
+            }
+        });
+        let mut args = wd.upload_args(3, &store);
+        args.push("--json".into());
+        let out = alitx(&args);
+        assert_exit(&out, 0);
+        let report = json(&out);
+        assert_eq!(report["status"], "already-published", "{kind}");
+        let mut written: Vec<String> = report["keys_written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        written.sort();
+        assert_eq!(written, gone, "{kind}");
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            expected,
+            "{kind}: the store is whole again"
+        );
+    });
+}
+
 #[test]
 fn uploading_twice_writes_nothing_the_second_time() {
     let rt = runtime();
