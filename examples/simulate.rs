@@ -37,7 +37,7 @@ fn main() {
         // The product's own log, to follow a replayed seed step by step.
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .without_time()
+            .with_timer(VirtualTime)
             .with_writer(std::io::stderr)
             .init();
     }
@@ -72,6 +72,18 @@ fn main() {
         };
         println!("failing seeds: {}{more}", shown.join(", "));
         std::process::exit(1);
+    }
+}
+
+/// The simulation's virtual time in the product's log: tokio's clock, which
+/// the simulator pauses and advances, counted from its first reading.
+struct VirtualTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(tokio::time::Instant::now);
+        write!(w, "{:9.3}s", start.elapsed().as_secs_f64())
     }
 }
 
