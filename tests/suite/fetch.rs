@@ -51,34 +51,6 @@ fn by_package(report: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Every entry under `dir`, recursively, relative to it: symlinks with
-/// their targets, files with their bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, found: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.strip_prefix(root).unwrap().display().to_string();
-            let kind = fs::symlink_metadata(&path).unwrap().file_type();
-            if kind.is_symlink() {
-                let target = fs::read_link(&path).unwrap();
-                found.insert(
-                    format!("{name} ->"),
-                    target.display().to_string().into_bytes(),
-                );
-            } else if kind.is_dir() {
-                walk(root, &path, found);
-            } else {
-                found.insert(name, fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut found = BTreeMap::new();
-    if dir.exists() {
-        walk(dir, dir, &mut found);
-    }
-    found
-}
-
 fn upload_all(wd: &WorkDir, store: &TestStore) {
     for i in 0..wd.pkgs.len() {
         assert_exit(&alitx(&wd.upload_args(i, store)), 0);
