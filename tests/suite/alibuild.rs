@@ -917,6 +917,18 @@ fn the_helper_prefetches_what_stock_alibuild_fetches() {
         "{log}"
     );
     assert_eq!(ours, stock);
+
+    // A prefetch that dies leaves the fetch to aliBuild, and at most a
+    // file beside a tarball's place, which aliBuild does not take for one.
+    let (log, mut ours) = build_from_store(true, &[("ALITX_FAILPOINT", "fetch-placing zlibx")]);
+    assert!(
+        log.contains("alibuild-alitx: alitx fetch failed (killed by SIGKILL): aliBuild fetches every package itself")
+            && log.contains(" fetch calls (alitx fetch failed: aliBuild's own fetch)")
+            && alibuild_fetching.iter().all(|l| log.contains(l)),
+        "{log}"
+    );
+    ours.retain(|path, _| !path.ends_with(".alitx-fetch"));
+    assert_eq!(ours, stock);
 }
 
 /// The helper checks each tarball aliBuild fetches against the record alitx
