@@ -929,6 +929,34 @@ fn the_helper_prefetches_what_stock_alibuild_fetches() {
     );
     ours.retain(|path, _| !path.ends_with(".alitx-fetch"));
     assert_eq!(ours, stock);
+
+    // A store that refuses alitx's prefetch (its credentials here): one
+    // warning, and aliBuild fetches every package itself.
+    let refused = recipes.dir.path().join("alitx-refused-fetch");
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = fetch ] && export AWS_SECRET_ACCESS_KEY=refused\nexec {} \"$@\"\n",
+        env!("CARGO_BIN_EXE_alitx")
+    );
+    fs::write(&refused, script).unwrap();
+    fs::set_permissions(
+        &refused,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (log, ours) = build_from_store(true, &[("ALITX", refused.to_str().unwrap())]);
+    assert_eq!(
+        log.matches("alibuild-alitx: alitx fetch could not fetch any package (")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("): aliBuild fetches every package itself")
+            && log.contains(", 4 failed)")
+            && alibuild_fetching.iter().all(|l| log.contains(l)),
+        "{log}"
+    );
+    assert_eq!(ours, stock);
 }
 
 /// The helper checks each tarball aliBuild fetches against the record alitx
