@@ -844,7 +844,8 @@ fn the_helper_completes_a_revision_a_killed_stock_upload_left() {
 /// the listing, tarballs) is byte for byte what stock aliBuild fetches,
 /// nothing is built, aliBuild's own fetch never runs (its `--debug` lines
 /// are absent), and the end of the build says how long aliBuild waited in
-/// its fetch calls. With `ALITX_FETCH=0` aliBuild fetches, to the same.
+/// its fetch calls. With `ALITX_FETCH=0` aliBuild fetches, to the same;
+/// and so it does when the prefetch is killed or the store refuses it.
 #[test]
 fn the_helper_prefetches_what_stock_alibuild_fetches() {
     let Some((python, recipes)) = setup("s3") else {
