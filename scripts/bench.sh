@@ -6,7 +6,7 @@
 # Environment: RUNS (default 3), W1_BYTES, W2_PACKAGES, RGW_PORT, RTTS, ALITX
 # (another alitx binary than this checkout's release build).
 #
-# Usage: scripts/bench.sh [shared|pinned|latency]
+# Usage: scripts/bench.sh [shared|pinned|latency|fetch]
 #   shared (default): gateway and uploaders share every core.
 #   pinned: the gateway's processes (monitor, OSD, radosgw) run on core 0
 #   and the uploaders (alitx, aliBuild's boto3, s5cmd) on core 1 (taskset),
@@ -14,17 +14,22 @@
 #   latency: alitx and aliBuild's boto3 over HTTPS through a delay proxy at
 #   RTTS (default "0 5 20" ms), with connections and requests per package
 #   (scripts/bench_latency.py; smaller workloads: W1 64 MiB, W2 10 packages).
+#   fetch: a build whose packages are all in the store, stock aliBuild's
+#   fetch against the helper's prefetch and a parallel download of every
+#   tarball, over HTTPS through a delay proxy at RTTS (default "0 20 100"),
+#   with requests per package (scripts/bench_fetch.py; FETCH_PACKAGES,
+#   FETCH_SIZES).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-shared}
 case $mode in
-shared | latency) uploaders=() ;;
+shared | latency | fetch) uploaders=() ;;
 pinned)
   [ "$(nproc)" -ge 2 ] || { echo "bench.sh: pinned mode needs 2 cores, this machine has $(nproc)" >&2; exit 2; }
   command -v taskset >/dev/null || { echo "bench.sh: pinned mode needs taskset (util-linux)" >&2; exit 2; }
   uploaders=(taskset -c 1)
   ;;
-*) echo "usage: scripts/bench.sh [shared|pinned|latency]" >&2; exit 2 ;;
+*) echo "usage: scripts/bench.sh [shared|pinned|latency|fetch]" >&2; exit 2 ;;
 esac
 venv=.bench-venv
 [ -x $venv/bin/python ] || python3 -m venv $venv
@@ -42,5 +47,6 @@ fi
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(radosgw --version | head -1); mode: $mode"
 script=scripts/bench.py
 [ "$mode" = latency ] && script=scripts/bench_latency.py
+[ "$mode" = fetch ] && script=scripts/bench_fetch.py
 PATH=$PWD/$venv/bin:$PATH ALITX=${ALITX:-$PWD/target/release/alitx} RGW_LOG=$dir/log/client.rgw.a.log \
   ${uploaders[@]+"${uploaders[@]}"} $venv/bin/python $script

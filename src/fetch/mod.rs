@@ -97,6 +97,10 @@ pub struct PackageReport {
     /// For a tarball fetched: whether a publication record was there to
     /// check it against (else only the gzip+tar check applied).
     pub checked_against_record: Option<bool>,
+    /// For a corrupt tarball: what is wrong with it (e.g. its SHA-256
+    /// differs from its publication record's), for a caller that words its
+    /// own message; `reasons` holds alitx's.
+    pub corruption: Option<String>,
     pub reasons: Vec<String>,
 }
 
@@ -154,6 +158,7 @@ impl Fetcher {
             size: None,
             sha256: None,
             checked_against_record: None,
+            corruption: None,
             reasons: Vec::new(),
         };
         let package = report.package.clone();

@@ -65,6 +65,7 @@ impl Fetcher {
                 report
                     .reasons
                     .push(self.refusal(&revision, &path, &e.message));
+                report.corruption = Some(e.message);
                 Ok(())
             }
             other => other,
@@ -165,14 +166,16 @@ impl Fetcher {
                 .reader
                 .read_tarball(source, size, revision, Some(copy))
                 .await?;
+            // Bytes other than the published ones are said so first, as
+            // `verify` says it, whatever the gzip+tar check found of them.
+            if let (Some(record), Some(sha256)) = (record, &read.sha256) {
+                check_against(record, revision, size, Some(sha256))?;
+            }
             read.verdict
                 .map_err(|e| Corrupt(format!("the store tarball: {}", e.message)))?;
             let sha256 = read
                 .sha256
                 .ok_or_else(|| Error::store(format!("{source}: fewer bytes than its {size}")))?;
-            if let Some(record) = record {
-                check_against(record, revision, size, Some(&sha256))?;
-            }
             file.sync_all().map_err(|e| io(&beside, e))?;
             failpoint(&format!("fetch-placing {}", revision.package));
             std::fs::rename(&beside, path).map_err(|e| io(path, e))?;

@@ -886,3 +886,31 @@ pub fn assert_exact(store: &TestStore, wd: &WorkDir, published: &[usize], what: 
         "{what}: staged upload left"
     );
 }
+
+/// Every entry under `dir`, recursively, relative to it: symlinks with
+/// their targets, files with their bytes.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, found: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            let kind = fs::symlink_metadata(&path).unwrap().file_type();
+            if kind.is_symlink() {
+                let target = fs::read_link(&path).unwrap();
+                found.insert(
+                    format!("{name} ->"),
+                    target.display().to_string().into_bytes(),
+                );
+            } else if kind.is_dir() {
+                walk(root, &path, found);
+            } else {
+                found.insert(name, fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut found = BTreeMap::new();
+    if dir.exists() {
+        walk(dir, dir, &mut found);
+    }
+    found
+}

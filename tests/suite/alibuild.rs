@@ -838,6 +838,128 @@ fn the_helper_completes_a_revision_a_killed_stock_upload_left() {
     assert_stock_reuses(&python, &recipes, &store, &store.spec(), &[]);
 }
 
+/// Through the helper, a build from a `b3://` store is fetched by one
+/// `alitx fetch` that starts with the build's first package: the work dir's
+/// TARS/ (package links, past revisions' links from the manifest and from
+/// the listing, tarballs) is byte for byte what stock aliBuild fetches,
+/// nothing is built, aliBuild's own fetch never runs (its `--debug` lines
+/// are absent), and the end of the build says how long aliBuild waited in
+/// its fetch calls. With `ALITX_FETCH=0` aliBuild fetches, to the same;
+/// and so it does when the prefetch is killed or the store refuses it.
+#[test]
+fn the_helper_prefetches_what_stock_alibuild_fetches() {
+    let Some((python, recipes)) = setup("s3") else {
+        return;
+    };
+    let rt = runtime();
+    let store = rt.block_on(TestStore::new("s3"));
+    let writer = tempfile::tempdir().unwrap();
+    assert_exit(
+        &run(&mut recipes.build(&python, true, writer.path(), &store.spec())),
+        0,
+    );
+    // Past revisions of zlibx: one in its manifest, one only listed.
+    let old = |rev: &str| format!("zlibx-v0.9-{rev}.{ARCH}.tar.gz");
+    let target = |rev: &str| format!("{ARCH}/store/ab/{}/{}", "ab".repeat(20), old(rev));
+    rt.block_on(async {
+        let manifest = format!("{}\t{}\n", old("1"), target("1"));
+        store
+            .put_foreign(&format!("TARS/{ARCH}/zlibx.manifest"), manifest.as_bytes())
+            .await;
+        let link = format!("{}\n", target("2"));
+        store
+            .put_foreign(&format!("TARS/{ARCH}/zlibx/{}", old("2")), link.as_bytes())
+            .await;
+    });
+
+    let read_only = store.spec().replace("::rw", "");
+    let build_from_store = |helper: bool, env: &[(&str, &str)]| {
+        let wd = tempfile::tempdir().unwrap();
+        let before = recipes.built();
+        let out = run(recipes
+            .build(&python, helper, wd.path(), &read_only)
+            .arg("--debug")
+            .envs(env.iter().copied()));
+        assert_exit(&out, 0);
+        let log = output(&out);
+        assert_eq!(recipes.built(), before, "nothing built: {log}");
+        (log, tree(&wd.path().join("TARS")))
+    };
+    let alibuild_fetching = [
+        "Fetching symlink manifest",
+        "Updating remote store for package",
+    ];
+    let (log, stock) = build_from_store(false, &[]);
+    assert!(alibuild_fetching.iter().all(|l| log.contains(l)), "{log}");
+    for rev in ["1", "2"] {
+        assert_eq!(
+            stock.get(&format!("{ARCH}/zlibx/{} ->", old(rev))),
+            Some(&format!("../../{}", target(rev)).into_bytes()),
+            "{rev}"
+        );
+    }
+    let tarballs = stock.keys().filter(|k| k.ends_with(".tar.gz")).count();
+    assert_eq!(tarballs, PACKAGES.len(), "{stock:?}");
+
+    let (log, ours) = build_from_store(true, &[]);
+    assert!(
+        log.contains("alibuild-alitx: aliBuild waited ")
+            && log.contains(" fetch calls (alitx fetch prefetched 4 packages in ")
+            && log.contains(": 4 tarballs fetched ("),
+        "{log}"
+    );
+    assert!(!alibuild_fetching.iter().any(|l| log.contains(l)), "{log}");
+    assert_eq!(ours, stock);
+
+    let (log, ours) = build_from_store(true, &[("ALITX_FETCH", "0")]);
+    assert!(
+        log.contains(" fetch calls (aliBuild's own fetch)")
+            && alibuild_fetching.iter().all(|l| log.contains(l)),
+        "{log}"
+    );
+    assert_eq!(ours, stock);
+
+    // A prefetch that dies leaves the fetch to aliBuild, and at most a
+    // file beside a tarball's place, which aliBuild does not take for one.
+    let (log, mut ours) = build_from_store(true, &[("ALITX_FAILPOINT", "fetch-placing zlibx")]);
+    assert!(
+        log.contains("alibuild-alitx: alitx fetch failed (killed by SIGKILL): aliBuild fetches every package itself")
+            && log.contains(" fetch calls (alitx fetch failed: aliBuild's own fetch)")
+            && alibuild_fetching.iter().all(|l| log.contains(l)),
+        "{log}"
+    );
+    ours.retain(|path, _| !path.ends_with(".alitx-fetch"));
+    assert_eq!(ours, stock);
+
+    // A store that refuses alitx's prefetch (its credentials here): one
+    // warning, and aliBuild fetches every package itself.
+    let refused = recipes.dir.path().join("alitx-refused-fetch");
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = fetch ] && export AWS_SECRET_ACCESS_KEY=refused\nexec {} \"$@\"\n",
+        env!("CARGO_BIN_EXE_alitx")
+    );
+    fs::write(&refused, script).unwrap();
+    fs::set_permissions(
+        &refused,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (log, ours) = build_from_store(true, &[("ALITX", refused.to_str().unwrap())]);
+    assert_eq!(
+        log.matches("alibuild-alitx: alitx fetch could not fetch any package (")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("): aliBuild fetches every package itself")
+            && log.contains(", 4 failed)")
+            && alibuild_fetching.iter().all(|l| log.contains(l)),
+        "{log}"
+    );
+    assert_eq!(ours, stock);
+}
+
 /// The helper checks each tarball aliBuild fetches against the record alitx
 /// left when it published it, before aliBuild unpacks it: on RGW (`b3://`)
 /// and from a local-directory store (read as `localhost:/path`, see
@@ -893,19 +1015,30 @@ fn fetches_are_checked_against_records(backend: &str) {
         _ => store.spec().replace("::rw", ""),
     };
     // A build through the helper that only reads the store, in a fresh work dir.
-    let read = || {
+    let read = |env: &[(&str, &str)]| {
         let wd = tempfile::tempdir().unwrap();
         let before = recipes.built();
         let out = run(recipes
             .build(&python, true, wd.path(), &read_spec)
             .envs(store.cli_env())
-            .env("RSYNC_RSH", &rsh));
+            .env("RSYNC_RSH", &rsh)
+            .envs(env.iter().copied()));
         let built: Vec<String> = recipes.built()[before.len()..].to_vec();
         (out, wd, built)
     };
-    let (out, _, built) = read();
+    let (out, _, built) = read(&[]);
     assert_exit(&out, 0);
     assert!(built.is_empty(), "every package reused: {}", output(&out));
+    // From b3:// the helper's prefetch refuses a damaged tarball; with it
+    // off, and from rsync stores, its check of what aliBuild fetched does.
+    let own_fetch: &[(&str, &str)] = &[("ALITX_FETCH", "0")];
+    let refusals: &[(&[(&str, &str)], &str)] = match backend {
+        "local" => &[(&[], "; deleted ")],
+        _ => &[
+            (&[], "; alitx fetch left nothing at "),
+            (own_fetch, "; deleted "),
+        ],
+    };
 
     let tarball = |i: usize| writer.pkgs[i].revision().store_key();
     let original = |i: usize| fs::read(writer.tarball_path(i)).unwrap();
@@ -920,49 +1053,53 @@ fn fetches_are_checked_against_records(backend: &str) {
         (zlibx, "its SHA-256 is"),
         (midx, "bytes, its publication record"),
     ] {
-        let (out, wd, built) = read();
-        assert_exit(&out, 1);
-        let log = output(&out);
-        let rev = writer.pkgs[i].revision();
-        let id = format!("{ARCH}/{}", rev.full_version());
-        assert!(
-            log.contains(&format!(
-                "the tarball of {id} fetched from {read_spec} does not match what was published"
-            )) && log.contains(damage),
-            "{backend}: {log}"
-        );
-        let names = format!(
-            "--remote-store {read_spec} --architecture {ARCH} --package {} --version {} --revision {}",
-            rev.package, rev.version, rev.revision
-        );
-        assert!(log.contains(&format!("`alitx verify {names}`")), "{log}");
-        assert!(
-            log.contains(&format!("`alitx repair {names} --unpublish`")),
-            "{log}"
-        );
-        assert!(
-            !wd.path().join(rev.store_key()).exists(),
-            "{backend}: the damaged tarball was deleted before unpacking"
-        );
-        assert!(
-            !wd.path()
-                .join(format!(
-                    "{ARCH}/{}/{}-{}",
-                    rev.package, rev.version, rev.revision
-                ))
-                .exists(),
-            "{backend}: nothing of it was unpacked"
-        );
-        assert!(
-            !built.contains(&rev.package),
-            "{backend}: the build stopped: {built:?}"
-        );
+        for (env, fate) in refusals {
+            let (out, wd, built) = read(env);
+            assert_exit(&out, 1);
+            let log = output(&out);
+            assert!(log.contains(fate), "{backend} {env:?}: {log}");
+            let rev = writer.pkgs[i].revision();
+            let id = format!("{ARCH}/{}", rev.full_version());
+            assert!(
+                log.contains(&format!(
+                    "the tarball of {id} fetched from {read_spec} does not match what was published"
+                )) && log.contains(damage),
+                "{backend}: {log}"
+            );
+            let names = format!(
+                "--remote-store {read_spec} --architecture {ARCH} --package {} --version {} --revision {}",
+                rev.package, rev.version, rev.revision
+            );
+            assert!(log.contains(&format!("`alitx verify {names}`")), "{log}");
+            assert!(
+                log.contains(&format!("`alitx repair {names} --unpublish`")),
+                "{log}"
+            );
+            assert!(
+                !wd.path().join(rev.store_key()).exists(),
+                "{backend}: the damaged tarball was deleted before unpacking"
+            );
+            assert!(
+                !wd.path()
+                    .join(format!(
+                        "{ARCH}/{}/{}-{}",
+                        rev.package, rev.version, rev.revision
+                    ))
+                    .exists(),
+                "{backend}: nothing of it was unpacked"
+            );
+            assert!(
+                !built.contains(&rev.package),
+                "{backend}: the build stopped: {built:?}"
+            );
+        }
         // Repaired by hand: the next run reaches the next damaged package.
         rt.block_on(store.put_foreign(&tarball(i), &original(i)));
     }
 
     // A record without the size and SHA-256 metadata (as an older alitx
-    // wrote it) is checked by its body.
+    // wrote it) is checked by its body (by the helper's own check: alitx
+    // fetch always reads the body).
     let record_key = alitx::record::key_of(&writer.pkgs[zlibx].revision());
     let record = rt.block_on(async { store.open().await.get(&record_key).await.unwrap() });
     let parsed = alitx::record::parse(&record_key, record.as_deref().unwrap()).unwrap();
@@ -974,11 +1111,11 @@ fn fetches_are_checked_against_records(backend: &str) {
         "{backend}: the record's metadata names what a fetch checks"
     );
     rt.block_on(store.put_foreign(&record_key, &record.unwrap()));
-    let (out, _, built) = read();
+    let (out, _, built) = read(own_fetch);
     assert_exit(&out, 0);
     assert!(built.is_empty(), "{backend}: {}", output(&out));
     rt.block_on(store.put_foreign(&tarball(zlibx), &flipped));
-    let (out, _, _) = read();
+    let (out, _, _) = read(own_fetch);
     assert_exit(&out, 1);
     assert!(
         output(&out).contains("its SHA-256 is"),
@@ -995,7 +1132,7 @@ fn fetches_are_checked_against_records(backend: &str) {
             .await
             .unwrap();
     });
-    let (out, _, built) = read();
+    let (out, _, built) = read(&[]);
     assert_exit(&out, 0);
     assert!(built.is_empty(), "{backend}: {}", output(&out));
 }

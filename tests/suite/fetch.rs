@@ -51,34 +51,6 @@ fn by_package(report: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Every entry under `dir`, recursively, relative to it: symlinks with
-/// their targets, files with their bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, found: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.strip_prefix(root).unwrap().display().to_string();
-            let kind = fs::symlink_metadata(&path).unwrap().file_type();
-            if kind.is_symlink() {
-                let target = fs::read_link(&path).unwrap();
-                found.insert(
-                    format!("{name} ->"),
-                    target.display().to_string().into_bytes(),
-                );
-            } else if kind.is_dir() {
-                walk(root, &path, found);
-            } else {
-                found.insert(name, fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut found = BTreeMap::new();
-    if dir.exists() {
-        walk(dir, dir, &mut found);
-    }
-    found
-}
-
 fn upload_all(wd: &WorkDir, store: &TestStore) {
     for i in 0..wd.pkgs.len() {
         assert_exit(&alitx(&wd.upload_args(i, store)), 0);
@@ -206,9 +178,17 @@ fn a_tarball_that_is_not_what_was_published_is_refused_and_left_nowhere() {
     // the record's SHA-256 tells; and fewer bytes than the record says.
     let mut mtime_changed = published.clone();
     mtime_changed[4] ^= 0x5a;
-    for (what, bytes) in [
-        ("same size", mtime_changed),
-        ("other size", b"not the published bytes".repeat(100)),
+    // Same size, not a gzip stream any more: the record still tells first.
+    let mut flipped = published.clone();
+    flipped[published.len() / 2] ^= 0x40;
+    for (what, bytes, why) in [
+        ("same size", mtime_changed, "its SHA-256 is "),
+        ("a byte flipped", flipped, "its SHA-256 is "),
+        (
+            "other size",
+            b"not the published bytes".repeat(100),
+            "bytes, its publication record",
+        ),
     ] {
         each_backend(|kind, store| {
             upload_all(&wd, &store);
@@ -230,6 +210,8 @@ fn a_tarball_that_is_not_what_was_published_is_refused_and_left_nowhere() {
             }
             let packages = by_package(&json(&out));
             assert_eq!(packages["zlib"]["state"], "corrupt", "{kind} {what}");
+            let corruption = packages["zlib"]["corruption"].as_str().unwrap();
+            assert!(corruption.contains(why), "{kind} {what}: {corruption}");
             assert_eq!(packages["boost"]["state"], "fetched", "{kind} {what}");
             let store_dir = fresh.path().join(&key).parent().unwrap().to_path_buf();
             assert_eq!(tree(&store_dir), BTreeMap::new(), "{kind} {what}");
@@ -278,6 +260,14 @@ fn without_a_record_a_tarball_must_be_a_gzipped_tar_of_its_revision() {
             reasons.contains("not a complete gzip'd tar"),
             "{kind}: {reasons}"
         );
+        let corruption = packages["broken"]["corruption"].as_str().unwrap();
+        assert!(
+            corruption.starts_with("the store tarball: ")
+                && corruption.contains("not a complete gzip'd tar")
+                && reasons.contains(corruption),
+            "{kind}: {corruption}"
+        );
+        assert_eq!(packages["plain"]["corruption"], Value::Null, "{kind}");
         let store_dir = fresh.path().join(wd.pkgs[1].revision().store_key());
         assert_eq!(tree(store_dir.parent().unwrap()), BTreeMap::new(), "{kind}");
     });
