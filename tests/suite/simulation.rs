@@ -16,8 +16,13 @@ const SEEDS: std::ops::Range<u64> = 0..10_000;
 /// that build's publication as its own (3389), and one that met a package
 /// link of its very build written since its first look by a stock upload
 /// exited 3 as if another hash held the revision (5928, 13747, 18515,
-/// 22742).
-const FIXED: [(u64, &[Actor]); 17] = [
+/// 22742). With the journal forger: a rollback frozen between its
+/// renewal's read and write brought back a journal the new owner had
+/// retired and deleted a published link under it (1213462); uploads
+/// exited 3 on a journal that kept changing, a package link deleted since
+/// their first look, or their own build published with links missing
+/// (1095709, 1233938, 1305078, 1462868, 1491192).
+const FIXED: [(u64, &[Actor]); 23] = [
     (20, &BEFORE_FORGER),
     (349, &BEFORE_FORGER),
     (645, &BEFORE_FORGER),
@@ -35,6 +40,12 @@ const FIXED: [(u64, &[Actor]); 17] = [
     (13747, &BEFORE_FORGER),
     (18515, &BEFORE_FORGER),
     (22742, &BEFORE_FORGER),
+    (1213462, &Actor::ALL),
+    (1095709, &Actor::ALL),
+    (1233938, &Actor::ALL),
+    (1305078, &Actor::ALL),
+    (1462868, &Actor::ALL),
+    (1491192, &Actor::ALL),
 ];
 
 /// Every actor but the journal forger, which came later (a seed picks its
