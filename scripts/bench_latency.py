@@ -13,8 +13,9 @@ than bench.py's: W1 one package, W1_BYTES (default 64 MiB) and 3 x 200
 links; W2 W2_PACKAGES (default 10) packages of 1 MiB and 3 x 50 links. Per
 RTT (and workload of WORKLOADS, default "W1 W2"): an untimed warm-up round, then RUNS rounds of the uploaders
 interleaved (order rotated), each on a fresh bucket; the table gives
-medians, ratios to boto3, and per package the TCP connections (counted at
-the proxy) and the requests (counted in the gateway's log).
+medians, ratios to boto3, and per package the TCP connections and full TLS
+handshakes, those not resumed from a session ticket (both counted at the
+proxy), and the requests (counted in the gateway's log).
 """
 
 import os
@@ -65,8 +66,10 @@ class Proxy:
         sys.exit("the delay proxy did not start")
 
     def connections(self):
+        """TCP connections and full (not resumed) TLS handshakes so far."""
         with open(self.counts) as f:
-            return int(f.read() or 0)
+            counts = f.read().split() or (0, 0, 0)
+        return int(counts[0]), int(counts[1])
 
     def stop(self):
         self.proc.terminate()
@@ -75,28 +78,31 @@ class Proxy:
 
 
 def measure(proxy, sw, specs, uploaders):
-    """Per uploader: (median seconds, connections and requests per package)."""
+    """Per uploader: (median seconds, connections, full handshakes and
+    requests per package)."""
     env = {"AWS_CA_BUNDLE": CA}
-    results = {u: ([], [], []) for u in uploaders}
+    results = {u: ([], [], [], []) for u in uploaders}
 
     def one(fn):
         bucket = bench.fresh_bucket()
-        conns, reqs = proxy.connections(), requests_served()
+        (conns, full), reqs = proxy.connections(), requests_served()
         secs, _ = fn(sw, bucket, specs, endpoint=proxy.endpoint, env=env)
-        conns, reqs = proxy.connections() - conns, requests_served() - reqs
+        (conns_after, full_after), reqs_after = proxy.connections(), requests_served()
         bench.empty_bucket(bucket)
-        return secs, conns / len(specs), reqs / len(specs)
+        n = len(specs)
+        return secs, (conns_after - conns) / n, (full_after - full) / n, (reqs_after - reqs) / n
 
     for fn in uploaders.values():
         one(fn)
     order = list(uploaders.items())
     for r in range(bench.RUNS):
         for uploader, fn in order[r % len(order):] + order[:r % len(order)]:
-            secs, conns, reqs = one(fn)
-            for values, v in zip(results[uploader], (secs, conns, reqs)):
+            measured = one(fn)
+            for values, v in zip(results[uploader], measured):
                 values.append(v)
+            secs, conns, full, reqs = measured
             print(f"  run {r + 1}: {uploader:6} {secs:7.2f} s  {conns:5.1f} connections "
-                  f"{reqs:6.1f} requests per package", flush=True)
+                  f"{full:5.1f} full handshakes {reqs:6.1f} requests per package", flush=True)
     return {u: [statistics.median(v) for v in vs] for u, vs in results.items()}
 
 
@@ -123,19 +129,22 @@ def main():
     finally:
         shutil.rmtree(work)
     print(f"\nHTTPS through the delay proxy: medians over {bench.RUNS} runs; W1 {W1_BYTES} B and "
-          f"3 x 200 links, W2 {W2_PACKAGES} x 1 MiB and 3 x 50 links; per package: s, connections, requests")
+          f"3 x 200 links, W2 {W2_PACKAGES} x 1 MiB and 3 x 50 links; per package: s, connections, "
+          "full TLS handshakes (not resumed), requests")
     print("  alitx: one `alitx upload` per package; serve: one `alitx serve-uploads` for all "
           "(as scripts/alibuild-alitx runs it); boto3: aliBuild's upload step, one process")
     print(f"  {'RTT':>4} {'load':4} " + " ".join(f"{u + ' s':>8}" for u in uploaders)
           + " " + " ".join(f"{u + '/boto3':>12}" for u in uploaders if u != "boto3")
           + " " + " ".join(f"{u + ' conn':>10}" for u in uploaders)
+          + " " + " ".join(f"{u + ' full':>10}" for u in uploaders)
           + " " + " ".join(f"{u + ' req':>9}" for u in uploaders))
     for rtt, name, n, m in rows:
         b = m["boto3"][0]
         print(f"  {rtt:4g} {name:4} " + " ".join(f"{m[u][0] / n:8.3f}" for u in uploaders)
               + " " + " ".join(f"{m[u][0] / b:12.2f}" for u in uploaders if u != "boto3")
               + " " + " ".join(f"{m[u][1]:10.1f}" for u in uploaders)
-              + " " + " ".join(f"{m[u][2]:9.1f}" for u in uploaders))
+              + " " + " ".join(f"{m[u][2]:10.1f}" for u in uploaders)
+              + " " + " ".join(f"{m[u][3]:9.1f}" for u in uploaders))
 
 
 if __name__ == "__main__":

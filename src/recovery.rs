@@ -89,7 +89,8 @@ impl JournalEntry {
 
 /// Journals read, or handled, at once: each read is a HEAD and a GET
 /// (~48 ms on Ceph RGW, whose answers with a body wait for Nagle), each
-/// takeover waits its settle time.
+/// takeover waits its settle time (together: it comes before the wait for
+/// a turn to send).
 const JOURNALS_AT_ONCE: usize = 32;
 
 /// Journals rolled forward at once: each sends its tarball with
@@ -266,8 +267,8 @@ fn busy(id: &str, journal: &Journal, selection: &Selection<'_>) -> Outcome {
 /// ones, take the others over and continue them as `intent` says. Up to
 /// [`JOURNALS_AT_ONCE`] journals at a time, each taken over on its own
 /// (read, settle, re-read); only [`SENDING_AT_ONCE`] of those whose files
-/// are in the work dir, since rolling forward sends a tarball with all of
-/// `--concurrency`.
+/// are in the work dir continue at once, since rolling forward sends a
+/// tarball with all of `--concurrency`.
 /// `on_outcome` hears of each journal as it ends; the outcomes are returned
 /// in the selection's order.
 async fn each_journal(
@@ -298,12 +299,15 @@ async fn each_journal(
                             let sends = work_dir.is_some_and(|dir| {
                                 workdir::read_revision(dir, journal.revision.clone()).is_ok()
                             });
-                            let _permit = match sends {
-                                true => Some(sending.acquire().await.expect("never closed")),
-                                false => None,
-                            };
                             continue_journal(
-                                store, &entry, journal, options, selection, intent, work_dir,
+                                store,
+                                &entry,
+                                journal,
+                                options,
+                                selection,
+                                intent,
+                                work_dir,
+                                sends.then_some(sending),
                             )
                             .await
                         }
@@ -324,7 +328,9 @@ async fn each_journal(
     Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
 }
 
-/// Take one journal over and continue its transaction.
+/// Take one journal over and continue its transaction, once `sending`
+/// (if given) has a turn for it.
+#[allow(clippy::too_many_arguments)]
 async fn continue_journal(
     store: Arc<dyn Store>,
     entry: &JournalEntry,
@@ -333,6 +339,7 @@ async fn continue_journal(
     selection: &Selection<'_>,
     intent: Intent,
     work_dir: Option<&Path>,
+    sending: Option<&Semaphore>,
 ) -> Outcome {
     let id = entry.id.clone();
     if journal.state == State::Committed {
@@ -366,6 +373,15 @@ async fn continue_journal(
         }
         Ok(Takeover::Busy(owner)) => return busy(&id, &owner, selection),
         Ok(Takeover::Owned(handle)) => handle,
+    };
+    // Taken over (settle included) before waiting for a turn, with the lease
+    // renewed while it waits.
+    let _turn = match sending {
+        Some(sending) => {
+            let _renewals = handle.keep_alive();
+            Some(sending.acquire().await.expect("never closed"))
+        }
+        None => None,
     };
     let local = work_dir.and_then(|dir| workdir::read_revision(dir, journal.revision.clone()).ok());
     match txn::continue_owned(store, &handle, local.as_ref(), intent, options).await {

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::fetch;
 use crate::journal::DEFAULT_PREFIX;
 use crate::record;
-use crate::storage::{self, LocalRoot};
+use crate::storage::{self, Connections, LocalRoot};
 use crate::txn::Options;
 use crate::verify;
 
@@ -516,15 +516,30 @@ impl StoreArgs {
         }
     }
 
-    /// Open the store; a local one must exist, except for `upload`
-    /// (`LocalRoot::MayCreate`), which says when it started a new one.
+    /// Open the store for a one-shot command; a local one must exist,
+    /// except for `upload` (`LocalRoot::MayCreate`), which says when it
+    /// started a new one.
     pub(super) async fn open(
         &self,
         local_root: LocalRoot,
     ) -> Result<std::sync::Arc<dyn storage::Store>> {
+        self.open_with(local_root, Connections::Few).await
+    }
+
+    /// [`open`](Self::open), an S3 store opening `connections`.
+    pub(super) async fn open_with(
+        &self,
+        local_root: LocalRoot,
+        connections: Connections,
+    ) -> Result<std::sync::Arc<dyn storage::Store>> {
         if let Some(created) = storage::prepare_local_root(&self.remote_store, local_root)? {
             eprintln!("alitx: started a new local store in {}", created.display());
         }
-        storage::open(&self.remote_store, self.endpoint_url.as_deref()).await
+        storage::open_with(
+            &self.remote_store,
+            self.endpoint_url.as_deref(),
+            connections,
+        )
+        .await
     }
 }

@@ -13,7 +13,7 @@ use super::args::{Cli, Command, UploadArgs};
 use super::{deadline, error_json, upload_plan, within_timeout};
 use crate::error::{exit, Error, Result};
 use crate::journal::Journal;
-use crate::storage::{LocalRoot, Store};
+use crate::storage::{Connections, LocalRoot, Store};
 use crate::txn::{self, Bookkeeping, Finishers, Report};
 
 /// Stores opened so far, by `--remote-store` and `--endpoint-url`.
@@ -75,7 +75,11 @@ async fn serve_one(line: &[u8], stores: &mut Stores, finishers: &Finishers) -> R
         let store = match stores.get(&key) {
             Some(store) => store.clone(),
             None => {
-                let store = args.store.open(LocalRoot::MayCreate).await?;
+                // Kept for the whole build: one connection per request in flight.
+                let store = args
+                    .store
+                    .open_with(LocalRoot::MayCreate, Connections::OnePerRequest)
+                    .await?;
                 stores.insert(key, store.clone());
                 store
             }

@@ -26,6 +26,7 @@ use crate::layout::Link;
 
 pub use local::LocalStore;
 pub use s3::{S3Config, S3Store};
+pub use s3_http::{Connections, FEW_CONNECTIONS};
 
 /// User metadata attached to an object (`x-amz-meta-*` on S3).
 pub type Metadata = BTreeMap<String, String>;
@@ -359,9 +360,19 @@ pub trait Store: Send + Sync + fmt::Debug {
 /// (with an optional `::rw` suffix, as aliBuild writes it), `file:///PATH`
 /// or a plain path.
 pub async fn open(spec: &str, endpoint: Option<&str>) -> Result<Arc<dyn Store>> {
+    open_with(spec, endpoint, Connections::Few).await
+}
+
+/// [`open`], an S3 store opening its connections as `connections` says.
+pub async fn open_with(
+    spec: &str,
+    endpoint: Option<&str>,
+    connections: Connections,
+) -> Result<Arc<dyn Store>> {
     match parse_spec(spec)? {
         StoreSpec::S3 { bucket } => {
-            let config = S3Config::from_env(bucket, endpoint)?;
+            let mut config = S3Config::from_env(bucket, endpoint)?;
+            config.connections = connections;
             Ok(Arc::new(S3Store::connect(config).await?))
         }
         StoreSpec::Local { root } => Ok(Arc::new(LocalStore::new(root.into()))),

@@ -4,6 +4,12 @@
 //! PUT or a journal read that is a first-byte limit of seconds; for a part
 //! upload it ends only an attempt that stopped moving, however long the part
 //! takes to send. With `-v` every retry is logged as it happens.
+//!
+//! A connection costs a TCP and a TLS handshake (a round trip each, and a
+//! signature on the server). A one-shot command opens connections as its
+//! requests need them, up to a few ([`Connections::Few`]); beyond that its
+//! requests wait for a kept-alive one, and their attempts start (for the
+//! stall limit) once it is theirs.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +19,7 @@ use std::time::Duration;
 
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext};
-use aws_smithy_http_client::Connector;
+use aws_smithy_http_client::{pool, Connector};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
@@ -32,11 +38,12 @@ use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
 use aws_smithy_types::retry::RetryConfig;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::info;
 
 use super::s3::answer;
-use crate::error::source_chain;
+use crate::error::{source_chain, Error, Result};
 
 /// How long an attempt may go without progress before it ends and is retried.
 pub const STALL_LIMIT: Duration = Duration::from_secs(20);
@@ -46,6 +53,22 @@ pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Attempts per request, the first included.
 pub const ATTEMPTS: u32 = 4;
+
+/// How many connections a process opens to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// A one-shot command, which ends with its connections: at most
+    /// [`FEW_CONNECTIONS`], each carrying request after request.
+    Few,
+    /// A process that serves upload after upload (`serve-uploads`): one
+    /// connection per request in flight, kept for the next uploads.
+    OnePerRequest,
+}
+
+/// The connections a one-shot command opens at most: enough to keep the
+/// store busy with small writes at a round trip of 20 ms (a W2 package's
+/// 150 links go through them in about ten rounds).
+pub const FEW_CONNECTIONS: usize = 16;
 
 /// Whether requests to `endpoint` go over TLS: unless it is a plain
 /// `http://` URL and no HTTPS proxy is configured for it (loading the
@@ -59,33 +82,65 @@ pub fn uses_tls(endpoint: &str) -> bool {
     !endpoint.starts_with("http://") || https_proxy
 }
 
-/// The SDK's default client (hyper 1, proxies from the environment) with
-/// every attempt under a [`StallGuard`]; with rustls and `tls`'s trusted
-/// authorities when given (see [`uses_tls`]).
-pub fn client(tls: Option<TlsContext>) -> SharedHttpClient {
-    SharedHttpClient::new(GuardedClient {
-        inner: aws_smithy_http_client::Builder::new().build_with_connector_fn(
-            move |settings, components| {
-                let mut builder = Connector::builder().proxy_config(ProxyConfig::from_env());
-                builder.set_connector_settings(settings.cloned());
-                if let Some(components) = components {
-                    builder.set_sleep_impl(components.sleep_impl());
-                }
-                match &tls {
-                    Some(tls) => builder
-                        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-                        .tls_context(tls.clone())
-                        .build(),
-                    None => builder.build_http(),
-                }
-            },
+/// An HTTP client with every attempt under a [`StallGuard`], proxies from
+/// the environment, and rustls with `tls`'s trusted authorities when given
+/// (see [`uses_tls`]); its connections as `connections` says. rustls
+/// resumes the sessions of the process's earlier connections (session
+/// tickets, in memory): only the first handshakes sign.
+pub fn client(tls: Option<TlsContext>, connections: Connections) -> Result<SharedHttpClient> {
+    let (inner, in_flight) = match connections {
+        Connections::Few => (
+            bounded(tls, FEW_CONNECTIONS)?,
+            Some(Arc::new(Semaphore::new(FEW_CONNECTIONS))),
         ),
+        Connections::OnePerRequest => (one_per_request(tls), None),
+    };
+    Ok(SharedHttpClient::new(GuardedClient { inner, in_flight }))
+}
+
+/// The SDK's connection pool, at most `limit` connections to the store.
+fn bounded(tls: Option<TlsContext>, limit: usize) -> Result<SharedHttpClient> {
+    let builder = pool::ConnectionPool::builder()
+        .proxy_config(ProxyConfig::from_env())
+        .max_connections_per_host(limit);
+    let pool = match tls {
+        Some(tls) => builder
+            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(tls)
+            .build_https(),
+        None => builder.build_http(),
+    }
+    .map_err(|err| Error::input(format!("cannot set up the HTTP client: {err}")))?;
+    let client = pool::Client::new(&pool)
+        .map_err(|err| Error::input(format!("cannot set up the HTTP client: {err}")))?;
+    Ok(SharedHttpClient::new(client))
+}
+
+/// The SDK's default client (hyper 1), which opens a connection for each
+/// request that finds none idle.
+fn one_per_request(tls: Option<TlsContext>) -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut builder = Connector::builder().proxy_config(ProxyConfig::from_env());
+        builder.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            builder.set_sleep_impl(components.sleep_impl());
+        }
+        match &tls {
+            Some(tls) => builder
+                .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                .tls_context(tls.clone())
+                .build(),
+            None => builder.build_http(),
+        }
     })
 }
 
 #[derive(Debug)]
 struct GuardedClient {
     inner: SharedHttpClient,
+    /// A permit per request in flight, as many as the pool's connections,
+    /// if their number is bounded.
+    in_flight: Option<Arc<Semaphore>>,
 }
 
 impl HttpClient for GuardedClient {
@@ -96,32 +151,42 @@ impl HttpClient for GuardedClient {
     ) -> SharedHttpConnector {
         SharedHttpConnector::new(StallGuard {
             inner: self.inner.http_connector(settings, components),
+            in_flight: self.in_flight.clone(),
         })
     }
 }
 
 /// Ends an attempt that has sent nothing and received no answer for
-/// [`STALL_LIMIT`].
+/// [`STALL_LIMIT`]; with `in_flight`, first waits for a permit, held until
+/// the answer's body ends (the store's reads take their bodies whole, so a
+/// permit is never held by a body nobody reads).
 #[derive(Debug)]
 struct StallGuard {
     inner: SharedHttpConnector,
+    in_flight: Option<Arc<Semaphore>>,
 }
 
 impl HttpConnector for StallGuard {
     fn call(&self, mut request: HttpRequest) -> HttpConnectorFuture {
-        let progress = Arc::new(Progress::new());
-        let body = std::mem::replace(request.body_mut(), SdkBody::taken());
-        *request.body_mut() = SdkBody::from_body_1_x(ProgressBody {
-            inner: body,
-            pending: Bytes::new(),
-            progress: progress.clone(),
-        });
-        let response = self.inner.call(request);
+        let (inner, in_flight) = (self.inner.clone(), self.in_flight.clone());
         HttpConnectorFuture::new(async move {
+            let permit = match in_flight {
+                Some(in_flight) => Some(in_flight.acquire_owned().await.expect("never closed")),
+                None => None,
+            };
+            // The wait for a permit is no stall: the attempt starts now.
+            let progress = Arc::new(Progress::new());
+            let body = std::mem::replace(request.body_mut(), SdkBody::taken());
+            *request.body_mut() = SdkBody::from_body_1_x(ProgressBody {
+                inner: body,
+                pending: Bytes::new(),
+                progress: progress.clone(),
+            });
+            let response = inner.call(request);
             tokio::pin!(response);
-            loop {
+            let mut answer = loop {
                 tokio::select! {
-                    answer = &mut response => return answer,
+                    answer = &mut response => break answer?,
                     _ = tokio::time::sleep_until(progress.last() + STALL_LIMIT) => {
                         if progress.last() + STALL_LIMIT <= Instant::now() {
                             return Err(ConnectorError::timeout(
@@ -134,7 +199,15 @@ impl HttpConnector for StallGuard {
                         }
                     }
                 }
+            };
+            if let Some(permit) = permit {
+                let body = answer.take_body();
+                *answer.body_mut() = SdkBody::from_body_1_x(PermitBody {
+                    inner: body,
+                    permit: Some(permit),
+                });
             }
+            Ok(answer)
         })
     }
 }
@@ -211,6 +284,37 @@ impl Body for ProgressBody {
             hint.set_upper(upper + pending);
         }
         hint
+    }
+}
+
+/// An answer's body, holding its request's permit until it ends or is
+/// dropped.
+struct PermitBody {
+    inner: SdkBody,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Body for PermitBody {
+    type Data = Bytes;
+    type Error = aws_smithy_types::body::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream() {
+            self.permit.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -16,6 +16,7 @@ mod check;
 mod cli;
 mod clock;
 mod conformance;
+mod connections;
 mod containers;
 mod faults;
 mod fencing;

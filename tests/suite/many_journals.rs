@@ -242,7 +242,8 @@ fn resume_handles_hundreds_of_abandoned_journals_side_by_side() {
 /// Not a test: seeds the store `ALITX_BENCH_STORE` with
 /// `ALITX_BENCH_JOURNALS` (default 1,000) journals of uploads killed after
 /// their links, for timing `journals`, `check` and `resume` by hand (see
-/// docs/benchmarks.md). `cargo test --release --test suite --
+/// docs/benchmarks.md); with `ALITX_BENCH_WORK_DIR`, their files are copied
+/// there, for a `resume` that rolls them forward. `cargo test --release --test suite --
 /// many_journals::seed --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -264,4 +265,13 @@ fn seed_abandoned_journals_for_a_benchmark() {
             .fold(0, |sum, n| async move { sum + n }),
     );
     eprintln!("{spec}: {n} abandoned journals, {keys} keys in all");
+    if let Ok(dir) = std::env::var("ALITX_BENCH_WORK_DIR") {
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(wd.path())
+            .arg(&dir)
+            .status();
+        assert!(copied.unwrap().success(), "copying the work dir to {dir}");
+        eprintln!("their files: work dir {dir}");
+    }
 }

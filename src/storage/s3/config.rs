@@ -17,7 +17,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::TlsContext;
 
 use crate::error::{Error, Result};
-use crate::storage::s3_http;
+use crate::storage::s3_http::{self, Connections};
 
 /// What aliBuild's `b3://` stores use when no endpoint is given.
 pub const DEFAULT_ENDPOINT: &str = "https://s3.cern.ch";
@@ -30,6 +30,9 @@ pub struct S3Config {
     /// The PEM bundle of certificate authorities an `https://` endpoint is
     /// checked against instead of the system's (`AWS_CA_BUNDLE`).
     pub ca_bundle: Option<PathBuf>,
+    /// How many connections the client opens (a one-shot command's few,
+    /// unless set otherwise).
+    pub connections: Connections,
 }
 
 impl S3Config {
@@ -53,6 +56,7 @@ impl S3Config {
                 .or_else(|| env("AWS_DEFAULT_REGION"))
                 .unwrap_or_else(|| "us-east-1".into()),
             ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
+            connections: Connections::Few,
         })
     }
 
@@ -63,12 +67,12 @@ impl S3Config {
 
     /// The SDK client for this store, its connections made with `tls`
     /// (`None`: plain HTTP).
-    pub(super) async fn client(&self, tls: Option<TlsContext>) -> Client {
+    pub(super) async fn client(&self, tls: Option<TlsContext>) -> Result<Client> {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
             .credentials_provider(credentials())
             .endpoint_url(&self.endpoint)
-            .http_client(s3_http::client(tls))
+            .http_client(s3_http::client(tls, self.connections)?)
             .retry_config(RetryConfig::standard().with_max_attempts(s3_http::ATTEMPTS))
             // No attempt timeout: the stall limit ends an attempt that stopped
             // moving, however long a large part legitimately takes.
@@ -94,7 +98,7 @@ impl S3Config {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
-        Client::from_conf(s3)
+        Ok(Client::from_conf(s3))
     }
 }
 

@@ -44,7 +44,7 @@ impl S3Store {
         };
         let tls = trust.as_ref().map(Trust::tls_context).transpose()?;
         Ok(S3Store {
-            client: config.client(tls).await,
+            client: config.client(tls).await?,
             credentials: config::credentials(),
             config,
             trust,
