@@ -471,30 +471,36 @@ async fn put_link(
     metadata: &crate::storage::Metadata,
     identical_ok: bool,
 ) -> Result<bool> {
-    if store.put_link_if_absent(link, metadata).await? == Created::Yes {
-        return Ok(true);
-    }
-    let info = store.head(&link.key).await?;
-    if info.as_ref().is_some_and(|info| is_ours(info, journal)) {
-        return Ok(false);
-    }
-    let identical =
-        get_small(store, &link.key, Small::Link).await?.as_deref() == Some(link.body.as_bytes());
-    match (identical, identical_ok) {
-        (true, true) => return Ok(false),
-        // A package link of this very build that appeared since the first
-        // look: another upload of the same build is writing it.
-        (true, false) => {
-            return Err(Error::new(
-                ErrorKind::LiveLease,
-                format!(
-                    "{} was written by another upload of this very build since this one began: \
-                     it may still be running; re-run once it is over, or after --adopt-after, to complete it",
-                    link.key
-                ),
-            ))
+    // A key deleted between the claim and the reads (a rollback of what
+    // held it) is claimed again, a few times.
+    for _ in 0..CLAIM_ATTEMPTS {
+        if store.put_link_if_absent(link, metadata).await? == Created::Yes {
+            return Ok(true);
         }
-        (false, _) => {}
+        let info = store.head(&link.key).await?;
+        if info.as_ref().is_some_and(|info| is_ours(info, journal)) {
+            return Ok(false);
+        }
+        let held = match get_small(store, &link.key, Small::Link).await? {
+            None => continue,
+            Some(body) => body,
+        };
+        match (held == link.body.as_bytes(), identical_ok) {
+            (true, true) => return Ok(false),
+            // A package link of this very build that appeared since the
+            // first look: another upload of the same build is writing it.
+            (true, false) => {
+                return Err(Error::new(
+                    ErrorKind::LiveLease,
+                    format!(
+                        "{} was written by another upload of this very build since this one began: \
+                         it may still be running; re-run once it is over, or after --adopt-after, to complete it",
+                        link.key
+                    ),
+                ))
+            }
+            (false, _) => break,
+        }
     }
     Err(Error::conflict(format!(
         "{} already exists in the store and was not written by this transaction: another build holds revision {} of {}; \
@@ -502,6 +508,9 @@ async fn put_link(
         link.key, journal.revision.revision, journal.revision.package, journal.revision.package
     )))
 }
+
+/// How many times a link is claimed while what held its key keeps going.
+const CLAIM_ATTEMPTS: usize = 3;
 
 struct Sent {
     scanned: tarball::Scanned,

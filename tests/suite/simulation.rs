@@ -21,8 +21,12 @@ const SEEDS: std::ops::Range<u64> = 0..10_000;
 /// retired and deleted a published link under it (1213462); uploads
 /// exited 3 on a journal that kept changing, a package link deleted since
 /// their first look, or their own build published with links missing
-/// (1095709, 1233938, 1305078, 1462868, 1491192).
-const FIXED: [(u64, &[Actor]); 23] = [
+/// (1095709, 1233938, 1305078, 1462868, 1491192). A lease renewal aborted
+/// in flight landed after the retirement and brought a repair's lock
+/// journal back (2515467, 2570569); a package link deleted between an
+/// upload's claim and its read of it was taken for another build's
+/// (673089).
+const FIXED: [(u64, &[Actor]); 26] = [
     (20, &BEFORE_FORGER),
     (349, &BEFORE_FORGER),
     (645, &BEFORE_FORGER),
@@ -46,6 +50,9 @@ const FIXED: [(u64, &[Actor]); 23] = [
     (1305078, &Actor::ALL),
     (1462868, &Actor::ALL),
     (1491192, &Actor::ALL),
+    (2515467, &Actor::ALL),
+    (2570569, &Actor::ALL),
+    (673089, &Actor::ALL),
 ];
 
 /// Every actor but the journal forger, which came later (a seed picks its
