@@ -277,6 +277,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Delete `key`; deleting a missing key succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
 
+    /// Called right before a request with a deadline leaves, so that the
+    /// deadline is checked after it: a simulated store holds a frozen
+    /// process here.
+    async fn about_to_send(&self) {}
+
     /// Write `key` as [`put`](Self::put) does, only if the request leaves
     /// before `deadline` (see [`delete_before`](Self::delete_before)).
     async fn put_before(
@@ -287,6 +292,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         mode: PutMode,
         deadline: tokio::time::Instant,
     ) -> Result<Sent> {
+        self.about_to_send().await;
         if tokio::time::Instant::now() >= deadline {
             return Ok(Sent::TooLate);
         }
@@ -297,6 +303,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// checked right before it is sent: a process that stalled (frozen,
     /// starved) since its last proof of ownership sends nothing.
     async fn delete_before(&self, key: &str, deadline: tokio::time::Instant) -> Result<Sent> {
+        self.about_to_send().await;
         if tokio::time::Instant::now() >= deadline {
             return Ok(Sent::TooLate);
         }

@@ -47,7 +47,7 @@ use alitx::machine::{self, Machine};
 use alitx::recovery::{self, Selection};
 use alitx::storage::{
     md5_hex, Created, Listing, Metadata, ObjectInfo, ObjectMeta, PendingUpload, PutMode, Segments,
-    Sent, Store, UploadedPart,
+    Store, UploadedPart,
 };
 use alitx::txn::{self, Options};
 
@@ -629,30 +629,10 @@ impl Store for SimStore {
         .await
     }
 
-    /// The deadline is checked once the process is thawed, right before
-    /// the request leaves, as the product's stores do.
-    async fn put_before(
-        &self,
-        key: &str,
-        body: Bytes,
-        metadata: &Metadata,
-        mode: PutMode,
-        deadline: Instant,
-    ) -> Result<Sent> {
+    /// A frozen process's request with a deadline leaves once it is
+    /// thawed, and the deadline is checked then, as in the product.
+    async fn about_to_send(&self) {
         self.thawed().await;
-        if Instant::now() >= deadline {
-            return Ok(Sent::TooLate);
-        }
-        self.put(key, body, metadata, mode).await.map(|_| Sent::Yes)
-    }
-
-    /// As [`put_before`](Self::put_before).
-    async fn delete_before(&self, key: &str, deadline: Instant) -> Result<Sent> {
-        self.thawed().await;
-        if Instant::now() >= deadline {
-            return Ok(Sent::TooLate);
-        }
-        self.delete(key).await.map(|()| Sent::Yes)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -10,6 +10,18 @@ use crate::common::*;
 use alitx::layout::DIST_DIRS;
 
 /// Upload every package of `wd` in dependency order; assert each succeeds.
+/// A report's `keys_written`, sorted.
+fn keys_written(report: &serde_json::Value) -> Vec<String> {
+    let mut written: Vec<String> = report["keys_written"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    written.sort();
+    written
+}
+
 fn upload_all(wd: &WorkDir, store: &TestStore) {
     for i in 0..wd.pkgs.len() {
         let out = alitx(&wd.upload_args(i, store));
@@ -132,13 +144,7 @@ fn json_report_names_the_journal_keys_and_bytes() {
                 )
             );
         }
-        let mut written: Vec<String> = report["keys_written"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k.as_str().unwrap().to_string())
-            .collect();
-        written.sort();
+        let written = keys_written(&report);
         let expected: Vec<String> = wd.expected([1]).into_keys().collect();
         assert_eq!(written, expected, "{kind}");
         assert!(expected.contains(&rev.store_key()));
@@ -181,13 +187,7 @@ fn uploading_a_published_build_with_links_missing_puts_them_back() {
         assert_exit(&out, 0);
         let report = json(&out);
         assert_eq!(report["status"], "already-published", "{kind}");
-        let mut written: Vec<String> = report["keys_written"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k.as_str().unwrap().to_string())
-            .collect();
-        written.sort();
+        let written = keys_written(&report);
         assert_eq!(written, gone, "{kind}");
         assert_eq!(
             rt.block_on(store.snapshot()),
