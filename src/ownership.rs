@@ -50,7 +50,7 @@ fn send_window() -> Duration {
 /// How many times a delete, or a journal write, re-proves ownership before
 /// it gives up on a store (or a process) too slow to send it within
 /// [`send_window`].
-const DELETE_ATTEMPTS: usize = 5;
+const FENCED_ATTEMPTS: usize = 5;
 
 /// Read and validate the journal at `key`, if there is one. A HEAD comes
 /// first: a missing journal is the common case at the start of an upload,
@@ -278,19 +278,37 @@ impl JournalHandle {
     /// delete only within [`send_window`] of the confirming read's start,
     /// by the monotonic clock (a process frozen in between proves it again).
     pub async fn delete_as_owner(&self, key: &str) -> Result<()> {
-        for _ in 0..DELETE_ATTEMPTS {
+        let token = match self.journal.lock().await.as_ref() {
+            Some(journal) => journal.owner.token.clone(),
+            None => return Err(Error::lost_ownership(format!("{} is retired", self.key))),
+        };
+        let store = &self.store;
+        self.fenced(&token, key, |deadline| store.delete_before(key, deadline))
+            .await
+    }
+
+    /// Send one request, given the deadline it must leave by, within
+    /// [`send_window`] of the start of a read that proved `token` still
+    /// owns the journal, by the monotonic clock; a process stalled past it
+    /// proves ownership again. `what` names the key the request is about.
+    async fn fenced<F, Fut>(&self, token: &str, what: &str, request: F) -> Result<()>
+    where
+        F: Fn(tokio::time::Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<Sent>>,
+    {
+        for _ in 0..FENCED_ATTEMPTS {
             let proof = tokio::time::Instant::now();
-            self.confirm().await?;
-            if self.store.delete_before(key, proof + send_window()).await? == Sent::Yes {
+            self.confirm_token(token).await?;
+            if request(proof + send_window()).await? == Sent::Yes {
                 return Ok(());
             }
             debug!(
-                "{key}: ownership of {} proven too long ago to delete; proving it again",
+                "{what}: ownership of {} proven too long ago to send the request; proving it again",
                 self.key
             );
         }
         Err(Error::store(format!(
-            "{key} was not deleted: {DELETE_ATTEMPTS} times in a row, proving that this process still owns {} \
+            "{what} was not changed: {FENCED_ATTEMPTS} times in a row, proving that this process still owns {} \
              took longer than {} ms; run the command again when the store answers faster",
             self.key,
             send_window().as_millis()
@@ -321,46 +339,27 @@ impl JournalHandle {
         };
         let mut next = journal.clone();
         change(&mut next);
-        if confirm == Confirm::No {
-            next.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
-            let metadata = next.journal_metadata();
-            let body = next.to_bytes();
-            self.store
-                .put(&self.key, body, &metadata, PutMode::Overwrite)
-                .await?;
-            *journal = next;
-            return Ok(());
-        }
-        // Sent within the send window of the read that proved ownership,
-        // like a delete: a write held up past it could land after a
-        // takeover's settle, or bring back a journal another process retired.
-        for _ in 0..DELETE_ATTEMPTS {
-            let proof = tokio::time::Instant::now();
-            self.confirm_token(&journal.owner.token).await?;
-            next.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
-            let (body, metadata) = (next.to_bytes(), next.journal_metadata());
-            let mode = PutMode::Overwrite;
-            let deadline = proof + send_window();
-            if self
-                .store
-                .put_before(&self.key, body, &metadata, mode, deadline)
-                .await?
-                == Sent::Yes
-            {
-                *journal = next;
-                return Ok(());
+        next.lease_expires_at = crate::now_secs() + self.lease.as_secs() as i64;
+        let (body, metadata) = (next.to_bytes(), next.journal_metadata());
+        let mode = PutMode::Overwrite;
+        match confirm {
+            Confirm::No => {
+                self.store.put(&self.key, body, &metadata, mode).await?;
             }
-            debug!(
-                "{}: ownership proven too long ago to write it; proving it again",
-                self.key
-            );
+            // Sent within the send window of the read that proved
+            // ownership, like a delete: a write held up past it could land
+            // after a takeover's settle, or bring back a journal another
+            // process retired.
+            Confirm::First => {
+                let (store, key, token) = (&self.store, &self.key, &journal.owner.token);
+                self.fenced(token, key, |deadline| {
+                    store.put_before(key, body.clone(), &metadata, mode, deadline)
+                })
+                .await?;
+            }
         }
-        Err(Error::store(format!(
-            "{} was not written: {DELETE_ATTEMPTS} times in a row, proving that this process still owns it \
-             took longer than {} ms; run the command again when the store answers faster",
-            self.key,
-            send_window().as_millis()
-        )))
+        *journal = next;
+        Ok(())
     }
 
     /// Delete the journal: the transaction is over.
