@@ -8,7 +8,8 @@
 //! that has no tarball) *and* no store tarball of the revision exists: not
 //! the one the deleter expects, nor any its own links (package link, its
 //! own link in each dist directory) name under another hash
-//! ([`revision_tarballs`]). A journal is untrusted input, and one that
+//! ([`revision_tarballs`]), nor did (its publication record names it: the
+//! tarball was retired by a clean-up). A journal is untrusted input, and one that
 //! names a published revision under another hash must delete nothing. Once
 //! the tarball exists, readers (the CVMFS publisher, every builder) may
 //! already use the revision, and aliBuild never reuses its number. The
@@ -20,6 +21,7 @@ use crate::error::Result;
 use crate::journal::TXN_METADATA;
 use crate::layout::{self, LinkKind, DIST_DIRS};
 use crate::ownership::JournalHandle;
+use crate::record::Record;
 use crate::storage::{get_small, ObjectInfo, Small, Store};
 
 /// A revision as every deleter can name it, its hash known or not.
@@ -77,14 +79,37 @@ pub async fn revision_tarballs(
     Ok(tarballs)
 }
 
-/// The first of `tarballs` that exists now.
+/// The first of `tarballs` that exists now, else the one the revision's
+/// publication record names: published, then retired by ALICE's clean-up,
+/// which deletes old store tarballs and keeps their links. A record that
+/// cannot be trusted stops the deleter (deleting nothing).
 pub async fn published(store: &dyn Store, tarballs: &[String]) -> Result<Option<String>> {
     for key in tarballs {
         if store.head(key).await?.is_some() {
             return Ok(Some(key.clone()));
         }
     }
-    Ok(None)
+    Ok(retired(store, tarballs).await?.map(|record| record.key))
+}
+
+/// The revision's publication record, if it names one of `tarballs` (all
+/// of one revision): the tarball was published, whether or not it still
+/// exists. An error for a record that cannot be trusted.
+pub async fn retired(store: &dyn Store, tarballs: &[String]) -> Result<Option<Record>> {
+    let Some(record_key) = tarballs.first().and_then(|key| record_key_of(key)) else {
+        return Ok(None);
+    };
+    let record = crate::record::read_key(store, &record_key).await?;
+    Ok(record.filter(|record| tarballs.contains(&record.key)))
+}
+
+/// The key of the publication record of the revision whose store tarball is
+/// `tarball` (`TARS/<arch>/store/<h2>/<hash>/<name>`).
+fn record_key_of(tarball: &str) -> Option<String> {
+    let architecture = tarball.split('/').nth(1)?;
+    let (_, _, name) = layout::parse_store_key(architecture, tarball).ok()?;
+    let full_version = layout::tarball_full_version(architecture, name)?;
+    Some(crate::record::key_for(architecture, full_version))
 }
 
 /// Whose objects a deleter may remove.

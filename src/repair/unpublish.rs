@@ -30,8 +30,8 @@ pub struct Unpublish {
 }
 
 /// Removes the named revision: its tarball first (readers stop finding
-/// it), then its dist links, then its package link (the revision number is
-/// free again), then its publication record. Refused while a journal covers
+/// it), then its publication record, then its dist links, then its package
+/// link (the revision number is free again). Refused while a journal covers
 /// it, and (unless `ignore_dependents`) while other revisions' dist links
 /// name its tarball. It deletes holding the revision's journal as its lock
 /// (`lock`): refused if another journal appeared since the scan. A failure
@@ -203,7 +203,9 @@ fn named_revision<'a>(
 }
 
 /// Every key of the revision, in the order they go: its store tarball, its
-/// dist links, its package link, its publication record.
+/// publication record (evidence of publication that would keep the rest
+/// from `repair` if this stopped half-way), its dist links, its package
+/// link.
 async fn keys_of(store: &dyn Store, revision: &RevisionReport, name: &str) -> Result<Vec<String>> {
     let arch = &revision.architecture;
     let mut keys = Vec::new();
@@ -212,6 +214,10 @@ async fn keys_of(store: &dyn Store, revision: &RevisionReport, name: &str) -> Re
         if store.head(&tarball).await?.is_some() {
             keys.push(tarball);
         }
+    }
+    let record = crate::record::key_for(arch, name);
+    if store.head(&record).await?.is_some() {
+        keys.push(record);
     }
     for dir in DIST_DIRS {
         let prefix = format!("TARS/{arch}/{dir}/{}/{name}/", revision.package);
@@ -227,10 +233,6 @@ async fn keys_of(store: &dyn Store, revision: &RevisionReport, name: &str) -> Re
     let package_link = revision.package_link_key();
     if store.head(&package_link).await?.is_some() {
         keys.push(package_link);
-    }
-    let record = crate::record::key_for(arch, name);
-    if store.head(&record).await?.is_some() {
-        keys.push(record);
     }
     Ok(keys)
 }

@@ -31,20 +31,51 @@ pub(super) async fn finish_published(
     options: &Options,
 ) -> Result<Report> {
     let journal = handle.snapshot().await;
-    let tarball = store.head(&journal.tarball.key).await?.ok_or_else(|| {
-        Error::lost_ownership(format!(
-            "{} disappeared after it was published: another process unpublished it",
-            journal.tarball.key
-        ))
-    })?;
+    let tarball = store.head(&journal.tarball.key).await?;
     let mut report = Report::new(Status::Committed, journal.id(), &journal.revision, store);
     report.txn = Some(journal.txn.clone());
-    report.tarball_bytes = tarball.size;
+    report.tarball_bytes = tarball.as_ref().map_or(journal.tarball.size, |t| t.size);
     report.tarball_sha256 = journal
         .tarball
         .sha256
         .clone()
-        .or_else(|| tarball.metadata.get(SHA256_METADATA).cloned());
+        .or_else(|| tarball.as_ref()?.metadata.get(SHA256_METADATA).cloned());
+    report.keys_written = restore_links(store, &journal, options).await?;
+    if !report.keys_written.is_empty() {
+        warn!(
+            "{} is published: restored {} missing links",
+            journal.id(),
+            report.keys_written.len()
+        );
+    }
+    let Some(tarball) = tarball else {
+        // Published by this transaction (its record says so) and retired
+        // since by a clean-up: final, its links kept; only the journal goes.
+        let key = std::slice::from_ref(&journal.tarball.key);
+        return match crate::deletion::retired(store, key).await? {
+            Some(record) if record.txn == journal.txn => {
+                handle.retire().await?;
+                report.status = Status::AlreadyPublished;
+                Ok(report)
+            }
+            _ => Err(Error::lost_ownership(format!(
+                "{} disappeared after it was published: another process unpublished it",
+                journal.tarball.key
+            ))),
+        };
+    };
+    let evidence = Evidence::Found(Some(&tarball));
+    commit(store, handle, report.tarball_sha256.as_deref(), evidence).await?;
+    Ok(report)
+}
+
+/// Put back, if absent, every link of the published `journal`: they are
+/// its own. Returns the keys written.
+async fn restore_links(
+    store: &dyn Store,
+    journal: &Journal,
+    options: &Options,
+) -> Result<Vec<String>> {
     let metadata = journal.object_metadata();
     let restored: Vec<Option<String>> = futures::stream::iter(journal.links())
         .map(|link| {
@@ -57,17 +88,7 @@ pub(super) async fn finish_published(
         .buffer_unordered(options.link_concurrency.max(1))
         .try_collect()
         .await?;
-    report.keys_written = restored.into_iter().flatten().collect();
-    if !report.keys_written.is_empty() {
-        warn!(
-            "{} is published: restored {} missing links",
-            journal.id(),
-            report.keys_written.len()
-        );
-    }
-    let evidence = Evidence::Found(Some(&tarball));
-    commit(store, handle, report.tarball_sha256.as_deref(), evidence).await?;
-    Ok(report)
+    Ok(restored.into_iter().flatten().collect())
 }
 
 /// The tarball is published: mark the journal committed and leave the

@@ -9,7 +9,9 @@ use tracing::{debug, warn};
 
 use std::time::Duration;
 
-use crate::deletion::{delete_unpublished, published, revision_tarballs, Deleter, Deletion, Named};
+use crate::deletion::{
+    delete_unpublished, published, retired, revision_tarballs, Deleter, Deletion, Named,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::Journal;
 use crate::layout::Link;
@@ -30,15 +32,21 @@ pub(super) async fn tarball_now(store: &dyn Store, journal: &Journal) -> Result<
             false => Tarball::Foreign,
         });
     }
-    let tarballs = revision_tarballs(store, named(journal), None).await?;
-    let others: Vec<String> = tarballs
-        .into_iter()
-        .filter(|key| *key != journal.tarball.key)
-        .collect();
-    match published(store, &others).await? {
-        Some(_) => Ok(Tarball::Foreign),
-        None => Ok(Tarball::Absent),
+    let tarballs = revision_tarballs(store, named(journal), Some(&journal.tarball.key)).await?;
+    for other in tarballs.iter().filter(|key| **key != journal.tarball.key) {
+        if store.head(other).await?.is_some() {
+            return Ok(Tarball::Foreign);
+        }
     }
+    // None exists now; one may have been published and retired since by a
+    // clean-up, as its publication record tells.
+    Ok(match retired(store, &tarballs).await? {
+        Some(record) if record.key == journal.tarball.key && record.txn == journal.txn => {
+            Tarball::Ours
+        }
+        Some(_) => Tarball::Foreign,
+        None => Tarball::Absent,
+    })
 }
 
 /// The journal's revision, as [`revision_tarballs`] takes it.

@@ -543,3 +543,50 @@ fn a_bare_name_never_starts_a_local_store() {
     );
     assert!(new.join(wd.pkgs[0].revision().store_key()).is_file());
 }
+
+/// A revision published by alitx, then retired by ALICE's clean-up (its
+/// tarball deleted, its links and publication record kept), meets a stale
+/// copy of the journal of the very transaction that published it (a
+/// journal read back is a claim, not evidence). `resume --force` must not
+/// take the missing tarball for an upload that never finished: the record
+/// names this transaction's tarball, so every link stays and only the
+/// journal goes. Found by the simulator with the clean-up among its
+/// actors: before, the resume rolled back and deleted every link of the
+/// retired revision.
+#[test]
+fn a_stale_journal_of_a_retired_revision_deletes_none_of_its_links() {
+    let rt = runtime();
+    let wd = WorkDir::chain(1, 1 << 20);
+    let rev = wd.pkgs[0].revision();
+    let id = alitx::journal::Journal::id_of(&rev);
+    let journal_key = alitx::journal::Journal::key_of(alitx::journal::DEFAULT_PREFIX, &rev);
+    each_backend(|kind, store| {
+        alitx_killed_at(&wd.upload_args(0, &store), "after-links");
+        let backend = rt.block_on(store.open());
+        let stale = rt.block_on(backend.get(&journal_key)).unwrap().unwrap();
+        assert_exit(&alitx(&wd.resume_args(&store, &["--force", &id])), 0);
+        assert_exact(&store, &wd, &[0], kind);
+        rt.block_on(backend.delete(&rev.store_key())).unwrap();
+        let retired = rt.block_on(store.snapshot());
+        let meta = Metadata::new();
+        rt.block_on(backend.put(&journal_key, stale, &meta, PutMode::Create))
+            .unwrap();
+
+        let out = alitx(&store.cmd("resume", &["--json", "--force", &id]));
+        assert_exit(&out, 0);
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            retired,
+            "{kind}: {}",
+            stderr(&out)
+        );
+        assert_eq!(rt.block_on(store.records()).len(), 1, "{kind}: the record");
+        assert!(
+            rt.block_on(backend.head(&journal_key)).unwrap().is_none(),
+            "{kind}"
+        );
+        let check = alitx(&store.cmd("check", &["--json"]));
+        assert_exit(&check, 0);
+        assert_eq!(json(&check)["summary"]["unpublished"], 1, "{kind}");
+    });
+}
