@@ -1280,7 +1280,7 @@ async fn act(actor: Actor, store: Arc<SimStore>, build: usize, min_age: Duration
             match alitx::repair::repair(store, found, &options, false, 8).await {
                 Ok(report) => Fate::Done(format!(
                     "repair: deleted {:?}, left over {}",
-                    report.deleted.unwrap_or_default().len(),
+                    report.deleted().len(),
                     report.left_over
                 )),
                 Err(e) => failed(e),
