@@ -125,7 +125,8 @@ pub(super) fn say_if_empty(report: &check::CheckReport, package: Option<&str>) {
     }
 }
 
-/// Every key deleted (or that would be), what was left alone and why.
+/// Per revision, the step and every key deleted or re-created (in a dry
+/// run: the plan, and what would be), what was left alone and why.
 pub(super) fn print_repair(report: &repair::RepairReport, package: Option<&str>) {
     say_if_empty(&report.check, package);
     let verb = if report.dry_run {
@@ -134,7 +135,12 @@ pub(super) fn print_repair(report: &repair::RepairReport, package: Option<&str>)
         "deleted"
     };
     for a in &report.actions {
-        println!("{}  {}: {}", a.action, a.revision, a.message);
+        println!(
+            "{}  {}: {}",
+            a.action.name(report.dry_run),
+            a.revision,
+            a.message
+        );
         let failed = matches!(a.action, ActionKind::LeftAlone | ActionKind::Failed);
         for key in &a.keys {
             // A failure half-way: the keys deleted before it.
@@ -162,12 +168,7 @@ pub(super) fn print_repair(report: &repair::RepairReport, package: Option<&str>)
             r.id()
         );
     }
-    let uploads = report
-        .aborted_uploads
-        .as_ref()
-        .or(report.would_abort_uploads.as_ref())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let uploads = &report.aborted_uploads;
     for u in uploads {
         let verb = if report.dry_run {
             "would abort"

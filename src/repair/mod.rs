@@ -1,10 +1,12 @@
 //! `alitx repair`: remove what `check` found to be leftovers, and nothing
-//! else. A partial revision (one without a store tarball) loses exactly its
+//! else. What it does is decided first, as a plan of one step per revision
+//! (`plan`), from the scan alone; repair carries the plan out, and
+//! `--dry-run` reports it. A partial revision (one without a store tarball) loses exactly its
 //! own keys, dist links first, package link last, each through the one
 //! deletion rule (`deletion`): never once its tarball exists. A published
 //! revision is final: repair only re-creates, with put-if-absent, the links
-//! the store alone determines (its package link, its own link in each dist
-//! directory). An abandoned journal is rolled back by the very code
+//! the store alone determines that the scan found missing (its package
+//! link, its own link in a dist directory). An abandoned journal is rolled back by the very code
 //! `alitx rollback` runs; staged uploads older than the threshold that no
 //! pending journal references are aborted. A revision whose every link is
 //! in place without its tarball (`unpublished`) may have been published and
@@ -12,119 +14,32 @@
 //! it removes one named revision, tarball included (`unpublish`).
 
 mod lock;
+mod plan;
+mod report;
 mod unpublish;
 
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde::Serialize;
 
-use crate::check::{CheckReport, Reason, RevisionReport, State};
+use crate::check::{CheckReport, Reason, RevisionReport};
 use crate::deletion::{delete_unpublished, published, revision_tarballs, Deleter, Deletion, Named};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::journal::{DeleterKind, Journal, UNKNOWN_HASH};
-use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
+use crate::layout::{self, Link, LinkKind, Revision};
 use crate::ownership::JournalHandle;
 use crate::recovery::{self, Selection};
-use crate::storage::{get_small, Created, Metadata, Small, Store};
+use crate::storage::{get_small, Small, Store};
 use crate::txn::{self, Options};
 
 pub use lock::finish_abandoned;
+pub use plan::{plan, Planned, RepairPlan, Step, Why};
+pub use report::{Action, ActionKind, RepairReport, Upload};
 pub use unpublish::{unpublish, Unpublish};
 
-/// What repair did (or, in a dry run, would do) to one revision.
-#[derive(Debug, Serialize)]
-pub struct Action {
-    /// `<arch>/<tarball>`
-    pub revision: String,
-    pub state: State,
-    pub action: ActionKind,
-    pub message: String,
-    /// Keys deleted (or that would be); for a failed repair, those deleted
-    /// before it failed.
-    pub keys: Vec<String>,
-    /// Links re-created (or that would be).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub restored: Vec<String>,
-}
-
-/// What repair did to one revision; the JSON names are a contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ActionKind {
-    Deleted,
-    Restored,
-    RolledBack,
-    LeftAlone,
-    Failed,
-    Unpublished,
-    WouldDelete,
-    WouldRestore,
-    WouldRollBack,
-    WouldUnpublish,
-}
-
-impl std::fmt::Display for ActionKind {
-    /// The JSON name.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = serde_json::to_value(self).expect("an action serialises");
-        f.write_str(name.as_str().unwrap_or_default())
-    }
-}
-
-impl Action {
-    fn new(revision: &RevisionReport, action: ActionKind, message: String) -> Self {
-        Action {
-            revision: revision.id(),
-            state: revision.state,
-            action,
-            message,
-            keys: Vec::new(),
-            restored: Vec::new(),
-        }
-    }
-
-    fn with_keys(mut self, keys: Vec<String>) -> Self {
-        self.keys = keys;
-        self
-    }
-}
-
-/// A stale staged upload repair aborted (or would abort).
-#[derive(Debug, Clone, Serialize)]
-pub struct AbortedUpload {
-    pub key: String,
-    pub upload_id: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RepairReport {
-    pub dry_run: bool,
-    pub store: String,
-    pub actions: Vec<Action>,
-    /// Every key deleted, in order (`would_delete` in a dry run).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deleted: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub would_delete: Option<Vec<String>>,
-    /// Every link re-created (`would_restore` in a dry run).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub restored: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub would_restore: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aborted_uploads: Option<Vec<AbortedUpload>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub would_abort_uploads: Option<Vec<AbortedUpload>>,
-    /// Whether something found is still there for a later run or a person:
-    /// a recent partial revision, a needed tarball, an invalid journal, a
-    /// failure.
-    pub left_over: bool,
-    pub check: CheckReport,
-}
-
-/// Repair what `check` found. With `dry_run`, only say what would go.
+/// Repair what `check` found: carry out its plan ([`plan()`]), or with
+/// `dry_run` report the plan and change nothing.
 pub async fn repair(
     store: Arc<dyn Store>,
     check: CheckReport,
@@ -136,83 +51,82 @@ pub async fn repair(
         store.preflight().await?;
     }
     failpoint("repair-scanned");
-    let chosen: Vec<&RevisionReport> = check
-        .revisions
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.state,
-                State::Partial | State::Abandoned | State::PublishedIncomplete
-            )
-        })
-        .collect();
-    let mut actions: Vec<Action> = futures::stream::iter(chosen)
-        .map(|revision| {
+    let RepairPlan { steps, abort } = plan(&check);
+    let mut actions: Vec<Action> = futures::stream::iter(&steps)
+        .map(|planned| {
             let store = store.clone();
             async move {
-                let result = match (revision.state, revision.repairable) {
-                    (_, false) => Ok(left_alone(revision)),
-                    (State::Abandoned, true) => roll_back(store, revision, options, dry_run).await,
-                    (State::PublishedIncomplete, true) => {
-                        restore_links(&*store, revision, dry_run).await
-                    }
-                    _ => Ok(delete_partial(store, revision, options, dry_run).await),
+                let result = match dry_run {
+                    true => preview(&*store, planned, options).await,
+                    false => carry_out(store, planned, options).await,
                 };
-                result.unwrap_or_else(|e| Action::new(revision, ActionKind::Failed, e.message))
+                result.unwrap_or_else(|e| {
+                    Action::new(planned.revision, ActionKind::Failed, e.message)
+                })
             }
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     actions.sort_by(|a, b| a.revision.cmp(&b.revision));
-
-    let mut aborted = Vec::new();
-    for upload in check.stale_uploads.iter().filter(|u| u.journal.is_none()) {
-        if !dry_run {
+    if !dry_run {
+        for upload in &abort {
             store.abort_upload(&upload.key, &upload.upload_id).await?;
         }
-        aborted.push(AbortedUpload {
-            key: upload.key.clone(),
-            upload_id: upload.upload_id.clone(),
-        });
     }
-    let keys: Vec<String> = actions.iter().flat_map(|a| a.keys.clone()).collect();
-    let restored: Vec<String> = actions.iter().flat_map(|a| a.restored.clone()).collect();
     let left_over = check.summary.invalid_journals > 0
         || actions
             .iter()
             .any(|a| matches!(a.action, ActionKind::LeftAlone | ActionKind::Failed));
     Ok(RepairReport {
         dry_run,
+        unpublish: false,
         store: check.store.clone(),
         actions,
-        deleted: (!dry_run).then(|| keys.clone()),
-        would_delete: dry_run.then_some(keys),
-        restored: (!dry_run).then(|| restored.clone()),
-        would_restore: dry_run.then_some(restored),
-        aborted_uploads: (!dry_run).then(|| aborted.clone()),
-        would_abort_uploads: dry_run.then_some(aborted),
+        aborted_uploads: abort,
         left_over,
         check,
     })
 }
 
-fn left_alone(revision: &RevisionReport) -> Action {
-    let why = if revision.recent {
-        format!(
-            "touched {}s ago, less than --min-age: it may be a stock upload still running; \
-             run repair later, or pass --min-age 0 if no upload of it is running",
-            revision.age_seconds.unwrap_or(0)
+/// A step as a dry run reports it: what the plan says, and for a rollback
+/// the links the store holds with the journal's transaction id (what
+/// `alitx rollback` would delete now). Reads, never writes.
+async fn preview(store: &dyn Store, planned: &Planned<'_>, options: &Options) -> Result<Action> {
+    let revision = planned.revision;
+    Ok(match &planned.step {
+        Step::DeleteLeftovers { keys } => {
+            Action::new(revision, ActionKind::Deleted, joined(&revision.reasons))
+                .with_keys(keys.clone())
+        }
+        Step::RestoreLinks { links } => restored(
+            revision,
+            "would re-create",
+            links.iter().map(|l| l.key.clone()).collect(),
+        ),
+        Step::RollBack { journal } => Action::new(
+            revision,
+            ActionKind::RolledBack,
+            format!("as `alitx rollback {journal}`"),
         )
-    } else {
-        revision
-            .reasons
-            .iter()
-            .find(|r| matches!(r, Reason::LeftAlone(_)))
-            .map(Reason::to_string)
-            .unwrap_or_default()
-    };
-    Action::new(revision, ActionKind::LeftAlone, why)
+        .with_keys(rollback_keys(store, journal, options).await?),
+        Step::LeaveAlone { why } => Action::new(revision, ActionKind::LeftAlone, why.to_string()),
+    })
+}
+
+/// Carry out one step of the plan.
+async fn carry_out(
+    store: Arc<dyn Store>,
+    planned: &Planned<'_>,
+    options: &Options,
+) -> Result<Action> {
+    let revision = planned.revision;
+    Ok(match &planned.step {
+        Step::DeleteLeftovers { keys } => delete_partial(store, revision, keys, options).await,
+        Step::RestoreLinks { links } => restore_links(&*store, revision, links).await?,
+        Step::RollBack { journal } => roll_back(store, revision, journal, options).await?,
+        Step::LeaveAlone { why } => Action::new(revision, ActionKind::LeftAlone, why.to_string()),
+    })
 }
 
 fn joined(reasons: &[Reason]) -> String {
@@ -231,15 +145,11 @@ fn joined(reasons: &[Reason]) -> String {
 async fn delete_partial(
     store: Arc<dyn Store>,
     revision: &RevisionReport,
+    keys: &[String],
     options: &Options,
-    dry_run: bool,
 ) -> Action {
-    if dry_run {
-        return Action::new(revision, ActionKind::WouldDelete, joined(&revision.reasons))
-            .with_keys(revision.keys.clone());
-    }
     let mut deleted = Vec::new();
-    match delete_keys(store, revision, options, &mut deleted).await {
+    match delete_keys(store, revision, keys, options, &mut deleted).await {
         Ok(Deletes::Done) => Action::new(revision, ActionKind::Deleted, joined(&revision.reasons)),
         Ok(Deletes::Busy(e)) => Action::new(revision, ActionKind::LeftAlone, e.message),
         Ok(Deletes::Published { tarball, restored }) => {
@@ -295,13 +205,14 @@ enum Deletes {
 async fn delete_keys(
     store: Arc<dyn Store>,
     revision: &RevisionReport,
+    keys: &[String],
     options: &Options,
     deleted: &mut Vec<String>,
 ) -> Result<Deletes> {
     let expected = expected_tarball(revision);
     let tarballs = revision_tarballs(&*store, named(revision), expected.as_deref()).await?;
     let mut removes = Vec::new();
-    for key in &revision.keys {
+    for key in keys {
         if !owned(revision, key) {
             return Err(Error::store(format!(
                 "refusing to delete {key}: not a key of {}",
@@ -327,7 +238,7 @@ async fn delete_keys(
         }
     };
     failpoint("repair-claimed");
-    let result = delete_claimed(&*store, revision, &handle, &tarballs, deleted).await;
+    let result = delete_claimed(&*store, revision, keys, &handle, &tarballs, deleted).await;
     let retired = handle.retire().await;
     let ended = result?;
     retired?;
@@ -340,12 +251,13 @@ async fn delete_keys(
 async fn delete_claimed(
     store: &dyn Store,
     revision: &RevisionReport,
+    keys: &[String],
     handle: &Arc<JournalHandle>,
     tarballs: &[String],
     deleted: &mut Vec<String>,
 ) -> Result<Deletes> {
     let _renewals = handle.keep_alive();
-    for key in &revision.keys {
+    for key in keys {
         let deletion = match tarballs.is_empty() {
             false => {
                 delete_unpublished(store, tarballs, key, Deleter::Repair, Some(handle)).await?
@@ -425,53 +337,39 @@ async fn delete_naming_nothing(
     Ok(Deletion::Deleted)
 }
 
-/// Re-create, with put-if-absent, what the store alone determines of a
-/// published revision: its package link and its own link in each dist
-/// directory.
+/// Re-create, with put-if-absent, the links the plan names of a published
+/// revision.
 async fn restore_links(
     store: &dyn Store,
     revision: &RevisionReport,
-    dry_run: bool,
+    links: &[Link],
 ) -> Result<Action> {
-    let published = published_revision(revision)?;
-    let own = published.store_key();
-    let mut links = vec![published.package_link()];
-    for dir in DIST_DIRS {
-        links.push(published.dist_link(dir, &own)?);
-    }
-    let mut restored = Vec::new();
-    for link in links {
-        let created = match dry_run {
-            true => store.head(&link.key).await?.is_none(),
-            false => store.put_link_if_absent(&link, &Metadata::new()).await? == Created::Yes,
-        };
-        if created {
-            restored.push(link.key);
-        }
-    }
-    let (kind, verb) = match dry_run {
-        true => (ActionKind::WouldRestore, "would re-create"),
-        false => (ActionKind::Restored, "re-created"),
-    };
+    Ok(restored(
+        revision,
+        "re-created",
+        lock::restore(store, links).await?,
+    ))
+}
+
+/// The action of re-creating `links` of a published revision.
+fn restored(revision: &RevisionReport, verb: &str, links: Vec<String>) -> Action {
     let mut action = Action::new(
         revision,
-        kind,
+        ActionKind::Restored,
         format!(
             "published, so final: {}; {verb} the links the store determines",
             joined(&revision.reasons)
         ),
     );
-    action.restored = restored;
-    Ok(action)
-}
-
-/// The revision a published report describes.
-fn published_revision(revision: &RevisionReport) -> Result<Revision> {
-    revision_with_hash(revision, revision.hash.as_deref())
+    action.restored = links;
+    action
 }
 
 /// The revision `revision` reports, under `hash`.
-fn revision_with_hash(revision: &RevisionReport, hash: Option<&str>) -> Result<Revision> {
+pub(super) fn revision_with_hash(
+    revision: &RevisionReport,
+    hash: Option<&str>,
+) -> Result<Revision> {
     match (&revision.version, &revision.revision, hash) {
         (Some(version), Some(number), Some(hash)) => Revision::new(
             &revision.architecture,
@@ -514,32 +412,26 @@ fn owned(revision: &RevisionReport, key: &str) -> bool {
     tarball || package_link || dist_link
 }
 
+/// What rolling the journal `id` back would delete now: the links the
+/// store holds with its transaction id and body, then the journal.
+async fn rollback_keys(store: &dyn Store, id: &str, options: &Options) -> Result<Vec<String>> {
+    let key = crate::journal::key_from_arg(&options.journal_prefix, id)?;
+    let journal = crate::ownership::read_journal(store, &options.journal_prefix, &key)
+        .await?
+        .ok_or_else(|| Error::input(format!("journal {id} disappeared since the scan")))?;
+    let mut keys = txn::rollback_keys(store, &journal).await?;
+    keys.push(key);
+    Ok(keys)
+}
+
 /// Roll an abandoned journal back, exactly as `alitx rollback` does.
 async fn roll_back(
     store: Arc<dyn Store>,
     revision: &RevisionReport,
+    id: &str,
     options: &Options,
-    dry_run: bool,
 ) -> Result<Action> {
-    let id = revision
-        .journal
-        .clone()
-        .expect("abandoned revisions have a journal");
-    if dry_run {
-        let key = crate::journal::key_from_arg(&options.journal_prefix, &id)?;
-        let journal = crate::ownership::read_journal(&*store, &options.journal_prefix, &key)
-            .await?
-            .ok_or_else(|| Error::input(format!("journal {id} disappeared since the scan")))?;
-        let mut keys = txn::rollback_keys(&*store, &journal).await?;
-        keys.push(key);
-        return Ok(Action::new(
-            revision,
-            ActionKind::WouldRollBack,
-            format!("as `alitx rollback {id}`"),
-        )
-        .with_keys(keys));
-    }
-    let ids = [id.clone()];
+    let ids = [id.to_string()];
     let selection = Selection {
         ids: &ids,
         architecture: None,
@@ -553,50 +445,6 @@ async fn roll_back(
         return Err(error);
     }
     let mut keys = outcome.report.map(|r| r.keys_deleted).unwrap_or_default();
-    keys.push(crate::journal::key_from_arg(&options.journal_prefix, &id)?);
+    keys.push(crate::journal::key_from_arg(&options.journal_prefix, id)?);
     Ok(Action::new(revision, ActionKind::RolledBack, outcome.message).with_keys(keys))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The JSON names of repair's actions are a contract.
-    #[test]
-    fn action_names_are_pinned() {
-        let names: Vec<String> = [
-            ActionKind::Deleted,
-            ActionKind::Restored,
-            ActionKind::RolledBack,
-            ActionKind::LeftAlone,
-            ActionKind::Failed,
-            ActionKind::Unpublished,
-            ActionKind::WouldDelete,
-            ActionKind::WouldRestore,
-            ActionKind::WouldRollBack,
-            ActionKind::WouldUnpublish,
-        ]
-        .iter()
-        .map(|kind| {
-            let json = serde_json::to_value(kind).unwrap();
-            assert_eq!(json.as_str(), Some(&*kind.to_string()));
-            kind.to_string()
-        })
-        .collect();
-        assert_eq!(
-            names,
-            [
-                "deleted",
-                "restored",
-                "rolled-back",
-                "left-alone",
-                "failed",
-                "unpublished",
-                "would-delete",
-                "would-restore",
-                "would-roll-back",
-                "would-unpublish"
-            ]
-        );
-    }
 }

@@ -69,67 +69,73 @@ pub async fn unpublish(
         }
     }
     let keys = keys_of(&*store, revision, &name).await?;
-    let mut deleted = Vec::new();
-    let mut failure = None;
-    if !dry_run {
-        let handle = claim(store.clone(), revision, options).await?;
-        for key in &keys {
-            match handle.delete_as_owner(key).await {
-                Ok(()) => deleted.push(key.clone()),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Err(e) = handle.retire().await {
-            failure.get_or_insert(e);
-        }
-    }
     let after = format!(
         "TARS/{arch}/{}.manifest is left alone: its line for {} keeps the revision number \
          reserved for aliBuild (no other hash takes it), and a rebuild of the same hash publishes it again",
         target.package, revision.tarball
     );
-    let action = match (dry_run, failure) {
-        (true, _) => Action::new(
-            revision,
-            ActionKind::WouldUnpublish,
-            format!("{name} would be removed on request (--unpublish), tarball included; {after}"),
-        )
-        .with_keys(keys.clone()),
-        (false, None) => Action::new(
+    let action = match dry_run {
+        true => Action::new(
             revision,
             ActionKind::Unpublished,
-            format!("{name} removed on request (--unpublish), tarball included; {after}"),
+            format!("{name} would be removed on request (--unpublish), tarball included; {after}"),
         )
-        .with_keys(deleted),
-        (false, Some(e)) => Action::new(
-            revision,
-            ActionKind::Failed,
-            format!(
-                "{} (after deleting {} of {}); run the same command again to finish",
-                e.message,
-                deleted.len(),
-                crate::counted(keys.len(), "key")
-            ),
-        )
-        .with_keys(deleted),
+        .with_keys(keys),
+        false => match remove(store, revision, &keys, options).await? {
+            (deleted, None) => Action::new(
+                revision,
+                ActionKind::Unpublished,
+                format!("{name} removed on request (--unpublish), tarball included; {after}"),
+            )
+            .with_keys(deleted),
+            (deleted, Some(e)) => Action::new(
+                revision,
+                ActionKind::Failed,
+                format!(
+                    "{} (after deleting {} of {}); run the same command again to finish",
+                    e.message,
+                    deleted.len(),
+                    crate::counted(keys.len(), "key")
+                ),
+            )
+            .with_keys(deleted),
+        },
     };
-    let gone = action.keys.clone();
     Ok(RepairReport {
         dry_run,
+        unpublish: true,
         store: check.store.clone(),
         actions: vec![action],
-        deleted: (!dry_run).then(|| gone.clone()),
-        would_delete: dry_run.then_some(gone),
-        restored: None,
-        would_restore: None,
-        aborted_uploads: (!dry_run).then(Vec::new),
-        would_abort_uploads: dry_run.then(Vec::new),
+        aborted_uploads: Vec::new(),
         left_over: false,
         check,
     })
+}
+
+/// Delete `keys` in order holding the revision's journal: the keys deleted,
+/// and the error that stopped it, if one did.
+async fn remove(
+    store: Arc<dyn Store>,
+    revision: &RevisionReport,
+    keys: &[String],
+    options: &Options,
+) -> Result<(Vec<String>, Option<Error>)> {
+    let handle = claim(store, revision, options).await?;
+    let mut deleted = Vec::new();
+    let mut failure = None;
+    for key in keys {
+        match handle.delete_as_owner(key).await {
+            Ok(()) => deleted.push(key.clone()),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Err(e) = handle.retire().await {
+        failure.get_or_insert(e);
+    }
+    Ok((deleted, failure))
 }
 
 /// Hold the revision's journal key as `--unpublish`'s lock; an error (exit

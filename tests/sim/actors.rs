@@ -166,7 +166,7 @@ pub(super) async fn act(
                 Ok(report) => Fate::Done(format!(
                     "{}: deleted {:?}, left over {}",
                     actor.name(),
-                    report.deleted.unwrap_or_default().len(),
+                    report.deleted().len(),
                     report.left_over
                 )),
                 Err(e) => failed(e),

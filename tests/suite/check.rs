@@ -779,3 +779,119 @@ fn unpublish_deletes_nothing_of_a_revision_a_journal_took_since_the_scan() {
         );
     });
 }
+
+/// `repair --dry-run` prints the plan, step and keys for each revision,
+/// and changes nothing; the real run then does exactly what it printed.
+#[test]
+fn a_dry_run_prints_the_plan_that_repair_then_carries_out() {
+    let rt = runtime();
+    each_backend(|kind, store| {
+        // A partial revision, a published one lacking its dist-runtime
+        // link, and an upload killed after its links, its owner dead.
+        let partial = rt.block_on(seed(
+            &store,
+            &Seed {
+                revision: stock("halfway"),
+                tarball: false,
+                package_link: true,
+                dist_dirs: &["dist", "dist-direct"],
+                deps: vec![],
+            },
+        ));
+        let published = stock("nodistruntime");
+        rt.block_on(seed(
+            &store,
+            &Seed {
+                revision: published.clone(),
+                tarball: true,
+                package_link: true,
+                dist_dirs: &["dist", "dist-direct"],
+                deps: vec![],
+            },
+        ));
+        let missing = published
+            .dist_link("dist-runtime", &published.store_key())
+            .unwrap();
+        let wd = WorkDir::chain(1, 0);
+        alitx_killed_at(&wd.upload_args(0, &store), "after-links");
+        let killed = wd.pkgs[0].revision();
+        let journal = Journal::key_of(DEFAULT_PREFIX, &killed);
+        let before = rt.block_on(store.snapshot());
+        // Rolled back in order: dist links, package link, journal.
+        let mut rolled_back: Vec<String> = DIST_DIRS
+            .iter()
+            .flat_map(|dir| {
+                before
+                    .keys()
+                    .filter(|k| k.starts_with(&killed.dist_prefix(dir)))
+            })
+            .cloned()
+            .collect();
+        assert!(
+            !rolled_back.is_empty(),
+            "{kind}: the killed upload wrote links"
+        );
+        rolled_back.extend([killed.package_link().key, journal.clone()]);
+        assert!(rolled_back.iter().all(|k| before.contains_key(k)), "{kind}");
+
+        let out = alitx(&store.cmd("repair", &["--min-age", "0", "--dry-run"]));
+        assert_exit(&out, 0);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Each step, on the line of its revision, then its keys.
+        let step = |name: &str, revision: &Revision, keys: &[String], verb: &str| {
+            let line = format!("{name}  {ARCH}/{}: ", revision.tarball_name());
+            let at = text
+                .find(&line)
+                .unwrap_or_else(|| panic!("{kind}: {line}: {text}"));
+            let listed: Vec<&str> = text[at..]
+                .lines()
+                .skip(1)
+                .map_while(|l| l.strip_prefix(&format!("  {verb} ")))
+                .collect();
+            assert_eq!(listed, keys, "{kind}: {name}: {text}");
+        };
+        step("would-delete", &stock("halfway"), &partial, "would delete");
+        step(
+            "would-restore",
+            &published,
+            std::slice::from_ref(&missing.key),
+            "would restore",
+        );
+        step("would-roll-back", &killed, &rolled_back, "would delete");
+        assert!(
+            text.contains(&format!("as `alitx rollback {}`", Journal::id_of(&killed))),
+            "{kind}: {text}"
+        );
+        let keys = partial.len() + rolled_back.len();
+        assert!(
+            text.ends_with(&format!(
+                "{keys} keys and 0 staged uploads would go; dry run: nothing changed\n"
+            )),
+            "{kind}: {text}"
+        );
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            before,
+            "{kind}: dry run changed the store"
+        );
+
+        // The real run: what the plan said, in its words, and nothing else.
+        let out = alitx(&store.cmd("repair", &["--min-age", "0"]));
+        assert_exit(&out, 0);
+        let done = String::from_utf8_lossy(&out.stdout).into_owned();
+        for key in partial.iter().chain(&rolled_back) {
+            assert!(
+                done.contains(&format!("  deleted {key}\n")),
+                "{kind}: {key}: {done}"
+            );
+        }
+        assert!(
+            done.contains(&format!("  restored {}\n", missing.key)),
+            "{kind}: {done}"
+        );
+        let mut expected = before.clone();
+        expected.retain(|k, _| !partial.contains(k) && !rolled_back.contains(k));
+        expected.insert(missing.key.clone(), missing.body.clone().into_bytes());
+        assert_eq!(rt.block_on(store.snapshot()), expected, "{kind}");
+    });
+}
