@@ -172,7 +172,7 @@ pub(super) async fn act(
                 Err(e) => failed(e),
             }
         }
-        Actor::Cleanup => bystanders::clean_up(&*store).await,
+        Actor::Cleanup => bystanders::clean_up(&store).await,
         Actor::Manifest => bystanders::write_manifest(&*store).await,
         Actor::Publisher => bystanders::publish_to_cvmfs(&*store, &world).await,
         Actor::Reader => bystanders::fetch(store, &world).await,

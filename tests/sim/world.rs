@@ -139,7 +139,8 @@ impl World {
                     "{process} deleted {key}, a key of the published build {}",
                     build.hash
                 );
-                self.violation(2, message, vec![key.to_string()]);
+                let keys = vec![build.tarball_key.clone(), key.to_string()];
+                self.violation(2, message, keys);
             }
         }
         if process.starts_with("stock") && self.builds.iter().any(|b| b.tarball_key == key) {
