@@ -149,7 +149,11 @@ async fn delete_partial(
     options: &Options,
 ) -> Action {
     let mut deleted = Vec::new();
-    match delete_keys(store, revision, keys, options, &mut deleted).await {
+    let deleter = Locked {
+        kind: DeleterKind::Repair,
+        first: &[],
+    };
+    match delete_keys(store, revision, keys, options, deleter, &mut deleted).await {
         Ok(Deletes::Done) => Action::new(revision, ActionKind::Deleted, joined(&revision.reasons)),
         Ok(Deletes::Busy(e)) => Action::new(revision, ActionKind::LeftAlone, e.message),
         Ok(Deletes::Published { tarball, restored }) => {
@@ -201,12 +205,23 @@ enum Deletes {
     },
 }
 
-/// [`delete_partial`]'s deletes, each key pushed to `deleted` once gone.
+/// Who deletes under the revision's journal, and what it deletes before
+/// the links without the deletion rule: `--unpublish`'s tarball and record.
+#[derive(Debug, Clone, Copy)]
+struct Locked<'a> {
+    kind: DeleterKind,
+    first: &'a [String],
+}
+
+/// Delete `deleter.first`, then the links `keys` under the deletion rule,
+/// holding the revision's journal (which records the links and their
+/// bodies); each key pushed to `deleted` once gone.
 async fn delete_keys(
     store: Arc<dyn Store>,
     revision: &RevisionReport,
     keys: &[String],
     options: &Options,
+    deleter: Locked<'_>,
     deleted: &mut Vec<String>,
 ) -> Result<Deletes> {
     let expected = expected_tarball(revision);
@@ -222,7 +237,7 @@ async fn delete_keys(
         removes.extend(lock::current_link(&*store, key, link_kind(revision, key)).await?);
     }
     let journal = Journal::for_deleter(
-        DeleterKind::Repair,
+        deleter.kind,
         &locked_revision(revision, &tarballs)?,
         removes,
         options.lease,
@@ -232,13 +247,21 @@ async fn delete_keys(
         lock::Claim::Busy(other) => {
             return Ok(Deletes::Busy(lock::busy_error(
                 &revision.id(),
-                DeleterKind::Repair,
+                deleter.kind,
                 other.as_deref(),
             )))
         }
     };
     failpoint("repair-claimed");
-    let result = delete_claimed(&*store, revision, keys, &handle, &tarballs, deleted).await;
+    let result = async {
+        for key in deleter.first {
+            handle.delete_as_owner(key).await?;
+            deleted.push(key.clone());
+        }
+        failpoint("after-first-deletes");
+        delete_claimed(&*store, revision, keys, &handle, &tarballs, deleted).await
+    }
+    .await;
     let retired = handle.retire().await;
     let ended = result?;
     retired?;

@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::{lock, Action, ActionKind, RepairReport};
+use super::{Action, ActionKind, RepairReport};
 use crate::check::{CheckReport, Reason, RevisionReport};
 use crate::error::{Error, ErrorKind, Result};
-use crate::journal::{DeleterKind, Journal, UNKNOWN_HASH};
-use crate::layout::{self, Revision, DIST_DIRS};
-use crate::ownership::JournalHandle;
+use crate::journal::DeleterKind;
+use crate::layout::{self, DIST_DIRS};
 use crate::storage::Store;
 use crate::txn::Options;
 
@@ -80,7 +79,7 @@ pub async fn unpublish(
             ActionKind::Unpublished,
             format!("{name} would be removed on request (--unpublish), tarball included; {after}"),
         )
-        .with_keys(keys),
+        .with_keys(keys.all()),
         false => match remove(store, revision, &keys, options).await? {
             (deleted, None) => Action::new(
                 revision,
@@ -95,7 +94,7 @@ pub async fn unpublish(
                     "{} (after deleting {} of {}); run the same command again to finish",
                     e.message,
                     deleted.len(),
-                    crate::counted(keys.len(), "key")
+                    crate::counted(keys.all().len(), "key")
                 ),
             )
             .with_keys(deleted),
@@ -112,63 +111,36 @@ pub async fn unpublish(
     })
 }
 
-/// Delete `keys` in order holding the revision's journal: the keys deleted,
-/// and the error that stopped it, if one did.
+/// Delete the tarball and the record, then the links under the deletion
+/// rule, holding the revision's journal, which records the links and their
+/// bodies (`super::delete_keys`): a tarball of the revision that appears
+/// meanwhile (a stock upload of the same hash publishing it again) stops
+/// it, and the links it deleted are put back. The keys deleted, and what
+/// stopped it, if something did; an error (exit 4) if another journal
+/// holds the revision.
 async fn remove(
     store: Arc<dyn Store>,
     revision: &RevisionReport,
-    keys: &[String],
+    keys: &Keys,
     options: &Options,
 ) -> Result<(Vec<String>, Option<Error>)> {
-    let handle = claim(store, revision, options).await?;
     let mut deleted = Vec::new();
-    let mut failure = None;
-    for key in keys {
-        match handle.delete_as_owner(key).await {
-            Ok(()) => deleted.push(key.clone()),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    if let Err(e) = handle.retire().await {
-        failure.get_or_insert(e);
-    }
-    Ok((deleted, failure))
-}
-
-/// Hold the revision's journal key as `--unpublish`'s lock; an error (exit
-/// 4) if another journal holds it.
-async fn claim(
-    store: Arc<dyn Store>,
-    revision: &RevisionReport,
-    options: &Options,
-) -> Result<Arc<JournalHandle>> {
-    let named = match (&revision.version, &revision.revision) {
-        (Some(version), Some(number)) => Revision::new(
-            &revision.architecture,
-            &revision.package,
-            version,
-            number,
-            revision.hash.as_deref().unwrap_or(UNKNOWN_HASH),
-        )?,
-        _ => {
-            return Err(Error::input(format!(
-                "{}: its version or revision is not known",
-                revision.id()
-            )))
-        }
+    let deleter = super::Locked {
+        kind: DeleterKind::Unpublish,
+        first: &keys.first,
     };
-    let journal = Journal::for_deleter(DeleterKind::Unpublish, &named, Vec::new(), options.lease);
-    match lock::claim(store, &options.journal_prefix, journal).await? {
-        lock::Claim::Held(handle) => Ok(handle),
-        lock::Claim::Busy(other) => Err(lock::busy_error(
-            &revision.id(),
-            DeleterKind::Unpublish,
-            other.as_deref(),
-        )),
-    }
+    let removed = super::delete_keys(store, revision, &keys.links, options, deleter, &mut deleted);
+    let stopped = match removed.await {
+        Ok(super::Deletes::Done) => None,
+        Ok(super::Deletes::Busy(e)) => return Err(e),
+        Ok(super::Deletes::Published { tarball, restored }) => Some(Error::conflict(format!(
+            "{tarball} appeared while this removed the revision (an upload of the same hash \
+             published it again): it stopped and put back {}",
+            crate::counted(restored.len(), "link")
+        ))),
+        Err(e) => Some(e),
+    };
+    Ok((deleted, stopped))
 }
 
 /// The one revision of the scan with that package, version and revision.
@@ -208,26 +180,41 @@ fn named_revision<'a>(
     }
 }
 
-/// Every key of the revision, in the order they go: its store tarball, its
-/// publication record (evidence of publication that would keep the rest
-/// from `repair` if this stopped half-way), its dist links, its package
-/// link.
-async fn keys_of(store: &dyn Store, revision: &RevisionReport, name: &str) -> Result<Vec<String>> {
+/// Every key of the revision, in the order they go.
+#[derive(Debug)]
+struct Keys {
+    /// Its store tarball, then its publication record (evidence of
+    /// publication, which would keep the rest from `repair` if this stopped
+    /// half-way): deleted as they are.
+    first: Vec<String>,
+    /// Its dist links, then its package link: each deleted only while no
+    /// store tarball of the revision exists, as every deleter does.
+    links: Vec<String>,
+}
+
+impl Keys {
+    fn all(&self) -> Vec<String> {
+        self.first.iter().chain(&self.links).cloned().collect()
+    }
+}
+
+async fn keys_of(store: &dyn Store, revision: &RevisionReport, name: &str) -> Result<Keys> {
     let arch = &revision.architecture;
-    let mut keys = Vec::new();
+    let mut first = Vec::new();
     if let Some(hash) = &revision.hash {
         let tarball = layout::store_key(arch, hash, &revision.tarball);
         if store.head(&tarball).await?.is_some() {
-            keys.push(tarball);
+            first.push(tarball);
         }
     }
     let record = crate::record::key_for(arch, name);
     if store.head(&record).await?.is_some() {
-        keys.push(record);
+        first.push(record);
     }
+    let mut links = Vec::new();
     for dir in DIST_DIRS {
         let prefix = format!("TARS/{arch}/{dir}/{}/{name}/", revision.package);
-        keys.extend(
+        links.extend(
             store
                 .list_dir(&prefix, false)
                 .await?
@@ -238,9 +225,9 @@ async fn keys_of(store: &dyn Store, revision: &RevisionReport, name: &str) -> Re
     }
     let package_link = revision.package_link_key();
     if store.head(&package_link).await?.is_some() {
-        keys.push(package_link);
+        links.push(package_link);
     }
-    Ok(keys)
+    Ok(Keys { first, links })
 }
 
 /// Other revisions whose dist links name the revision's tarball (matched

@@ -832,6 +832,24 @@ pub fn process_state(pid: u32) -> Option<char> {
     proc_stat(pid).map(|stat| stat.state)
 }
 
+/// Wait until `child` is stopped (SIGSTOP, a failpoint's `:stop`).
+pub fn wait_stopped(child: &std::process::Child, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while process_state(child.id()) != Some('T') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the process never stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Wake a stopped `child` (SIGCONT).
+pub fn thaw(child: &std::process::Child) {
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+}
+
 /// The store holds exactly revisions `published` of `wd`: every key and
 /// body readers see, each revision's publication record (its tarball's
 /// size, SHA-256 and transaction), no journal, no staged upload.

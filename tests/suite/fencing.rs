@@ -10,7 +10,7 @@
 //! Each round prints its outcome; run with `--nocapture` to see them.
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use alitx::journal::Journal;
@@ -58,19 +58,6 @@ fn taker_args(taker: Taker, wd: &WorkDir, store: &TestStore) -> Vec<String> {
         Taker::ResumeForce => store.cmd("resume", &["--json", "--force", &id]),
         Taker::ResumeForceWithFiles => wd.resume_args(store, &["--json", "--force", &id]),
     }
-}
-
-fn wait_stopped(child: &Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while process_state(child.id()) != Some('T') {
-        assert!(Instant::now() < deadline, "{what}: the owner never stopped");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn thaw(child: &Child) {
-    // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
 }
 
 fn said(out: &Output) -> String {

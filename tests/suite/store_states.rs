@@ -590,3 +590,47 @@ fn a_stale_journal_of_a_retired_revision_deletes_none_of_its_links() {
         assert_eq!(json(&check)["summary"]["unpublished"], 1, "{kind}");
     });
 }
+
+/// Found by the simulator (seed 43038): `--unpublish` of a retired
+/// revision met a stock upload of the same hash publishing it again after
+/// the unpublish had looked, and deleted every link under the new tarball.
+/// Its links go under the deletion rule, as every deleter's: the tarball
+/// that appears stops it (links it deleted before are put back from its
+/// journal), and it says so (exit 1, action `failed`).
+#[test]
+fn unpublish_stops_and_puts_back_its_links_when_the_revision_is_published_again() {
+    let rt = runtime();
+    let r = stock("again");
+    each_backend(|kind, store| {
+        rt.block_on(seed_stock(&store, &r, &[], &DIST_DIRS, true, true));
+        let published = rt.block_on(store.snapshot());
+        let args = store.cmd("repair", &unpublish_args(&r, &["--json"])[1..]);
+        let unpublish = std::process::Command::new(env!("CARGO_BIN_EXE_alitx"))
+            .args(&args)
+            .env("ALITX_FAILPOINT", "after-first-deletes:stop")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_stopped(&unpublish, kind);
+        assert!(
+            !rt.block_on(store.keys()).contains(&r.store_key()),
+            "{kind}"
+        );
+        // A stock upload of the same hash: its links are there, the tarball goes last.
+        rt.block_on(store.put_foreign(&r.store_key(), b"stock tarball"));
+        thaw(&unpublish);
+        let out = unpublish.wait_with_output().unwrap();
+        assert_exit(&out, 1);
+        let action = &json(&out)["actions"][0];
+        assert_eq!(action["action"], "failed", "{kind}: {action}");
+        let message = action["message"].as_str().unwrap();
+        assert!(message.contains("appeared while this removed"), "{kind}: {message}");
+        assert_eq!(rt.block_on(store.snapshot()), published, "{kind}");
+        assert_eq!(
+            list_journals(&store.spec()),
+            serde_json::json!([]),
+            "{kind}"
+        );
+    });
+}
