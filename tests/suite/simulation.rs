@@ -29,9 +29,11 @@ const SEEDS: std::ops::Range<u64> = 0..10_000;
 /// manifest job and the readers: an owner that woke after its journal was
 /// retired as published and its tarball cleaned up swept the retired
 /// revision's links (177); an unpublish stopped half-way left the record
-/// that now keeps a revision from repair (1147); 1565 and 2929 needed the
-/// clean-up's model (no journal left at its age).
-const FIXED: [(u64, &[Actor]); 30] = [
+/// that now keeps a revision from repair (1147); an unpublish deleted the
+/// links under a tarball a stock upload of the same hash published again
+/// (43038); 1565, 2929 and 21683 needed the clean-up's model (no journal
+/// left at its age).
+const FIXED: [(u64, &[Actor]); 32] = [
     (20, BEFORE_FORGER),
     (349, BEFORE_FORGER),
     (645, BEFORE_FORGER),
@@ -62,6 +64,8 @@ const FIXED: [(u64, &[Actor]); 30] = [
     (1147, &Actor::ALL),
     (1565, &Actor::ALL),
     (2929, &Actor::ALL),
+    (21683, &Actor::ALL),
+    (43038, &Actor::ALL),
 ];
 
 /// Every actor but the journal forger, which came later (a seed picks its
