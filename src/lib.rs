@@ -19,6 +19,7 @@ pub mod ownership;
 pub mod progress;
 pub mod record;
 pub mod recovery;
+pub mod removed;
 pub mod repair;
 pub mod storage;
 pub mod tarball;

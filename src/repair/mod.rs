@@ -30,6 +30,7 @@ use crate::journal::{DeleterKind, Journal, UNKNOWN_HASH};
 use crate::layout::{self, Link, LinkKind, Revision};
 use crate::ownership::JournalHandle;
 use crate::recovery::{self, Selection};
+use crate::removed;
 use crate::storage::{get_small, Small, Store};
 use crate::txn::{self, Options};
 
@@ -68,6 +69,7 @@ pub async fn repair(
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
+    actions.extend(put_back_removed(&*store, &check, &steps, dry_run).await?);
     actions.sort_by(|a, b| a.revision.cmp(&b.revision));
     if !dry_run {
         for upload in &abort {
@@ -89,6 +91,64 @@ pub async fn repair(
     })
 }
 
+/// Put back, on revisions the plan has no step for, the links an earlier
+/// repair removed before a stock upload published them after all (their
+/// removal records): the dependency links among them, which the store
+/// alone does not tell.
+async fn put_back_removed(
+    store: &dyn Store,
+    check: &CheckReport,
+    steps: &[Planned<'_>],
+    dry_run: bool,
+) -> Result<Vec<Action>> {
+    let architecture = check
+        .architectures
+        .first()
+        .filter(|_| check.architectures.len() == 1);
+    let mut actions = Vec::new();
+    for (published, missing) in
+        removed::published_since(store, architecture.map(String::as_str)).await?
+    {
+        let scanned = check.revisions.iter().find(|r| {
+            r.architecture == published.architecture
+                && r.tarball == published.tarball_name()
+                && r.hash.as_deref() == Some(&published.hash)
+        });
+        let Some(revision) = scanned else {
+            continue;
+        };
+        if steps.iter().any(|s| s.revision.id() == revision.id()) {
+            continue;
+        }
+        let keys = match dry_run {
+            true => missing.iter().map(|l| l.key.clone()).collect(),
+            false => {
+                let keys = lock::restore(store, &missing).await?;
+                removed::forget(store, &published).await?;
+                keys
+            }
+        };
+        if !keys.is_empty() {
+            let verb = match dry_run {
+                true => "would re-create",
+                false => "re-created",
+            };
+            let mut action = Action::new(
+                revision,
+                ActionKind::Restored,
+                format!(
+                    "published after an earlier repair removed its links (a stock upload stalled \
+                     past --min-age): {verb} them from {}",
+                    removed::key_of(&published)
+                ),
+            );
+            action.restored = keys;
+            actions.push(action);
+        }
+    }
+    Ok(actions)
+}
+
 /// A step as a dry run reports it: what the plan says, and for a rollback
 /// the links the store holds with the journal's transaction id (what
 /// `alitx rollback` would delete now). Reads, never writes.
@@ -99,11 +159,17 @@ async fn preview(store: &dyn Store, planned: &Planned<'_>, options: &Options) ->
             Action::new(revision, ActionKind::Deleted, joined(&revision.reasons))
                 .with_keys(keys.clone())
         }
-        Step::RestoreLinks { links } => restored(
-            revision,
-            "would re-create",
-            links.iter().map(|l| l.key.clone()).collect(),
-        ),
+        Step::RestoreLinks { links } => {
+            let (links, _) = with_removed(store, revision, links).await?;
+            let absent = futures::future::try_join_all(links.iter().map(|l| store.head(&l.key)));
+            let keys = links
+                .iter()
+                .zip(absent.await?)
+                .filter(|(_, now)| now.is_none())
+                .map(|(l, _)| l.key.clone())
+                .collect();
+            restored(revision, "would re-create", keys)
+        }
         Step::RollBack { journal } => Action::new(
             revision,
             ActionKind::RolledBack,
@@ -253,6 +319,9 @@ async fn delete_keys(
         }
     };
     failpoint("repair-claimed");
+    if deleter.kind == DeleterKind::Repair {
+        keep_removed(&*store, &handle).await?;
+    }
     let result = async {
         for key in deleter.first {
             handle.delete_as_owner(key).await?;
@@ -301,6 +370,18 @@ async fn delete_claimed(
     let journal = handle.snapshot().await;
     let restored = lock::restore(store, &journal.removes).await?;
     Ok(Deletes::Published { tarball, restored })
+}
+
+/// Before repair deletes them, keep the links its journal records (with
+/// their bodies) past the journal, for a later publication of the
+/// revision (a stock upload stalled past `--min-age`), when the hash they
+/// belong to is known.
+async fn keep_removed(store: &dyn Store, handle: &JournalHandle) -> Result<()> {
+    let journal = handle.snapshot().await;
+    if journal.revision.hash == UNKNOWN_HASH {
+        return Ok(());
+    }
+    removed::keep(store, &journal.revision, &journal.removes).await
 }
 
 /// The revision a deleter's journal names: the hash `check` found, else
@@ -361,17 +442,42 @@ async fn delete_naming_nothing(
 }
 
 /// Re-create, with put-if-absent, the links the plan names of a published
-/// revision.
+/// revision, and those an earlier repair removed from it (its dependency
+/// links among them), then forget that removal.
 async fn restore_links(
     store: &dyn Store,
     revision: &RevisionReport,
     links: &[Link],
 ) -> Result<Action> {
-    Ok(restored(
-        revision,
-        "re-created",
-        lock::restore(store, links).await?,
-    ))
+    let (links, removed) = with_removed(store, revision, links).await?;
+    let restored_keys = lock::restore(store, &links).await?;
+    if let Some(published) = removed {
+        removed::forget(store, &published).await?;
+    }
+    Ok(restored(revision, "re-created", restored_keys))
+}
+
+/// `links`, and the links an earlier repair removed from the published
+/// `revision` before its tarball came (with the revision, if there were).
+async fn with_removed(
+    store: &dyn Store,
+    revision: &RevisionReport,
+    links: &[Link],
+) -> Result<(Vec<Link>, Option<Revision>)> {
+    let mut all = links.to_vec();
+    let Ok(published) = revision_with_hash(revision, revision.hash.as_deref()) else {
+        return Ok((all, None));
+    };
+    let removed = removed::read(store, &published).await?;
+    if removed.is_empty() {
+        return Ok((all, None));
+    }
+    for link in removed {
+        if all.iter().all(|l| l.key != link.key) {
+            all.push(link);
+        }
+    }
+    Ok((all, Some(published)))
 }
 
 /// The action of re-creating `links` of a published revision.

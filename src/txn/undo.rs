@@ -88,6 +88,8 @@ async fn delete_own_links(
         deleted.published = true;
         return Ok(deleted);
     }
+    let links: Vec<Link> = journal.links().cloned().collect();
+    crate::removed::keep(store, &journal.revision, &links).await?;
     for link in rollback_order(journal) {
         let deleter = Deleter::Txn {
             txn: &journal.txn,

@@ -172,7 +172,9 @@ async fn delete_bucket(client: &Client, bucket: &str) {
 async fn readable_keys(store: &dyn Store) -> Vec<String> {
     let keys = store.list("").await.unwrap();
     keys.into_iter()
-        .filter(|key| !key.starts_with(alitx::record::PREFIX))
+        .filter(|key| {
+            !key.starts_with(alitx::record::PREFIX) && !key.starts_with(alitx::removed::PREFIX)
+        })
         .collect()
 }
 

@@ -21,9 +21,6 @@ pub(super) const FAULTY: Network = Network {
     lost: 2,
     slow: 5,
 };
-/// A stock uploader's network: faulty, but never slow enough to make a
-/// running upload look abandoned to repair.
-pub(super) const STOCK_NETWORK: Network = Network { slow: 0, ..FAULTY };
 pub(super) const CLEAN: Network = Network {
     unavailable: 0,
     lost: 0,

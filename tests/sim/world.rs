@@ -275,6 +275,26 @@ pub(super) fn check_end(world: &Arc<Mutex<World>>, found: &alitx::check::CheckRe
             w.violation(4, message, keys);
         }
     }
+    // A stock upload stalled past `--min-age` may have put its tarball over
+    // links repair removed: the final repair put them back, unless the
+    // revision went to another build meanwhile.
+    let visible: Vec<Build> = w
+        .builds
+        .iter()
+        .filter(|b| w.objects.contains_key(&b.tarball_key))
+        .cloned()
+        .collect();
+    if let [build] = &visible[..] {
+        if !w.complete(build) {
+            let message = format!(
+                "the tarball of {} is left without some of its links",
+                build.hash
+            );
+            let mut keys = vec![build.tarball_key.clone()];
+            keys.extend(build.links.iter().map(|l| l.key.clone()));
+            w.violation(4, message, keys);
+        }
+    }
     let journals: Vec<String> = w
         .objects
         .keys()

@@ -625,7 +625,10 @@ fn unpublish_stops_and_puts_back_its_links_when_the_revision_is_published_again(
         let action = &json(&out)["actions"][0];
         assert_eq!(action["action"], "failed", "{kind}: {action}");
         let message = action["message"].as_str().unwrap();
-        assert!(message.contains("appeared while this removed"), "{kind}: {message}");
+        assert!(
+            message.contains("appeared while this removed"),
+            "{kind}: {message}"
+        );
         assert_eq!(rt.block_on(store.snapshot()), published, "{kind}");
         assert_eq!(
             list_journals(&store.spec()),
@@ -633,4 +636,63 @@ fn unpublish_stops_and_puts_back_its_links_when_the_revision_is_published_again(
             "{kind}"
         );
     });
+}
+
+/// A stock upload takes no lock: one stalled past `--min-age` after its
+/// links sees repair remove them as a partial revision's, then puts its
+/// tarball over nothing. The store alone tells the revision's own links,
+/// not its dependency links; repair kept every link it removed, with its
+/// body, in a removal record, and a later repair puts them all back and
+/// forgets the record. Found by the simulator once the stock uploader
+/// could stall as long as any process (before, the model assumed it never
+/// stalled that long).
+#[test]
+fn links_repair_removed_come_back_when_a_stalled_stock_upload_publishes() {
+    let rt = runtime();
+    let r = stock("stalled");
+    let deps = [stock("depa"), stock("depb")];
+    each_backend(|kind, store| {
+        // Stalled before its last dist directory: a partial revision.
+        let keys = rt.block_on(seed_stock(&store, &r, &deps, &DIST_DIRS[..2], true, false));
+        assert_eq!(keys.len(), 7, "{kind}");
+        let removed = rt.block_on(store.snapshot());
+        let out = run(&store, &["repair", "--min-age", "0", "--json"]);
+        assert_exit(&out, 0);
+        assert_eq!(
+            strings(&json(&out)["deleted"]),
+            keys.iter().cloned().collect()
+        );
+        assert_eq!(rt.block_on(removal_records(&store)).len(), 1, "{kind}");
+
+        // The stalled upload wakes: its last dist links, then its tarball.
+        let rest = rt.block_on(seed_stock(&store, &r, &deps, &DIST_DIRS[2..], false, true));
+        let published = rt.block_on(store.snapshot());
+        let out = run(&store, &["repair", "--min-age", "0", "--dry-run", "--json"]);
+        assert_exit(&out, 0);
+        assert_eq!(
+            strings(&json(&out)["would_restore"]),
+            keys.iter().cloned().collect()
+        );
+        let out = run(&store, &["repair", "--min-age", "0", "--json"]);
+        assert_exit(&out, 0);
+        assert_eq!(
+            strings(&json(&out)["restored"]),
+            keys.iter().cloned().collect()
+        );
+        let mut every_link = published.clone();
+        every_link.extend(removed.clone());
+        assert_eq!(every_link.len(), 11, "{kind}: {rest:?}");
+        assert_eq!(rt.block_on(store.snapshot()), every_link, "{kind}");
+        assert!(
+            rt.block_on(removal_records(&store)).is_empty(),
+            "{kind}: the record stays"
+        );
+        let out = run(&store, &["check", "--json"]);
+        assert_exit(&out, 0);
+    });
+}
+
+async fn removal_records(store: &TestStore) -> Vec<String> {
+    let backend = store.open().await;
+    backend.list(alitx::removed::PREFIX).await.unwrap()
 }
