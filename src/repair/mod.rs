@@ -319,9 +319,7 @@ async fn delete_keys(
         }
     };
     failpoint("repair-claimed");
-    if deleter.kind == DeleterKind::Repair {
-        keep_removed(&*store, &handle).await?;
-    }
+    keep_removed(&*store, &handle).await?;
     let result = async {
         for key in deleter.first {
             handle.delete_as_owner(key).await?;
@@ -372,10 +370,10 @@ async fn delete_claimed(
     Ok(Deletes::Published { tarball, restored })
 }
 
-/// Before repair deletes them, keep the links its journal records (with
-/// their bodies) past the journal, for a later publication of the
-/// revision (a stock upload stalled past `--min-age`), when the hash they
-/// belong to is known.
+/// Before repair or `--unpublish` deletes them, keep the links its journal
+/// records (with their bodies) past the journal, for a later publication
+/// of the revision (a stock upload stalled past `--min-age`), when the hash
+/// they belong to is known.
 async fn keep_removed(store: &dyn Store, handle: &JournalHandle) -> Result<()> {
     let journal = handle.snapshot().await;
     if journal.revision.hash == UNKNOWN_HASH {

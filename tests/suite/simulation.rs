@@ -34,9 +34,10 @@ const SEEDS: std::ops::Range<u64> = 0..10_000;
 /// (43038); 1565, 2929 and 21683 needed the clean-up's model (no journal
 /// left at its age). Once the stock uploader could stall as long as any
 /// process, links repair or a rollback removed before it published its
-/// tarball stayed lost (640 of `stock,repair`; 1860): deleters keep them in
-/// a removal record that repair puts back.
-const FIXED: [(u64, &[Actor]); 34] = [
+/// tarball stayed lost (640 of `stock,repair`; 1860; 12942, after an
+/// `--unpublish` of the partial revision): deleters keep them in a removal
+/// record that repair puts back.
+const FIXED: [(u64, &[Actor]); 35] = [
     (20, BEFORE_FORGER),
     (349, BEFORE_FORGER),
     (645, BEFORE_FORGER),
@@ -71,6 +72,7 @@ const FIXED: [(u64, &[Actor]); 34] = [
     (43038, &Actor::ALL),
     (640, &STOCK_REPAIR),
     (1860, &Actor::ALL),
+    (12942, &Actor::ALL),
 ];
 
 /// Every actor but the journal forger, which came later (a seed picks its
