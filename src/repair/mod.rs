@@ -69,7 +69,11 @@ pub async fn repair(
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    actions.extend(put_back_removed(&*store, &check, &steps, dry_run).await?);
+    let returned = put_back_removed(&*store, &check, &steps, dry_run).await?;
+    actions.retain(|a| {
+        a.action != ActionKind::LeftAlone || returned.iter().all(|r| r.revision != a.revision)
+    });
+    actions.extend(returned);
     actions.sort_by(|a, b| a.revision.cmp(&b.revision));
     if !dry_run {
         for upload in &abort {
@@ -91,10 +95,11 @@ pub async fn repair(
     })
 }
 
-/// Put back, on revisions the plan has no step for, the links an earlier
-/// repair removed before a stock upload published them after all (their
-/// removal records): the dependency links among them, which the store
-/// alone does not tell.
+/// Put back, on revisions the plan has no step for or leaves alone, the
+/// links a deleter removed before a stock upload published them after all
+/// (their removal records): the dependency links among them, which the
+/// store alone does not tell, and every link of a tarball left with none
+/// (whose package its name alone does not tell).
 async fn put_back_removed(
     store: &dyn Store,
     check: &CheckReport,
@@ -117,7 +122,8 @@ async fn put_back_removed(
         let Some(revision) = scanned else {
             continue;
         };
-        if steps.iter().any(|s| s.revision.id() == revision.id()) {
+        let planned = steps.iter().find(|s| s.revision.id() == revision.id());
+        if planned.is_some_and(|s| !matches!(s.step, Step::LeaveAlone { .. })) {
             continue;
         }
         let keys = match dry_run {

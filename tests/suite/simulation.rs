@@ -35,9 +35,10 @@ const SEEDS: std::ops::Range<u64> = 0..10_000;
 /// left at its age). Once the stock uploader could stall as long as any
 /// process, links repair or a rollback removed before it published its
 /// tarball stayed lost (640 of `stock,repair`; 1860; 12942, after an
-/// `--unpublish` of the partial revision): deleters keep them in a removal
-/// record that repair puts back.
-const FIXED: [(u64, &[Actor]); 35] = [
+/// `--unpublish` of the partial revision; 81648, a tarball left with no
+/// link at all): deleters keep them in a removal record that repair puts
+/// back.
+const FIXED: [(u64, &[Actor]); 36] = [
     (20, BEFORE_FORGER),
     (349, BEFORE_FORGER),
     (645, BEFORE_FORGER),
@@ -73,6 +74,7 @@ const FIXED: [(u64, &[Actor]); 35] = [
     (640, &STOCK_REPAIR),
     (1860, &Actor::ALL),
     (12942, &Actor::ALL),
+    (81648, &Actor::ALL),
 ];
 
 /// Every actor but the journal forger, which came later (a seed picks its
