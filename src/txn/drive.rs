@@ -16,8 +16,8 @@ use crate::storage::Store;
 use crate::workdir::LocalRevision;
 
 use super::plan::{self, Aftermath, LocalFiles, Plan, Tarball};
-use super::publish::{self, Staging};
-use super::{undo, Ended, Intent, Options, Report, Status};
+use super::send::Staging;
+use super::{commit, publish, undo, Ended, Intent, Options, Report, Status};
 
 /// Continue a transaction whose journal this process now owns (after
 /// [`JournalHandle::take_over`]): finish it if its tarball is published,
@@ -99,7 +99,7 @@ pub(super) async fn drive(
         None => LocalFiles::None,
     };
     let result = match plan::plan(tarball, intent, local_files) {
-        Plan::FinishPublished => publish::finish_published(&*store, handle, options).await,
+        Plan::FinishPublished => commit::finish_published(&*store, handle, options).await,
         Plan::LeaveToForeign => return Err(undo::leave_to_foreign(&*store, handle, &journal).await),
         Plan::RollForward => {
             let local = local.expect("a matching work dir");

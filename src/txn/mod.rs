@@ -12,10 +12,12 @@
 
 mod adopt;
 mod bookkeeping;
+mod commit;
 mod drive;
 pub mod plan;
 mod publish;
 mod report;
+mod send;
 mod undo;
 mod upload;
 
@@ -25,8 +27,8 @@ use crate::journal::Journal;
 use crate::storage::ObjectInfo;
 
 pub use bookkeeping::{Bookkeeping, Finishers};
+pub use commit::retire_committed;
 pub use drive::{continue_owned, mismatch};
-pub use publish::retire_committed;
 pub use report::{Ended, Report, Status};
 pub use undo::rollback_keys;
 pub use upload::upload;

@@ -19,7 +19,7 @@ use crate::workdir::LocalRevision;
 
 use super::drive::{continue_owned, drive};
 use super::plan::{self, Adoption, Start, Tarball};
-use super::publish::{read_whole_if_small, Staging, WholeTarball};
+use super::send::{read_whole_if_small, Staging, WholeTarball};
 use super::{adopt, retire_committed, Ended, Intent, Options, Report, Status};
 
 /// Rounds `upload` takes at most: each one that does not end it found a
