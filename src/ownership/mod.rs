@@ -14,17 +14,23 @@
 //! a lease renewal that fails, or finds another owner, stops the
 //! transaction before its commit point.
 
+mod fenced;
+mod renewal;
+mod takeover;
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
-use tracing::{debug, warn};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::journal::{Journal, Owner, State, OWNER_METADATA};
+use crate::error::{Error, Result};
+use crate::journal::{Journal, Owner, State};
 use crate::liveness::Liveness;
-use crate::storage::{get_small, PutMode, Sent, Small, Store};
+use crate::storage::{get_small, PutMode, Small, Store};
+
+pub use renewal::KeepAlive;
+pub use takeover::Takeover;
 
 /// How long a takeover waits between writing itself in as owner and
 /// reading the journal back: longer than one journal write takes, so that
@@ -37,20 +43,6 @@ pub fn settle_time() -> Duration {
         .unwrap_or(1000);
     Duration::from_millis(ms)
 }
-
-/// How long after the start of the read that proved ownership a delete may
-/// still be sent: half the settle time. A delete sent within it lands before
-/// a process that took the journal over meanwhile has ended its settle
-/// (every request lands well within the other half, or never), so no
-/// deleter's late delete meets what the new owner writes after it.
-fn send_window() -> Duration {
-    settle_time() / 2
-}
-
-/// How many times a delete, or a journal write, re-proves ownership before
-/// it gives up on a store (or a process) too slow to send it within
-/// [`send_window`].
-const FENCED_ATTEMPTS: usize = 5;
 
 /// Read and validate the journal at `key`, if there is one. A HEAD comes
 /// first: a missing journal is the common case at the start of an upload,
@@ -69,17 +61,6 @@ async fn get_journal(store: &dyn Store, prefix: &str, key: &str) -> Result<Optio
         Some(bytes) => Journal::parse(prefix, key, &bytes).map(Some),
         None => Ok(None),
     }
-}
-
-/// What an attempt to take a journal over found.
-pub enum Takeover {
-    /// This process owns the transaction now.
-    Owned(Arc<JournalHandle>),
-    /// The journal is gone, or committed by its owner, which retires it:
-    /// its transaction ended meanwhile.
-    Retired,
-    /// Its owner is alive, or another process took it over first.
-    Busy(Box<Journal>),
 }
 
 /// The journal of a transaction this process owns. Every write is a
@@ -127,85 +108,6 @@ impl JournalHandle {
         })
     }
 
-    /// Take over the journal at `key` if its owner is gone (or `force`),
-    /// deciding on a copy read now, never on an older one.
-    pub async fn take_over(
-        store: Arc<dyn Store>,
-        prefix: &str,
-        key: &str,
-        lease: Duration,
-        force: bool,
-    ) -> Result<Takeover> {
-        let Some(current) = read_journal(&*store, prefix, key).await? else {
-            return Ok(Takeover::Retired);
-        };
-        // An owner that is this very process without a handle on the
-        // journal (see [`abandoned_here`]) is as gone as a dead one.
-        let previous_owner = match current.liveness() {
-            Liveness::Live if abandoned_here(&current.owner) => Liveness::OwnerDead,
-            liveness => liveness,
-        };
-        if !force && previous_owner == Liveness::Live {
-            return Ok(Takeover::Busy(Box::new(current)));
-        }
-        // The owner may have retired the journal just before it was found
-        // gone: read once more, now that it can no longer act.
-        let current = match read_journal(&*store, prefix, key).await? {
-            None => return Ok(Takeover::Retired),
-            Some(again) if again.owner.token != current.owner.token => {
-                return Ok(Takeover::Busy(Box::new(again)))
-            }
-            Some(again) => again,
-        };
-        let mut mine = current.clone();
-        mine.owner = Owner::this_process();
-        mine.takeovers += 1;
-        mine.lease_expires_at = crate::now_secs() + lease.as_secs() as i64;
-        let token = mine.owner.token.clone();
-        if let Err(e) = store
-            .put(
-                key,
-                mine.to_bytes(),
-                &mine.journal_metadata(),
-                PutMode::Overwrite,
-            )
-            .await
-        {
-            if !e.is_no_space() {
-                return Err(e);
-            }
-            // A full local store: free the staged parts of this dead
-            // transaction first, then record ourselves.
-            if let Some(upload_id) = &current.tarball.upload_id {
-                warn!("{key}: no space for the journal; aborting the staged upload {upload_id} to free it");
-                store.abort_upload(&current.tarball.key, upload_id).await?;
-            }
-            store
-                .put(
-                    key,
-                    mine.to_bytes(),
-                    &mine.journal_metadata(),
-                    PutMode::Overwrite,
-                )
-                .await?;
-        }
-        tokio::time::sleep(settle_time()).await;
-        Ok(match read_journal(&*store, prefix, key).await? {
-            None => Takeover::Retired,
-            // Its owner was committing as we wrote (the commit mark is
-            // written without reading first): finished, and being retired.
-            Some(now) if now.owner.token != token && now.state == State::Committed => {
-                debug!("{key}: its owner committed it meanwhile");
-                Takeover::Retired
-            }
-            Some(now) if now.owner.token != token => {
-                debug!("{key}: another process took it over first");
-                Takeover::Busy(Box::new(now))
-            }
-            Some(now) => Takeover::Owned(Self::owning(store, prefix, now, Some(previous_owner))),
-        })
-    }
-
     /// How the owner this process took the journal over from was judged
     /// (`None` for a journal it created).
     pub fn previous_owner(&self) -> Option<Liveness> {
@@ -228,91 +130,6 @@ impl JournalHandle {
             .await
             .clone()
             .expect("journal used after retirement")
-    }
-
-    /// An error if a lease renewal already found the journal lost: a cheap
-    /// check, without a read, for steps that repeat many times.
-    pub fn ensure_not_lost(&self) -> Result<()> {
-        match &*self.lost.lock().expect("lost flag") {
-            Some(why) => Err(Error::new(why.kind, why.message.clone())),
-            None => Ok(()),
-        }
-    }
-
-    /// Read the journal again: an error unless it still names this
-    /// process as owner.
-    pub async fn confirm(&self) -> Result<()> {
-        let token = match self.journal.lock().await.as_ref() {
-            Some(journal) => journal.owner.token.clone(),
-            None => return Err(Error::lost_ownership(format!("{} is retired", self.key))),
-        };
-        self.confirm_token(&token).await
-    }
-
-    /// One HEAD: the journal's metadata names its owner. Only a journal
-    /// without that metadata (an older alitx wrote it) or with another
-    /// owner is read in full, to say who.
-    async fn confirm_token(&self, token: &str) -> Result<()> {
-        self.ensure_not_lost()?;
-        let now = match self.store.head(&self.key).await? {
-            None => None,
-            Some(info) if info.metadata.get(OWNER_METADATA).map(String::as_str) == Some(token) => {
-                return Ok(())
-            }
-            Some(_) => get_journal(&*self.store, &self.prefix, &self.key).await?,
-        };
-        match now {
-            None => Err(Error::lost_ownership(format!(
-                "the journal {} was retired by another process while this one worked on it",
-                self.key
-            ))),
-            Some(now) if now.owner.token != token => Err(Error::lost_ownership(format!(
-                "the journal {} was taken over by {} (pid {} on {}) while this process worked on it",
-                self.key, now.owner.tool, now.owner.pid, now.owner.host
-            ))),
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// Delete `key` as the journal's owner: confirm ownership, then send the
-    /// delete only within [`send_window`] of the confirming read's start,
-    /// by the monotonic clock (a process frozen in between proves it again).
-    pub async fn delete_as_owner(&self, key: &str) -> Result<()> {
-        let token = match self.journal.lock().await.as_ref() {
-            Some(journal) => journal.owner.token.clone(),
-            None => return Err(Error::lost_ownership(format!("{} is retired", self.key))),
-        };
-        let store = &self.store;
-        self.fenced(&token, key, |deadline| store.delete_before(key, deadline))
-            .await
-    }
-
-    /// Send one request, given the deadline it must leave by, within
-    /// [`send_window`] of the start of a read that proved `token` still
-    /// owns the journal, by the monotonic clock; a process stalled past it
-    /// proves ownership again. `what` names the key the request is about.
-    async fn fenced<F, Fut>(&self, token: &str, what: &str, request: F) -> Result<()>
-    where
-        F: Fn(tokio::time::Instant) -> Fut,
-        Fut: std::future::Future<Output = Result<Sent>>,
-    {
-        for _ in 0..FENCED_ATTEMPTS {
-            let proof = tokio::time::Instant::now();
-            self.confirm_token(token).await?;
-            if request(proof + send_window()).await? == Sent::Yes {
-                return Ok(());
-            }
-            debug!(
-                "{what}: ownership of {} proven too long ago to send the request; proving it again",
-                self.key
-            );
-        }
-        Err(Error::store(format!(
-            "{what} was not changed: {FENCED_ATTEMPTS} times in a row, proving that this process still owns {} \
-             took longer than {} ms; run the command again when the store answers faster",
-            self.key,
-            send_window().as_millis()
-        )))
     }
 
     /// Change the journal and write it, after confirming ownership; a
@@ -369,60 +186,6 @@ impl JournalHandle {
         guard.take();
         Ok(())
     }
-
-    /// Renew the lease every third of its length until the returned guard
-    /// is dropped. A renewal the store did not answer is retried every
-    /// twelfth of the lease while more than a sixth of it is left; one that
-    /// finds another owner, or runs out of lease, marks the ownership lost:
-    /// the next [`confirm`](Self::confirm) fails. Between
-    /// renewals the task holds no handle, so that the journal counts as let
-    /// go of ([`abandoned_here`]) as soon as its upload drops its own.
-    pub fn keep_alive(self: &Arc<Self>) -> KeepAlive {
-        let (weak, lease) = (Arc::downgrade(self), self.lease);
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = stop.clone();
-        crate::machine::spawn(async move {
-            // The journal was just written (created, taken over or
-            // renewed by the caller): the lease runs from about now.
-            let mut renewed_at = tokio::time::Instant::now();
-            let mut wait = lease / 3;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stopped.notified() => return,
-                }
-                let Some(handle) = weak.upgrade() else {
-                    return;
-                };
-                let attempt = tokio::time::Instant::now();
-                let Err(e) = handle.update(|j| j.renewals += 1).await else {
-                    (renewed_at, wait) = (attempt, lease / 3);
-                    continue;
-                };
-                // A store that did not answer is not a new owner: retry
-                // while the lease has more than a sixth to run. Another
-                // owner, or a lease that may run out, stops every write.
-                let retry = lease / 12;
-                let time_left = (renewed_at + lease).saturating_duration_since(attempt + retry);
-                if e.kind != ErrorKind::LostOwnership && time_left > lease / 6 {
-                    warn!(
-                        "renewing the lease on {}: {e}; retrying in {} s",
-                        handle.key,
-                        retry.as_secs()
-                    );
-                    wait = retry;
-                    continue;
-                }
-                warn!("renewing the lease on {}: {e}", handle.key);
-                *handle.lost.lock().expect("lost flag") = Some(Error::new(
-                    e.kind,
-                    format!("renewing the lease on {} failed: {e}", handle.key),
-                ));
-                return;
-            }
-        });
-        KeepAlive(stop)
-    }
 }
 
 /// The owner tokens of the journals this process acquired, each with
@@ -462,18 +225,6 @@ impl Drop for Held {
     fn drop(&mut self) {
         let mut acquired = acquired().lock().expect("acquired journals");
         acquired.insert(std::mem::take(&mut self.0), false);
-    }
-}
-
-/// Stops the lease renewals when dropped: at once between renewals; a
-/// renewal under way ends first (aborting it would leave its write in
-/// flight, to land after a retirement and bring the journal back; it
-/// holds the journal's lock, which the retirement waits for).
-pub struct KeepAlive(Arc<tokio::sync::Notify>);
-
-impl Drop for KeepAlive {
-    fn drop(&mut self) {
-        self.0.notify_one();
     }
 }
 
