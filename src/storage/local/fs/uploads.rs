@@ -4,7 +4,7 @@
 //! aborted as uploads.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,8 +60,21 @@ impl LocalFs {
         let (dir, _) = self.upload_record(key, upload_id)?;
         let md5 = md5_hex(&data);
         let temp_path = dir.join(format!("{number:05}.{}{TEMP_SUFFIX}", crate::random_hex(6)));
-        let temp = Temp::write(temp_path, &dir, &data)
-            .map_err(|e| Error::io(format!("staging part {number} in {}", dir.display()), e))?;
+        // In the upload's directory as it is: one withdrawn since (aborted,
+        // or fenced by a takeover) is not made again, and the part fails as
+        // S3's would (NoSuchUpload).
+        let staging = |e: io::Error| match e.kind() {
+            io::ErrorKind::NotFound => Error::store(format!(
+                "no staged upload {upload_id} in {}",
+                self.describe()
+            )),
+            _ => Error::io(format!("staging part {number} in {}", dir.display()), e),
+        };
+        let mut file = File::create_new(&temp_path).map_err(staging)?;
+        let temp = Temp::adopt(temp_path, &dir);
+        file.write_all(&data)
+            .and_then(|()| file.sync_all())
+            .map_err(staging)?;
         for old in part_files(&dir)?.into_iter().filter(|p| p.number == number) {
             let _ = fs::remove_file(dir.join(part_file_name(&old)));
         }
