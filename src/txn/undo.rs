@@ -14,7 +14,7 @@ use crate::deletion::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::Journal;
-use crate::layout::Link;
+use crate::layout::{self, Link, LinkKind};
 use crate::ownership::JournalHandle;
 use crate::storage::{get_small, Small, Store};
 
@@ -191,7 +191,7 @@ pub(super) async fn leave_to_foreign(
             ErrorKind::ForeignPublished,
             format!(
                 "{} is published by another uploader (as {}); \
-                 none of this transaction's links were deleted, since that revision's readers need them; {what}",
+                 none of this transaction's links that its readers may need were deleted; {what}",
                 journal.revision.full_version(),
                 journal.revision.package_link().key
             ),
@@ -202,6 +202,7 @@ pub(super) async fn leave_to_foreign(
         if let Some(upload_id) = &journal.tarball.upload_id {
             store.abort_upload(&journal.tarball.key, upload_id).await?;
         }
+        delete_naming_own_tarball(store, handle, journal).await?;
         handle.retire().await
     };
     match cleanup.await {
@@ -211,6 +212,42 @@ pub(super) async fn leave_to_foreign(
             journal.id()
         )),
     }
+}
+
+/// Delete, under the one rule, this transaction's links that name its own
+/// tarball (its package link, its own link in each dist directory), now
+/// that its staged upload is aborted and another hash is published: they
+/// name a tarball that will never come, and hold the revision's keys
+/// against the published build's own (which `repair` puts back). Its
+/// other links, its dependencies', may be the published build's too and
+/// stay. Nothing goes while a tarball of this very key exists.
+async fn delete_naming_own_tarball(
+    store: &dyn Store,
+    handle: &JournalHandle,
+    journal: &Journal,
+) -> Result<()> {
+    let own_tarball = std::slice::from_ref(&journal.tarball.key);
+    let package_link = journal.revision.package_link().key;
+    for link in journal.links() {
+        let kind = match link.key == package_link {
+            true => LinkKind::Package,
+            false => LinkKind::Dist,
+        };
+        let named = layout::link_target(&journal.revision.architecture, kind, link.body.as_bytes());
+        if named.as_ref() != Some(&journal.tarball.key) {
+            continue;
+        }
+        let deleter = Deleter::Txn {
+            txn: &journal.txn,
+            body: &link.body,
+        };
+        if delete_unpublished(store, own_tarball, &link.key, deleter, Some(handle)).await?
+            == Deletion::Published
+        {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Abort the staged uploads of the journal's tarball key that nothing

@@ -37,8 +37,12 @@ const SEEDS: std::ops::Range<u64> = 0..10_000;
 /// tarball stayed lost (640 of `stock,repair`; 1860; 12942, after an
 /// `--unpublish` of the partial revision; 81648, a tarball left with no
 /// link at all): deleters keep them in a removal record that repair puts
-/// back.
-const FIXED: [(u64, &[Actor]); 36] = [
+/// back. And an upload of another hash that claimed the number repair had
+/// freed, then found the stalled stock upload's tarball published, kept
+/// its package link naming its own tarball, which never came, in the
+/// published build's place (245718, 732783, 761930): it deletes its links
+/// that name its own tarball once its staged upload is aborted.
+const FIXED: [(u64, &[Actor]); 39] = [
     (20, BEFORE_FORGER),
     (349, BEFORE_FORGER),
     (645, BEFORE_FORGER),
@@ -75,6 +79,9 @@ const FIXED: [(u64, &[Actor]); 36] = [
     (1860, &Actor::ALL),
     (12942, &Actor::ALL),
     (81648, &Actor::ALL),
+    (245718, &Actor::ALL),
+    (732783, &Actor::ALL),
+    (761930, &Actor::ALL),
 ];
 
 /// Every actor but the journal forger, which came later (a seed picks its
