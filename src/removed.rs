@@ -71,15 +71,20 @@ pub async fn read(store: &dyn Store, revision: &Revision) -> Result<Vec<Link>> {
     let Some(body) = get_small(store, &key, Small::Journal).await? else {
         return Ok(Vec::new());
     };
-    let record: Removed = match serde_json::from_slice(&body) {
-        Ok(record) => record,
+    Ok(match serde_json::from_slice::<Removed>(&body) {
+        Ok(record) => owned_links(&key, record, revision),
         Err(e) => {
             warn!("{key} is not a removal record ({e}): ignored");
-            return Ok(Vec::new());
+            Vec::new()
         }
-    };
+    })
+}
+
+/// The links of `record`, read from `key`, that `revision` owns, for its
+/// very tarball.
+fn owned_links(key: &str, record: Removed, revision: &Revision) -> Vec<Link> {
     if record.format != FORMAT || record.tarball != revision.store_key() {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     let recorded = record.links.len();
     let owned: Vec<Link> = record
@@ -94,7 +99,7 @@ pub async fn read(store: &dyn Store, revision: &Revision) -> Result<Vec<Link>> {
             revision.full_version()
         );
     }
-    Ok(owned)
+    owned
 }
 
 /// `link`, recorded as removed from `revision`, as an upload of it writes
@@ -131,7 +136,7 @@ pub async fn published_since(
             warn!("{key} is not a removal record: ignored");
             continue;
         };
-        let revision = record.revision;
+        let revision = record.revision.clone();
         if key != key_of(&revision) || revision.validated().is_err() {
             warn!("{key} is not where its revision's removal record goes: ignored");
             continue;
@@ -140,7 +145,7 @@ pub async fn published_since(
             continue;
         }
         let mut missing = Vec::new();
-        for link in read(store, &revision).await? {
+        for link in owned_links(&key, record, &revision) {
             if store.head(&link.key).await?.is_none() {
                 missing.push(link);
             }
