@@ -47,6 +47,7 @@ fn main() {
         let run = sim::run(seed, &actors);
         if verbose {
             run.log.iter().for_each(|line| println!("{line}"));
+            print!("{}", run.world.lock().unwrap().history_where(|_| true));
         }
         if !run.violations().is_empty() {
             // The first few are explained in full; every one is listed.

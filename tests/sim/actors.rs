@@ -162,14 +162,23 @@ pub(super) async fn act(
                 }
                 _ => alitx::repair::repair(store, found, &options, false, 8).await,
             };
-            match report {
-                Ok(report) => Fate::Done(format!(
+            let report = match report {
+                Ok(report) => report,
+                Err(e) => return failed(e),
+            };
+            // As the command's exit status: 1 where an action failed.
+            match report
+                .actions
+                .iter()
+                .find(|a| a.action == alitx::repair::ActionKind::Failed)
+            {
+                Some(failure) => Fate::Failed(1, failure.message.clone()),
+                None => Fate::Done(format!(
                     "{}: deleted {:?}, left over {}",
                     actor.name(),
                     report.deleted().len(),
                     report.left_over
                 )),
-                Err(e) => failed(e),
             }
         }
         Actor::Cleanup => bystanders::clean_up(&store).await,

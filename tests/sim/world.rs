@@ -234,8 +234,13 @@ impl World {
 
     /// The history of `keys`, one line per write.
     pub fn history_of(&self, keys: &[String]) -> String {
+        self.history_where(|key| keys.iter().any(|k| k == key))
+    }
+
+    /// The history of every key `wanted` accepts, one line per write.
+    pub fn history_where(&self, wanted: impl Fn(&str) -> bool) -> String {
         let mut out = String::new();
-        for e in self.history.iter().filter(|e| keys.contains(&e.key)) {
+        for e in self.history.iter().filter(|e| wanted(&e.key)) {
             let _ = writeln!(
                 out,
                 "  {:>9.3}s {:<22} {:<9} {}",
