@@ -42,6 +42,11 @@ pub enum Reason {
     InManifest {
         manifest: String,
     },
+    /// No tarball, but its publication record names it: see
+    /// [`State::Unpublished`].
+    Recorded {
+        record: String,
+    },
     /// Why repair leaves a published revision alone.
     LeftAlone(LeftAlone),
     /// The pending journal covering the revision.
@@ -82,6 +87,12 @@ impl fmt::Display for Reason {
                 "listed in {manifest}: it was published and its tarball retired by a clean-up, so its \
                  revision number stays reserved and repair keeps it; only `alitx repair ... --unpublish` \
                  naming it removes it"
+            ),
+            Reason::Recorded { record } => write!(
+                f,
+                "its publication record {record} names its tarball: it was published and its tarball \
+                 removed since (by a clean-up, or by an `--unpublish` that stopped half-way), so repair \
+                 keeps it; only `alitx repair ... --unpublish` naming it removes it"
             ),
             Reason::MayBeRetired => write!(
                 f,

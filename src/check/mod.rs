@@ -18,9 +18,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::Result;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::deletion::{self, Named};
+use crate::error::{Error, ErrorKind, Result};
 use crate::journal::State as JournalState;
 use crate::layout;
+use crate::record::{self, Record};
 use crate::recovery::{self, JournalEntry};
 use crate::storage::Store;
 
@@ -115,6 +119,21 @@ impl RevisionReport {
             self.architecture, self.package, self.tarball
         )
     }
+
+    /// The revision, as the deletion guard takes it.
+    pub fn named(&self) -> Named<'_> {
+        Named {
+            architecture: &self.architecture,
+            package: &self.package,
+            tarball: &self.tarball,
+        }
+    }
+
+    /// Its store tarball under the hash the scan found, if it found one.
+    pub fn expected_tarball(&self) -> Option<String> {
+        let hash = self.hash.as_deref()?;
+        Some(layout::store_key(&self.architecture, hash, &self.tarball))
+    }
 }
 
 /// A staged upload older than the threshold.
@@ -199,6 +218,7 @@ pub async fn scan(store: &dyn Store, options: &ScanOptions) -> Result<CheckRepor
     let (foreign_keys, keys_listed) = (found.foreign, found.keys_listed);
     let known = known_packages(&found);
     let mut revisions = classify(found, &journals, now, options);
+    requests += recorded_as_published(store, &mut revisions, options.concurrency).await?;
     revisions.sort_by(|a, b| (&a.architecture, &a.tarball).cmp(&(&b.architecture, &b.tarball)));
     let stale_uploads = stale_uploads(store, &all_journals, &known, now, options).await?;
     requests += 1;
@@ -299,4 +319,52 @@ async fn stale_uploads(
             })
         })
         .collect())
+}
+
+/// A partial revision whose publication record names its store tarball was
+/// published, and its tarball removed since (by a clean-up, or by an
+/// `--unpublish` that stopped half-way): unpublished, as every deleter
+/// judges it ([`deletion::retired`]). A record that cannot be trusted is a
+/// warning (repair then deletes nothing of the revision). The requests it
+/// sent.
+async fn recorded_as_published(
+    store: &dyn Store,
+    revisions: &mut [RevisionReport],
+    concurrency: usize,
+) -> Result<usize> {
+    let partial: Vec<usize> = (0..revisions.len())
+        .filter(|&i| revisions[i].state == State::Partial)
+        .collect();
+    let shared: &[RevisionReport] = revisions;
+    let records: Vec<(usize, Result<Option<Record>>)> =
+        futures::stream::iter(partial.iter().copied())
+            .map(|i| async move {
+                let revision = &shared[i];
+                let expected = revision.expected_tarball();
+                let tarballs =
+                    deletion::revision_tarballs(store, revision.named(), expected.as_deref())
+                        .await?;
+                Ok::<_, Error>((i, deletion::retired(store, &tarballs).await))
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+    for (i, record) in records {
+        let revision = &mut revisions[i];
+        match record {
+            Ok(Some(record)) => {
+                revision.state = State::Unpublished;
+                revision.recent = false;
+                revision.repairable = false;
+                revision.reasons.push(Reason::Recorded {
+                    record: record::key_of(&record.revision),
+                });
+            }
+            Ok(None) => {}
+            Err(e) if e.kind == ErrorKind::Verification => revision.warnings.push(e.message),
+            Err(e) => return Err(e),
+        }
+    }
+    // Its own links (package link, three dist links) and the record.
+    Ok(partial.len() * 5)
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use crate::check::{CheckReport, Reason, RevisionReport};
-use crate::deletion::{delete_unpublished, published, revision_tarballs, Deleter, Deletion, Named};
+use crate::deletion::{delete_unpublished, published, revision_tarballs, Deleter, Deletion};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::journal::{DeleterKind, Journal, UNKNOWN_HASH};
@@ -296,8 +296,8 @@ async fn delete_keys(
     deleter: Locked<'_>,
     deleted: &mut Vec<String>,
 ) -> Result<Deletes> {
-    let expected = expected_tarball(revision);
-    let tarballs = revision_tarballs(&*store, named(revision), expected.as_deref()).await?;
+    let expected = revision.expected_tarball();
+    let tarballs = revision_tarballs(&*store, revision.named(), expected.as_deref()).await?;
     let mut removes = Vec::new();
     for key in keys {
         if !owned(revision, key) {
@@ -366,7 +366,7 @@ async fn delete_claimed(
             Deletion::Missing | Deletion::NotOurs => {}
         }
     }
-    let mut now = revision_tarballs(store, named(revision), None).await?;
+    let mut now = revision_tarballs(store, revision.named(), None).await?;
     now.extend(tarballs.iter().cloned());
     let Some(tarball) = published(store, &now).await? else {
         return Ok(Deletes::Done);
@@ -401,15 +401,6 @@ fn locked_revision(revision: &RevisionReport, tarballs: &[String]) -> Result<Rev
         .or(named_hash)
         .unwrap_or(UNKNOWN_HASH);
     revision_with_hash(revision, Some(hash))
-}
-
-/// The revision, as the deletion guard takes it.
-fn named(revision: &RevisionReport) -> Named<'_> {
-    Named {
-        architecture: &revision.architecture,
-        package: &revision.package,
-        tarball: &revision.tarball,
-    }
 }
 
 /// Whether `key`, a key of `revision`, is its package link or a dist link.
@@ -516,16 +507,6 @@ pub(super) fn revision_with_hash(
             revision.id()
         ))),
     }
-}
-
-/// The store tarball a partial revision lacks, if `check` knew its hash.
-fn expected_tarball(revision: &RevisionReport) -> Option<String> {
-    let hash = revision.hash.as_deref()?;
-    Some(layout::store_key(
-        &revision.architecture,
-        hash,
-        &revision.tarball,
-    ))
 }
 
 /// A last guard: `key` is the revision's store tarball, package link, or a

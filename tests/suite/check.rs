@@ -701,6 +701,67 @@ fn a_revision_listed_in_its_manifest_survives_bulk_repair() {
     });
 }
 
+/// A revision whose publication record names its tarball, with the
+/// tarball and a dist link gone (an `--unpublish` stopped half-way, then a
+/// late bookkeeping write put the record back; or a clean-up): check calls
+/// it `unpublished`, naming the record, as every deleter judges it, and
+/// bulk repair keeps every key; a finished `--unpublish` removes it.
+/// Before, check called it `partial` and repair left it over (exit 5).
+#[test]
+fn a_revision_whose_record_names_its_removed_tarball_is_unpublished_not_partial() {
+    let rt = runtime();
+    each_backend(|kind, store| {
+        let wd = WorkDir::chain(1, 0);
+        assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
+        let rev = wd.pkgs[0].revision();
+        let dist_link = wd
+            .expected([0])
+            .into_keys()
+            .find(|key| key.contains("/dist/"))
+            .unwrap();
+        rt.block_on(async {
+            let backend = store.open().await;
+            backend.delete(&rev.store_key()).await.unwrap();
+            backend.delete(&dist_link).await.unwrap();
+        });
+        let left = rt.block_on(store.snapshot());
+
+        let out = alitx(&check_args(&store, &["--min-age", "0"]));
+        assert_exit(&out, 0);
+        let report = json(&out);
+        let found = &by_tarball(&report)[&rev.tarball_name()];
+        assert_eq!(found["state"], "unpublished", "{kind}: {found}");
+        let record = alitx::record::key_of(&rev);
+        assert!(
+            found["reasons"].to_string().contains(&record),
+            "{kind}: {found}"
+        );
+        let out = alitx(&repair_args(&store, &["--min-age", "0"]));
+        assert_exit(&out, 0);
+        assert_eq!(
+            rt.block_on(store.snapshot()),
+            left,
+            "{kind}: repair deleted"
+        );
+
+        let out = alitx(&repair_args(
+            &store,
+            &[
+                "--package",
+                &rev.package,
+                "--version",
+                &rev.version,
+                "--revision",
+                &rev.revision,
+                "--unpublish",
+            ],
+        ));
+        assert_exit(&out, 0);
+        assert_eq!(rt.block_on(store.keys()), Vec::<String>::new(), "{kind}");
+        assert!(rt.block_on(store.records()).is_empty(), "{kind}");
+    });
+}
+
 /// `repair --unpublish` deletes holding the revision's journal key: a
 /// journal that appears after its scan (an upload of the revision
 /// starting) makes it delete nothing and exit 4.
