@@ -60,9 +60,10 @@ pub enum State {
     /// A package link naming its own store tarball and the revision's own
     /// link in every dist directory, but no tarball and no journal: it may
     /// have been published and its tarball retired by a clean-up, which
-    /// keeps the links to reserve the number. Its number stays reserved; a
-    /// rebuild of the same hash completes it; only `repair --unpublish`
-    /// naming it removes it.
+    /// keeps the links to reserve the number; or, whatever its links, its
+    /// package's manifest or its publication record says it was published.
+    /// Its number stays reserved; a rebuild of the same hash completes it;
+    /// only `repair --unpublish` naming it removes it.
     Unpublished,
     /// The store tarball exists, so the revision is published and final,
     /// but a link that the store alone determines is missing or wrong (see

@@ -42,7 +42,7 @@ const SEEDS: std::ops::Range<u64> = 0..10_000;
 /// its package link naming its own tarball, which never came, in the
 /// published build's place (245718, 732783, 761930): it deletes its links
 /// that name its own tarball once its staged upload is aborted.
-const FIXED: [(u64, &[Actor]); 39] = [
+const FIXED: [(u64, &[Actor]); 41] = [
     (20, BEFORE_FORGER),
     (349, BEFORE_FORGER),
     (645, BEFORE_FORGER),
@@ -82,6 +82,8 @@ const FIXED: [(u64, &[Actor]); 39] = [
     (245718, &Actor::ALL),
     (732783, &Actor::ALL),
     (761930, &Actor::ALL),
+    (352999, &Actor::ALL),
+    (364708, &Actor::ALL),
 ];
 
 /// Every actor but the journal forger, which came later (a seed picks its
