@@ -168,6 +168,21 @@ async fn delete_bucket(client: &Client, bucket: &str) {
     let _ = client.delete_bucket().bucket(bucket).send().await;
 }
 
+/// The flags of `repair` that unpublish `r`, then `extra`.
+pub fn unpublish_flags<'a>(r: &'a Revision, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec![
+        "--package",
+        &r.package,
+        "--version",
+        &r.version,
+        "--revision",
+        &r.revision,
+        "--unpublish",
+    ];
+    all.extend(extra);
+    all
+}
+
 /// Every key readers can see: publication records left out.
 async fn readable_keys(store: &dyn Store) -> Vec<String> {
     let keys = store.list("").await.unwrap();

@@ -567,22 +567,8 @@ fn a_published_revision_whose_dependency_was_cleaned_up_is_kept_and_only_unpubli
         let out = alitx(&store.cmd("repair", &["--package", "pkg1", "--unpublish"]));
         assert_exit(&out, 2);
         let pkg1_rev = wd.pkgs[1].revision();
-        let unpublish = |extra: &[&str]| {
-            let mut all = repair_args(
-                &store,
-                &[
-                    "--package",
-                    "pkg1",
-                    "--version",
-                    &pkg1_rev.version,
-                    "--revision",
-                    &pkg1_rev.revision,
-                    "--unpublish",
-                ],
-            );
-            all.extend(args(extra));
-            alitx(&all)
-        };
+        let unpublish =
+            |extra: &[&str]| alitx(&repair_args(&store, &unpublish_flags(&pkg1_rev, extra)));
         let dry = unpublish(&["--dry-run"]);
         assert_exit(&dry, 0);
         let would: BTreeSet<String> = strings(&json(&dry)["would_delete"]).into_iter().collect();
@@ -744,18 +730,7 @@ fn a_revision_whose_record_names_its_removed_tarball_is_unpublished_not_partial(
             "{kind}: repair deleted"
         );
 
-        let out = alitx(&repair_args(
-            &store,
-            &[
-                "--package",
-                &rev.package,
-                "--version",
-                &rev.version,
-                "--revision",
-                &rev.revision,
-                "--unpublish",
-            ],
-        ));
+        let out = alitx(&repair_args(&store, &unpublish_flags(&rev, &[])));
         assert_exit(&out, 0);
         assert_eq!(rt.block_on(store.keys()), Vec::<String>::new(), "{kind}");
         assert!(rt.block_on(store.records()).is_empty(), "{kind}");
@@ -774,20 +749,7 @@ fn unpublish_deletes_nothing_of_a_revision_a_journal_took_since_the_scan() {
         assert_exit(&alitx(&wd.upload_args(0, &store)), 0);
         let rev = wd.pkgs[0].revision();
         let unpublish = Command::new(env!("CARGO_BIN_EXE_alitx"))
-            .args(store.cmd(
-                "repair",
-                &[
-                    "--architecture",
-                    ARCH,
-                    "--package",
-                    &rev.package,
-                    "--version",
-                    &rev.version,
-                    "--revision",
-                    &rev.revision,
-                    "--unpublish",
-                ],
-            ))
+            .args(store.cmd("repair", &unpublish_flags(&rev, &["--architecture", ARCH])))
             .env("ALITX_FAILPOINT", "repair-scanned:stop")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -67,18 +67,7 @@ fn strings(value: &Value) -> BTreeSet<String> {
 }
 
 fn unpublish_args<'a>(r: &'a Revision, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut all = vec![
-        "repair",
-        "--package",
-        &r.package,
-        "--version",
-        &r.version,
-        "--revision",
-        &r.revision,
-        "--unpublish",
-    ];
-    all.extend(extra);
-    all
+    [vec!["repair"], unpublish_flags(r, extra)].concat()
 }
 
 /// ALICE's clean-up deletes an old revision's tarball and keeps its links
@@ -604,7 +593,7 @@ fn unpublish_stops_and_puts_back_its_links_when_the_revision_is_published_again(
     each_backend(|kind, store| {
         rt.block_on(seed_stock(&store, &r, &[], &DIST_DIRS, true, true));
         let published = rt.block_on(store.snapshot());
-        let args = store.cmd("repair", &unpublish_args(&r, &["--json"])[1..]);
+        let args = store.cmd("repair", &unpublish_flags(&r, &["--json"]));
         let unpublish = std::process::Command::new(env!("CARGO_BIN_EXE_alitx"))
             .args(&args)
             .env("ALITX_FAILPOINT", "after-first-deletes:stop")
