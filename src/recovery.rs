@@ -91,7 +91,7 @@ impl JournalEntry {
 /// (~48 ms on Ceph RGW, whose answers with a body wait for Nagle), each
 /// takeover waits its settle time (together: it comes before the wait for
 /// a turn to send).
-const JOURNALS_AT_ONCE: usize = 32;
+pub const JOURNALS_AT_ONCE: usize = 32;
 
 /// Journals rolled forward at once: each sends its tarball with
 /// `--concurrency` parts in flight (64 MiB of buffers by default).

@@ -516,14 +516,25 @@ impl StoreArgs {
         }
     }
 
-    /// Open the store for a one-shot command; a local one must exist,
-    /// except for `upload` (`LocalRoot::MayCreate`), which says when it
-    /// started a new one.
+    /// Open the store for a one-shot command, with a few connections; a
+    /// local one must exist, except for `upload` (`LocalRoot::MayCreate`),
+    /// which says when it started a new one.
     pub(super) async fn open(
         &self,
         local_root: LocalRoot,
     ) -> Result<std::sync::Arc<dyn storage::Store>> {
-        self.open_with(local_root, Connections::Few).await
+        let few = Connections::AtMost(storage::FEW_CONNECTIONS);
+        self.open_with(local_root, few).await
+    }
+
+    /// Open an existing store for a command that keeps `in_flight` small
+    /// reads going at once (a scan, the journals): as many connections.
+    pub(super) async fn open_for_reads(
+        &self,
+        in_flight: usize,
+    ) -> Result<std::sync::Arc<dyn storage::Store>> {
+        let connections = Connections::AtMost(in_flight);
+        self.open_with(LocalRoot::MustExist, connections).await
     }
 
     /// [`open`](Self::open), an S3 store opening `connections`.

@@ -120,7 +120,7 @@ async fn run(command: Command) -> Result<i32> {
         Command::Journals { store, output } => {
             let options = store.options();
             let entries = recovery::list_journals(
-                &*store.open(LocalRoot::MustExist).await?,
+                &*store.open_for_reads(recovery::JOURNALS_AT_ONCE).await?,
                 &options.journal_prefix,
             )
             .await?;
@@ -147,7 +147,7 @@ async fn run(command: Command) -> Result<i32> {
                 }
             };
             let outcomes = recovery::resume(
-                store.open(LocalRoot::MustExist).await?,
+                store.open_for_reads(recovery::JOURNALS_AT_ONCE).await?,
                 &options,
                 work_dir.as_deref(),
                 &selection,
@@ -173,7 +173,7 @@ async fn run(command: Command) -> Result<i32> {
                 force,
             };
             let outcomes = recovery::rollback(
-                store.open(LocalRoot::MustExist).await?,
+                store.open_for_reads(recovery::JOURNALS_AT_ONCE).await?,
                 &options,
                 &selection,
             )
@@ -194,7 +194,7 @@ async fn run(command: Command) -> Result<i32> {
         } => {
             let options = store.options();
             let report = check::scan(
-                &*store.open(LocalRoot::MustExist).await?,
+                &*store.open_for_reads(scan.concurrency as usize).await?,
                 &scan.options(&options.journal_prefix),
             )
             .await?;
@@ -220,7 +220,7 @@ async fn run(command: Command) -> Result<i32> {
             output,
         } => {
             let options = store.options();
-            let backend = store.open(LocalRoot::MustExist).await?;
+            let backend = store.open_for_reads(scan.concurrency as usize).await?;
             let found = check::scan(&*backend, &scan.options(&options.journal_prefix)).await?;
             let report = match (unpublish, scan.package.clone(), version, revision) {
                 (true, Some(package), Some(version), Some(revision)) => {

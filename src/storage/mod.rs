@@ -367,7 +367,7 @@ pub trait Store: Send + Sync + fmt::Debug {
 /// (with an optional `::rw` suffix, as aliBuild writes it), `file:///PATH`
 /// or a plain path.
 pub async fn open(spec: &str, endpoint: Option<&str>) -> Result<Arc<dyn Store>> {
-    open_with(spec, endpoint, Connections::Few).await
+    open_with(spec, endpoint, Connections::AtMost(FEW_CONNECTIONS)).await
 }
 
 /// [`open`], an S3 store opening its connections as `connections` says.

@@ -7,9 +7,10 @@
 //!
 //! A connection costs a TCP and a TLS handshake (a round trip each, and a
 //! signature on the server). A one-shot command opens connections as its
-//! requests need them, up to a few ([`Connections::Few`]); beyond that its
-//! requests wait for a kept-alive one, and their attempts start (for the
-//! stall limit) once it is theirs.
+//! requests need them, up to as many as it keeps requests in flight
+//! ([`Connections::AtMost`]; an upload [`FEW_CONNECTIONS`]); beyond that
+//! its requests wait for a kept-alive one, and their attempts start (for
+//! the stall limit) once it is theirs.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,9 +58,12 @@ pub const ATTEMPTS: u32 = 4;
 /// How many connections a process opens to the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connections {
-    /// A one-shot command, which ends with its connections: at most
-    /// [`FEW_CONNECTIONS`], each carrying request after request.
-    Few,
+    /// A one-shot command, which ends with its connections: at most this
+    /// many, each carrying request after request. An upload opens
+    /// [`FEW_CONNECTIONS`]; a scan of the store as many as it keeps reads in
+    /// flight, since each small read waits on the store (44 ms on a Ceph
+    /// RGW without `tcp_nodelay`), not on the connection.
+    AtMost(usize),
     /// A process that serves upload after upload (`serve-uploads`): one
     /// connection per request in flight, kept for the next uploads.
     OnePerRequest,
@@ -89,9 +93,9 @@ pub fn uses_tls(endpoint: &str) -> bool {
 /// tickets, in memory): only the first handshakes sign.
 pub fn client(tls: Option<TlsContext>, connections: Connections) -> Result<SharedHttpClient> {
     let (inner, in_flight) = match connections {
-        Connections::Few => (
-            bounded(tls, FEW_CONNECTIONS)?,
-            Some(Arc::new(Semaphore::new(FEW_CONNECTIONS))),
+        Connections::AtMost(limit) => (
+            bounded(tls, limit.max(1))?,
+            Some(Arc::new(Semaphore::new(limit.max(1)))),
         ),
         Connections::OnePerRequest => (one_per_request(tls), None),
     };

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use alitx::journal::{Journal, DEFAULT_PREFIX};
 use alitx::storage::{PutMode, Store};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 const JOURNALS: usize = 300;
 
@@ -237,6 +237,54 @@ fn resume_handles_hundreds_of_abandoned_journals_side_by_side() {
             write_tarball(&wd.tarball_path(i), &wd.pkgs[i].revision(), 0);
         }
     });
+}
+
+/// A scan opens as many connections as it keeps small reads in flight
+/// (issue 28: capped at an upload's few, `check` of 1,000 journals took
+/// 18 s instead of 7, each read waiting 44 ms on the gateway): `journals`
+/// reads `JOURNALS_AT_ONCE` at a time through more connections than an
+/// upload's `FEW_CONNECTIONS`, and `check --concurrency 4` through at most
+/// 4. Counted at the proxy of `tests/common/proxy.rs`, on the real RGW.
+#[test]
+fn scans_open_as_many_connections_as_reads_they_keep_in_flight() {
+    use crate::common::proxy::{Faults, Proxy};
+    use alitx::recovery::JOURNALS_AT_ONCE;
+    use alitx::storage::FEW_CONNECTIONS;
+    let rt = runtime();
+    let store = rt.block_on(TestStore::new("s3"));
+    let names: Vec<String> = (0..100).map(|i| format!("scan{i:03}")).collect();
+    let wd = WorkDir::named(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    let pid = dead_pid();
+    rt.block_on(async {
+        let backend = store.open().await;
+        futures::stream::iter(0..names.len())
+            .for_each_concurrent(16, |i| {
+                abandon(&*backend, &wd, i, Fate::Dead, pid).map(|_| ())
+            })
+            .await;
+    });
+    let through = |proxy: &Proxy, command: &str, extra: &[&str]| {
+        let mut all = store.cmd(command, &["--endpoint-url", &proxy.url()]);
+        all.extend(args(extra));
+        let out = alitx(&all);
+        (out, proxy.counts())
+    };
+
+    let proxy = Proxy::start(Faults::default());
+    let (out, counts) = through(&proxy, "journals", &[]);
+    assert_exit(&out, 0);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(listed.lines().count(), 100, "{listed}");
+    assert!(
+        counts.connections > FEW_CONNECTIONS as u64
+            && counts.connections <= JOURNALS_AT_ONCE as u64,
+        "{counts}"
+    );
+    let proxy = Proxy::start(Faults::default());
+    let (out, counts) = through(&proxy, "check", &["--json", "--concurrency", "4"]);
+    assert_exit(&out, 5);
+    assert_eq!(json(&out)["summary"]["abandoned"], 100);
+    assert!(counts.connections <= 4, "{counts}");
 }
 
 /// Not a test: seeds the store `ALITX_BENCH_STORE` with

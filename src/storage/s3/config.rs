@@ -56,7 +56,7 @@ impl S3Config {
                 .or_else(|| env("AWS_DEFAULT_REGION"))
                 .unwrap_or_else(|| "us-east-1".into()),
             ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
-            connections: Connections::Few,
+            connections: Connections::AtMost(s3_http::FEW_CONNECTIONS),
         })
     }
 
