@@ -527,8 +527,8 @@ impl StoreArgs {
         self.open_with(local_root, few).await
     }
 
-    /// Open an existing store for a command that keeps `in_flight` small
-    /// reads going at once (a scan, the journals): as many connections.
+    /// Open an existing store for a command that keeps `in_flight` reads
+    /// going at once (a scan, the journals, a fetch): as many connections.
     pub(super) async fn open_for_reads(
         &self,
         in_flight: usize,

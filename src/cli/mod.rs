@@ -297,7 +297,7 @@ fn upload_plan(args: &UploadArgs, progress: bool) -> Result<(workdir::LocalRevis
 
 async fn fetch(args: FetchArgs) -> Result<i32> {
     let options = args.options();
-    let store = args.store.open(LocalRoot::MustExist).await?;
+    let store = args.store.open_for_reads(options.concurrency).await?;
     let report = crate::fetch::fetch(store, args.packages, &options).await?;
     // What went wrong goes to stderr in both modes: a build log shows it.
     for p in &report.packages {
