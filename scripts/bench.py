@@ -18,6 +18,7 @@ store, stock and with scripts/alibuild-alitx's check against the publication
 record.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +34,9 @@ import time
 ARCH = "slc9_x86-64"
 ENDPOINT = os.environ["AWS_ENDPOINT_URL"]
 ALITX = os.environ["ALITX"]
+# Another alitx binary (e.g. the commit before a change), measured beside
+# ALITX and interleaved with it run by run, as "before".
+ALITX_BEFORE = os.environ.get("ALITX_BEFORE")
 RUNS = int(os.environ.get("RUNS", "3"))
 W1_BYTES = int(os.environ.get("W1_BYTES", str(1 << 30)))
 W2_PACKAGES = int(os.environ.get("W2_PACKAGES", "100"))
@@ -159,10 +163,10 @@ for spec in json.loads(specs):
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alibuild-alitx")
 
 
-def alitx_upload(sw, bucket, specs, endpoint=ENDPOINT, env=None):
+def alitx_upload(sw, bucket, specs, endpoint=ENDPOINT, env=None, alitx=ALITX):
     total, peak = 0.0, 0.0
     for spec in specs:
-        secs, rss, _ = run([ALITX, "upload", "--work-dir", sw, "--architecture", ARCH,
+        secs, rss, _ = run([alitx, "upload", "--work-dir", sw, "--architecture", ARCH,
                             "--package", spec["package"], "--version", spec["version"],
                             "--revision", spec["revision"], "--hash", spec["hash"],
                             "--remote-store", f"b3://{bucket}", *UPLOAD_ARGS],
@@ -171,14 +175,14 @@ def alitx_upload(sw, bucket, specs, endpoint=ENDPOINT, env=None):
     return total, peak
 
 
-def alitx_serve_upload(sw, bucket, specs, endpoint=ENDPOINT, env=None):
+def alitx_serve_upload(sw, bucket, specs, endpoint=ENDPOINT, env=None, alitx=ALITX):
     """One `alitx serve-uploads` for every package, as scripts/alibuild-alitx runs it."""
     lines = "".join(json.dumps(["--work-dir", sw, "--architecture", ARCH, "--package", spec["package"],
                                 "--version", spec["version"], "--revision", spec["revision"],
                                 "--hash", spec["hash"], "--remote-store", f"b3://{bucket}", *UPLOAD_ARGS]) + "\n"
                     for spec in specs)
     start = time.monotonic()
-    proc = subprocess.run([ALITX, "serve-uploads"], input=lines.encode(), stdout=subprocess.PIPE,
+    proc = subprocess.run([alitx, "serve-uploads"], input=lines.encode(), stdout=subprocess.PIPE,
                           env={**os.environ, "AWS_ENDPOINT_URL": endpoint, **(env or {})})
     seconds = time.monotonic() - start
     answers = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -250,9 +254,9 @@ def resume_after_kill(sw, spec):
     return sent, size
 
 
-def alitx_verify(sw, bucket, specs):
+def alitx_verify(sw, bucket, specs, alitx=ALITX):
     """`alitx verify` of the published specs; every one must verify."""
-    secs, rss, out = run([ALITX, "verify", "--remote-store", f"b3://{bucket}",
+    secs, rss, out = run([alitx, "verify", "--remote-store", f"b3://{bucket}",
                           "--architecture", ARCH, "--json"])
     classes = [r["class"] for r in json.loads(out)["revisions"]]
     if classes != ["verified"] * len(specs):
@@ -291,6 +295,16 @@ def published(sw, specs):
     return bucket
 
 
+def with_before(uploaders):
+    """The uploaders, and with ALITX_BEFORE each alitx one again as run by
+    that binary (named "before" and "before-serve")."""
+    if not ALITX_BEFORE:
+        return uploaders
+    names = {"alitx": "before", "serve": "before-serve"}
+    before = {names[u]: functools.partial(fn, alitx=ALITX_BEFORE) for u, fn in uploaders.items() if u in names}
+    return {**uploaders, **before}
+
+
 def table(name, medians, per=1):
     a = medians["alitx"][0] / per
     print(f"\n{name}: median wall time over {RUNS} runs{' per package' if per > 1 else ''}")
@@ -307,12 +321,13 @@ def main():
         w1_spec = make_package(w1, "big", W1_BYTES, 300)
         w2 = os.path.join(work, "w2")
         w2_specs = [make_package(w2, f"small{i}", 1 << 20, 50) for i in range(W2_PACKAGES)]
-        w1_med = measure("W1", w1, [w1_spec], {"alitx": alitx_upload, "boto3": boto3_upload, "raw": raw_copy})
-        w2_med = measure("W2", w2, w2_specs, {"alitx": alitx_upload, "boto3": boto3_upload})
+        w1_med = measure("W1", w1, [w1_spec],
+                         with_before({"alitx": alitx_upload, "boto3": boto3_upload, "raw": raw_copy}))
+        w2_med = measure("W2", w2, w2_specs, with_before({"alitx": alitx_upload, "boto3": boto3_upload}))
         sent, size = resume_after_kill(w1, w1_spec)
         w1_store, w2_store = published(w1, [w1_spec]), published(w2, w2_specs)
         verify_med = measure("verify W1", w1, [w1_spec],
-                             {"alitx": alitx_verify, "raw": raw_download}, bucket_for=w1_store)
+                             with_before({"alitx": alitx_verify, "raw": raw_download}), bucket_for=w1_store)
         fetch = {"alitx": fetcher("checked"), "stock": fetcher("stock")}
         fetch_w1 = measure("fetch W1", w1, [w1_spec], fetch, bucket_for=w1_store)
         fetch_w2 = measure("fetch W2", w2, w2_specs, fetch, bucket_for=w2_store)

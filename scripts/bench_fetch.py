@@ -10,17 +10,24 @@ lines count the requests; optional).
 The store: FETCH_PACKAGES (default 12) packages in a chain, each
 installing an incompressible payload, sizes cycling through FETCH_SIZES
 (bytes, default 8 KiB, 1, 8 and 32 MiB), built and published once through
-scripts/alibuild-alitx. Per RTT, after an untimed warm-up, RUNS rounds
-(order rotated) of:
+scripts/alibuild-alitx; then FETCH_REVISIONS (default 0) past revisions of
+each package's links, written directly (boto3, 32 at a time), with a
+manifest listing all of them but the newest FETCH_UNLISTED (default 10),
+which aliBuild then reads one by one. FETCH_STORE=o2 sets those defaults
+to an O2-like store (issue 27): 120 packages from 8 KiB to 200 MiB, 600 MiB
+in all, in a fixed shuffled order, and 200 past revisions of each.
+Per RTT, after an untimed warm-up, RUNS rounds (order rotated) of:
   stock   stock aliBuild (its boto3 fetch), its fetch calls timed
-  helper  scripts/alibuild-alitx (its prefetch by `alitx fetch`)
+  helper  scripts/alibuild-alitx (its prefetch by `alitx fetch`, run
+          through /usr/bin/time, where installed, for its peak RSS)
   floor   every tarball of the store downloaded at once (boto3, 32 threads)
 The table: medians of the build's wall time, of the time aliBuild waited
-in its fetch calls (the floor: its whole download), ratios, and requests
-per package.
+in its fetch calls (the floor: its whole download), ratios, requests per
+package, and the largest peak RSS of the prefetch and of the floor.
 """
 
 import os
+import random
 import re
 import statistics
 import shutil
@@ -34,9 +41,25 @@ import bench_latency
 ARCH = "slc9_x86-64"
 RUNS = int(os.environ.get("RUNS", "3"))
 RTTS = [float(r) for r in os.environ.get("RTTS", "0 20 100").split()]
-PACKAGES = int(os.environ.get("FETCH_PACKAGES", "12"))
-SIZES = [int(s) for s in os.environ.get(
-    "FETCH_SIZES", f"{8 << 10} {1 << 20} {8 << 20} {32 << 20}").split()]
+
+
+def o2_sizes():
+    """120 payloads, 600 MiB in all: one of 200 MiB, a few tens of MiB, most
+    below 1 MiB; shuffled with a fixed seed, so the chain mixes them."""
+    tiers = [(1, 200 << 20), (2, 64 << 20), (6, 24 << 20), (12, 8 << 20), (24, 1 << 20),
+             (25, 256 << 10), (25, 64 << 10), (25, 8 << 10)]
+    sizes = [size for count, size in tiers for _ in range(count)]
+    random.Random(27).shuffle(sizes)
+    return sizes
+
+
+O2 = os.environ.get("FETCH_STORE") == "o2"
+PACKAGES = int(os.environ.get("FETCH_PACKAGES", "120" if O2 else "12"))
+SIZES = ([int(s) for s in os.environ["FETCH_SIZES"].split()] if "FETCH_SIZES" in os.environ
+         else o2_sizes() if O2 else [8 << 10, 1 << 20, 8 << 20, 32 << 20])
+REVISIONS = int(os.environ.get("FETCH_REVISIONS", "200" if O2 else "0"))
+UNLISTED = int(os.environ.get("FETCH_UNLISTED", "10"))
+TIME = "/usr/bin/time"
 CA = os.environ["ALITX_TEST_CA_BUNDLE"]
 HTTPS = os.environ["ALITX_TEST_HTTPS_ENDPOINT"]
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alibuild-alitx")
@@ -84,6 +107,32 @@ with ThreadPoolExecutor(32) as pool:
     list(pool.map(get, keys))
 """ % ARCH
 
+# Past revisions' links, each package's manifest, written at once.
+PAST = """
+import hashlib, sys
+from concurrent.futures import ThreadPoolExecutor
+import boto3
+from botocore.config import Config
+bucket, arch, packages, revisions, unlisted = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+s3 = boto3.client("s3", config=Config(max_pool_connections=32,
+                                       request_checksum_calculation="when_required"))
+def put(key_body):
+    s3.put_object(Bucket=bucket, Key=key_body[0], Body=key_body[1])
+objects = []
+for i in range(packages):
+    package = "pkg%03d" % i
+    links = []
+    for r in range(1, revisions + 1):
+        name = "%s-v0-%d.%s.tar.gz" % (package, r, arch)
+        h = hashlib.sha1(name.encode()).hexdigest()
+        links.append((name, "../../%s/store/%s/%s/%s" % (arch, h[:2], h, name)))
+    objects += [("TARS/%s/%s/%s" % (arch, package, name), target.encode()) for name, target in links]
+    manifest = "".join("%s\\t%s\\n" % link for link in links[:max(0, revisions - unlisted)])
+    objects.append(("TARS/%s/%s.manifest" % (arch, package), manifest.encode()))
+with ThreadPoolExecutor(32) as pool:
+    list(pool.map(put, objects))
+"""
+
 WAITED = re.compile(rb"aliBuild waited ([0-9.]+) s in its ")
 
 
@@ -105,32 +154,56 @@ def recipes(root):
     return alidist, f"pkg{PACKAGES - 1:03}"
 
 
-def build(how, alidist, top, bucket, endpoint, extra_env=None):
+def timed_alitx(work):
+    """An ALITX for the helper that runs alitx through /usr/bin/time, and
+    the file where each of its runs leaves its peak RSS (KiB) and command."""
+    wrapper, rss = os.path.join(work, "alitx"), os.path.join(work, "alitx-rss")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nexec {TIME} -a -o "{rss}" -f "%M %C" "{os.environ["ALITX"]}" "$@"\n')
+    os.chmod(wrapper, 0o755)
+    return wrapper, rss
+
+
+def build(how, alidist, top, bucket, endpoint):
     """A build of `top` from `bucket` into a fresh work dir: (wall seconds,
-    seconds aliBuild waited in its fetch calls)."""
+    seconds aliBuild waited in its fetch calls, the peak RSS of the
+    helper's `alitx fetch` in MiB; NaN for stock)."""
     runner = [HELPER] if how == "helper" else ["-c", STOCK]
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_CA_BUNDLE": CA,
-           "PYTHONHASHSEED": "0", **(extra_env or {})}
+           "PYTHONHASHSEED": "0"}
     with tempfile.TemporaryDirectory(prefix="alitx-bench-fetch-") as work:
+        timed = how == "helper" and os.path.exists(TIME)
+        if timed:
+            env["ALITX"], rss_log = timed_alitx(work)
         started = time.monotonic()
         proc = subprocess.run([sys.executable, *runner, "build", top, "--defaults", "release",
                                "-a", ARCH, "-c", alidist, "-w", work,
                                "--remote-store", f"b3://{bucket}"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         seconds = time.monotonic() - started
+        rss = float("nan")
+        if timed:
+            with open(rss_log) as f:
+                fetches = [int(line.split()[0]) for line in f if " fetch " in line]
+            if not fetches:
+                sys.exit("the helper ran no `alitx fetch`")
+            rss = max(fetches) / 1024
     waited = WAITED.search(proc.stdout)
     if proc.returncode != 0 or not waited:
         sys.exit(f"{how} build failed:\n{proc.stdout.decode(errors='replace')[-3000:]}")
-    return seconds, float(waited.group(1))
+    return seconds, float(waited.group(1)), rss
 
 
 def floor(bucket, endpoint):
     with tempfile.TemporaryDirectory(prefix="alitx-bench-floor-") as dest:
         started = time.monotonic()
-        subprocess.run([sys.executable, "-c", FLOOR, bucket, dest], check=True,
-                       env={**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_CA_BUNDLE": CA})
+        proc = subprocess.Popen([sys.executable, "-c", FLOOR, bucket, dest],
+                                env={**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_CA_BUNDLE": CA})
+        _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - started
-    return seconds, seconds
+    if status != 0:
+        sys.exit("the floor's download failed")
+    return seconds, seconds, usage.ru_maxrss / 1024
 
 
 def main():
@@ -145,8 +218,13 @@ def main():
                        check=True, stdout=subprocess.DEVNULL,
                        env={**os.environ, "AWS_ENDPOINT_URL": HTTPS, "AWS_CA_BUNDLE": CA,
                             "PYTHONHASHSEED": "0"})
+        if REVISIONS:
+            subprocess.run([sys.executable, "-c", PAST, bucket, ARCH, str(PACKAGES), str(REVISIONS),
+                            str(UNLISTED)], check=True, env={**os.environ, "AWS_ENDPOINT_URL": HTTPS,
+                                                              "AWS_CA_BUNDLE": CA})
         total = sum(SIZES[i % len(SIZES)] for i in range(PACKAGES))
-        print(f"store: {PACKAGES} packages, {total >> 20} MiB of payload", flush=True)
+        print(f"store: {PACKAGES} packages, {total >> 20} MiB of payload, {REVISIONS} past revisions "
+              f"of each package's links ({max(0, REVISIONS - UNLISTED)} in its manifest)", flush=True)
         ways = {
             "stock": lambda e: build("stock", alidist, top, bucket, e),
             "helper": lambda e: build("helper", alidist, top, bucket, e),
@@ -155,22 +233,22 @@ def main():
         for rtt in RTTS:
             proxy = bench_latency.Proxy(rtt)
             try:
-                results = {w: ([], [], []) for w in ways}
+                results = {w: ([], [], [], []) for w in ways}
                 for run in ways.values():
                     run(proxy.endpoint)
                 order = list(ways.items())
                 for r in range(RUNS):
                     for way, run in order[r % len(order):] + order[:r % len(order)]:
                         requests = bench_latency.requests_served() if "RGW_LOG" in os.environ else 0
-                        wall, waited = run(proxy.endpoint)
+                        wall, waited, rss = run(proxy.endpoint)
                         requests = (bench_latency.requests_served() - requests
                                     if "RGW_LOG" in os.environ else float("nan"))
-                        for values, v in zip(results[way], (wall, waited, requests / (PACKAGES + 1))):
+                        for values, v in zip(results[way], (wall, waited, requests / (PACKAGES + 1), rss)):
                             values.append(v)
                         print(f"  RTT {rtt:g} ms, run {r + 1}: {way:6} {wall:7.2f} s, fetch "
                               f"{waited:6.2f} s, {requests / (PACKAGES + 1):5.1f} requests per "
-                              f"package", flush=True)
-                rows.append((rtt, {w: [statistics.median(v) for v in vs]
+                              f"package, peak RSS {rss:6.1f} MiB", flush=True)
+                rows.append((rtt, {w: [statistics.median(v) for v in vs[:3]] + [max(vs[3])]
                                    for w, vs in results.items()}))
             finally:
                 proxy.stop()
@@ -179,16 +257,17 @@ def main():
         shutil.rmtree(work)
     print(f"\nA build of {PACKAGES + 1} packages ({total >> 20} MiB) from the store into a fresh "
           f"work dir, HTTPS through the delay proxy; medians over {RUNS} runs. fetch: the time "
-          f"aliBuild waited in its fetch calls (floor: all tarballs at once)")
+          f"aliBuild waited in its fetch calls (floor: all tarballs at once); peak RSS (MiB): "
+          f"the largest of the helper's `alitx fetch` and of the floor's process")
     print(f"  {'RTT':>4} {'stock s':>8} {'helper s':>9} {'helper/stock':>13} {'vs RTT 0':>9} "
           f"{'stock fetch':>12} {'helper fetch':>13} {'floor':>6} {'fetch h/s':>10} "
-          f"{'h/floor':>8} {'req/pkg s':>10} {'req/pkg h':>10}")
+          f"{'h/floor':>8} {'req/pkg s':>10} {'req/pkg h':>10} {'RSS fetch':>10} {'RSS floor':>10}")
     base = rows[0][1]["helper"][0] if rows and rows[0][0] == 0 else float("nan")
     for rtt, m in rows:
         s, h, f = m["stock"], m["helper"], m["floor"]
         print(f"  {rtt:4g} {s[0]:8.2f} {h[0]:9.2f} {h[0] / s[0]:13.2f} {h[0] / base:9.2f} "
               f"{s[1]:12.2f} {h[1]:13.2f} {f[1]:6.2f} {h[1] / s[1]:10.2f} {h[1] / f[1]:8.2f} "
-              f"{s[2]:10.1f} {h[2]:10.1f}")
+              f"{s[2]:10.1f} {h[2]:10.1f} {h[3]:10.1f} {f[3]:10.1f}")
 
 
 if __name__ == "__main__":

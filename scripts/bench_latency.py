@@ -108,8 +108,8 @@ def measure(proxy, sw, specs, uploaders):
 
 def main():
     work = tempfile.mkdtemp(prefix="alitx-bench-latency-")
-    uploaders = {"alitx": bench.alitx_upload, "serve": bench.alitx_serve_upload,
-                 "boto3": bench.boto3_upload}
+    uploaders = bench.with_before({"alitx": bench.alitx_upload, "serve": bench.alitx_serve_upload,
+                                   "boto3": bench.boto3_upload})
     rows = []
     try:
         w1 = os.path.join(work, "w1")
