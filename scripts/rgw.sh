@@ -15,7 +15,9 @@
 # OSD's capacity (default 8 GiB): data lives in memory only.
 # OSD_OBJECTSTORE=bluestore keeps the data in a sparse file in DIR instead
 # (BLUESTORE_BYTES, default 60 GiB), for stores too large for memory: the
-# in-memory OSD holds ~18 KB of RAM per S3 object.
+# in-memory OSD holds ~18 KB of RAM per S3 object. RGW_TCP_NODELAY=1 sets
+# the frontend's tcp_nodelay (without it, an answer with a body waits ~44 ms
+# for the client's delayed ACK: docs/benchmarks.md).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-start}
@@ -206,7 +208,7 @@ $osd_conf
 # multipart part into 4 MiB RADOS objects, written 4 MiB at a time.
 osd max object size = 134217728
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:$port ssl_endpoint=127.0.0.1:$tls_port ssl_certificate=$dir/tls/server.pem ssl_private_key=$dir/tls/server.key
+rgw frontends = beast endpoint=127.0.0.1:$port ssl_endpoint=127.0.0.1:$tls_port ssl_certificate=$dir/tls/server.pem ssl_private_key=$dir/tls/server.key${RGW_TCP_NODELAY:+ tcp_nodelay=$RGW_TCP_NODELAY}
 rgw data = $dir/rgw
 rgw dns name = localhost
 # S3 limits, as on AWS (these are Ceph's defaults, spelled out): a single
