@@ -21,7 +21,7 @@ Per RTT, after an untimed warm-up, RUNS rounds (order rotated) of:
   helper  scripts/alibuild-alitx (its prefetch by `alitx fetch`, run
           through /usr/bin/time, where installed, for its peak RSS)
   floor   every tarball of the store downloaded at once (boto3, 32 threads)
-The table: medians of the build's wall time, of the time aliBuild waited
+(FETCH_WAYS, default "stock helper floor", picks among them.) The table: medians of the build's wall time, of the time aliBuild waited
 in its fetch calls (the floor: its whole download), ratios, requests per
 package, and the largest peak RSS of the prefetch and of the floor.
 """
@@ -59,6 +59,8 @@ SIZES = ([int(s) for s in os.environ["FETCH_SIZES"].split()] if "FETCH_SIZES" in
          else o2_sizes() if O2 else [8 << 10, 1 << 20, 8 << 20, 32 << 20])
 REVISIONS = int(os.environ.get("FETCH_REVISIONS", "200" if O2 else "0"))
 UNLISTED = int(os.environ.get("FETCH_UNLISTED", "10"))
+# Which builds and downloads to time (a stock build at 100 ms takes minutes).
+WAYS = os.environ.get("FETCH_WAYS", "stock helper floor").split()
 TIME = "/usr/bin/time"
 CA = os.environ["ALITX_TEST_CA_BUNDLE"]
 HTTPS = os.environ["ALITX_TEST_HTTPS_ENDPOINT"]
@@ -230,6 +232,7 @@ def main():
             "helper": lambda e: build("helper", alidist, top, bucket, e),
             "floor": lambda e: floor(bucket, e),
         }
+        ways = {w: run for w, run in ways.items() if w in WAYS}
         for rtt in RTTS:
             proxy = bench_latency.Proxy(rtt)
             try:
@@ -263,8 +266,9 @@ def main():
           f"{'stock fetch':>12} {'helper fetch':>13} {'floor':>6} {'fetch h/s':>10} "
           f"{'h/floor':>8} {'req/pkg s':>10} {'req/pkg h':>10} {'RSS fetch':>10} {'RSS floor':>10}")
     base = rows[0][1]["helper"][0] if rows and rows[0][0] == 0 else float("nan")
+    unmeasured = [float("nan")] * 4
     for rtt, m in rows:
-        s, h, f = m["stock"], m["helper"], m["floor"]
+        s, h, f = (m.get(w, unmeasured) for w in ("stock", "helper", "floor"))
         print(f"  {rtt:4g} {s[0]:8.2f} {h[0]:9.2f} {h[0] / s[0]:13.2f} {h[0] / base:9.2f} "
               f"{s[1]:12.2f} {h[1]:13.2f} {f[1]:6.2f} {h[1] / s[1]:10.2f} {h[1] / f[1]:8.2f} "
               f"{s[2]:10.1f} {h[2]:10.1f} {h[3]:10.1f} {f[3]:10.1f}")
