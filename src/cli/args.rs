@@ -467,7 +467,7 @@ pub(super) struct FetchArgs {
     pub(super) concurrency: u64,
     /// Tarball bytes held in memory at once, in MiB (ranged GETs of up to
     /// 8 MiB in flight, or not yet written and checked).
-    #[arg(long, value_name = "MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(8..=4096))]
+    #[arg(long, value_name = "MIB", default_value_t = 96, value_parser = clap::value_parser!(u64).range(8..=4096))]
     pub(super) memory: u64,
     /// A package of the build and the hashes its tarball may have, best
     /// first, as aliBuild's remote_hashes: e.g. zlib@<40 hex>,<40 hex>.

@@ -52,7 +52,7 @@ impl FetchOptions {
             work_dir,
             architecture: architecture.to_string(),
             concurrency: 32,
-            memory: 128 << 20,
+            memory: 96 << 20,
             chunk_size: 8 << 20,
             progress: false,
         }
