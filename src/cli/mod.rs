@@ -15,7 +15,7 @@ use crate::check;
 use crate::error::{exit, Error, Result};
 use crate::layout::Revision;
 use crate::recovery::{self, Selection};
-use crate::repair::{self, ActionKind};
+use crate::repair;
 use crate::storage::{self, LocalRoot};
 use crate::txn::{self, Options};
 use crate::workdir;
@@ -243,19 +243,13 @@ async fn run(command: Command) -> Result<i32> {
             } else {
                 print_repair(&report, scan.package.as_deref());
             }
-            Ok(
-                if report
-                    .actions
-                    .iter()
-                    .any(|a| a.action == ActionKind::Failed)
-                {
-                    exit::ERROR
-                } else if report.left_over {
-                    exit::NEEDS_REPAIR
-                } else {
-                    exit::OK
-                },
-            )
+            Ok(if report.first_failure().is_some() {
+                exit::ERROR
+            } else if report.left_over {
+                exit::NEEDS_REPAIR
+            } else {
+                exit::OK
+            })
         }
     }
 }

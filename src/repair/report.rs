@@ -110,6 +110,11 @@ impl RepairReport {
             .flat_map(|a| a.restored.iter().map(String::as_str))
             .collect()
     }
+
+    /// The first action that failed: the command then exits 1.
+    pub fn first_failure(&self) -> Option<&Action> {
+        self.actions.iter().find(|a| a.action == ActionKind::Failed)
+    }
 }
 
 /// An action as the JSON shows it.

@@ -167,11 +167,7 @@ pub(super) async fn act(
                 Err(e) => return failed(e),
             };
             // As the command's exit status: 1 where an action failed.
-            match report
-                .actions
-                .iter()
-                .find(|a| a.action == alitx::repair::ActionKind::Failed)
-            {
+            match report.first_failure() {
                 Some(failure) => Fate::Failed(1, failure.message.clone()),
                 None => Fate::Done(format!(
                     "{}: deleted {:?}, left over {}",
