@@ -10,6 +10,7 @@
 mod local;
 mod s3;
 mod s3_http;
+mod s3_net;
 mod s3_tls;
 
 use std::collections::BTreeMap;

@@ -39,11 +39,14 @@ use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
 use aws_smithy_types::retry::RetryConfig;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use hyper_util::client::proxy::matcher::Matcher;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::info;
 
 use super::s3::answer;
+use super::s3_net;
+use super::s3_tls::Trust;
 use crate::error::{source_chain, Error, Result};
 
 /// How long an attempt may go without progress before it ends and is retried.
@@ -61,8 +64,8 @@ pub enum Connections {
     /// A one-shot command, which ends with its connections: at most this
     /// many, each carrying request after request. An upload opens
     /// [`FEW_CONNECTIONS`]; a scan of the store as many as it keeps reads in
-    /// flight, since each small read waits on the store (44 ms on a Ceph
-    /// RGW without `tcp_nodelay`), not on the connection.
+    /// flight, since each small read waits on the store, not on the
+    /// connection.
     AtMost(usize),
     /// A process that serves upload after upload (`serve-uploads`): one
     /// connection per request in flight, kept for the next uploads.
@@ -86,20 +89,42 @@ pub fn uses_tls(endpoint: &str) -> bool {
     !endpoint.starts_with("http://") || https_proxy
 }
 
-/// An HTTP client with every attempt under a [`StallGuard`], proxies from
-/// the environment, and rustls with `tls`'s trusted authorities when given
-/// (see [`uses_tls`]); its connections as `connections` says. rustls
-/// resumes the sessions of the process's earlier connections (session
-/// tickets, in memory): only the first handshakes sign.
-pub fn client(tls: Option<TlsContext>, connections: Connections) -> Result<SharedHttpClient> {
-    let (inner, in_flight) = match connections {
-        Connections::AtMost(limit) => (
-            bounded(tls, limit.max(1))?,
-            Some(Arc::new(Semaphore::new(limit.max(1)))),
-        ),
-        Connections::OnePerRequest => (one_per_request(tls), None),
+/// An HTTP client with every attempt under a [`StallGuard`], its
+/// connections as `connections` says, TLS trusting `trust` when given (see
+/// [`uses_tls`]). Requests go through alitx's own connections
+/// ([`super::s3_net`]), or through the SDK's where an HTTP proxy from the
+/// environment applies to `endpoint`. rustls resumes the sessions of the
+/// process's earlier connections (session tickets, in memory): only the
+/// first handshakes sign.
+pub fn client(
+    endpoint: &str,
+    trust: Option<&Trust>,
+    connections: Connections,
+) -> Result<SharedHttpClient> {
+    let limit = match connections {
+        Connections::AtMost(limit) => Some(limit.max(1)),
+        Connections::OnePerRequest => None,
     };
+    let inner = if proxied(endpoint) {
+        let tls = trust.map(Trust::tls_context).transpose()?;
+        match limit {
+            Some(limit) => bounded(tls, limit)?,
+            None => one_per_request(tls),
+        }
+    } else {
+        let tls = trust.map(Trust::rustls_config).transpose()?;
+        s3_net::client(tls, limit)
+    };
+    let in_flight = limit.map(|limit| Arc::new(Semaphore::new(limit)));
     Ok(SharedHttpClient::new(GuardedClient { inner, in_flight }))
+}
+
+/// Whether an HTTP proxy from the environment (`HTTPS_PROXY`, `NO_PROXY`,
+/// ...) applies to `endpoint`.
+fn proxied(endpoint: &str) -> bool {
+    endpoint
+        .parse()
+        .is_ok_and(|uri| Matcher::from_env().intercept(&uri).is_some())
 }
 
 /// The SDK's connection pool, at most `limit` connections to the store.

@@ -6,9 +6,12 @@
 //! (`SSL_CERT_FILE` and `SSL_CERT_DIR` override where they are read from).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aws_smithy_http_client::tls::{TlsContext, TrustStore};
 use aws_types::os_shim_internal::{Env, Fs};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 
 use crate::error::{Error, Result};
 
@@ -50,37 +53,43 @@ impl Trust {
         }
     }
 
-    /// The TLS settings that trust these authorities. A bundle that cannot be
-    /// read or holds no certificate is an input error.
+    /// The SDK's TLS settings that trust these authorities. A bundle that
+    /// cannot be read or holds no certificate is an input error.
     pub fn tls_context(&self) -> Result<TlsContext> {
         let store = match self {
             Trust::System => TrustStore::default(),
             Trust::Bundle { path, setting } => {
-                let pem = std::fs::read(path).map_err(|err| {
-                    Error::input(format!(
-                        "cannot read the CA bundle {} named by {setting}: {err}; \
-                         point {setting} at a readable PEM file of certificate authorities",
-                        path.display()
-                    ))
-                })?;
-                if !pem
-                    .windows(CERTIFICATE_MARK.len())
-                    .any(|w| w == CERTIFICATE_MARK)
-                {
-                    return Err(Error::input(format!(
-                        "the CA bundle {} named by {setting} holds no PEM certificate \
-                         (no {:?} line); point {setting} at a PEM file of certificate authorities",
-                        path.display(),
-                        std::str::from_utf8(CERTIFICATE_MARK).unwrap_or_default()
-                    )));
-                }
-                TrustStore::empty().with_pem_certificate(pem)
+                TrustStore::empty().with_pem_certificate(read_bundle(path, setting)?)
             }
         };
         TlsContext::builder()
             .with_trust_store(store)
             .build()
             .map_err(|err| Error::input(format!("cannot set up TLS: {err}")))
+    }
+
+    /// rustls's settings that trust these authorities (the system's as
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` say), with the SDK's crypto.
+    pub fn rustls_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        match self {
+            Trust::System => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+            Trust::Bundle { path, setting } => {
+                let pem = read_bundle(path, setting)?;
+                roots.add_parsable_certificates(
+                    CertificateDer::pem_slice_iter(&pem).filter_map(|cert| cert.ok()),
+                );
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| Error::input(format!("cannot set up TLS: {err}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
     }
 
     /// What the server's certificate was checked against, for messages.
@@ -95,6 +104,30 @@ impl Trust {
 }
 
 const CERTIFICATE_MARK: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
+/// The PEM bundle at `path`, named by `setting`: an input error if it
+/// cannot be read or holds no certificate.
+fn read_bundle(path: &Path, setting: &str) -> Result<Vec<u8>> {
+    let pem = std::fs::read(path).map_err(|err| {
+        Error::input(format!(
+            "cannot read the CA bundle {} named by {setting}: {err}; \
+             point {setting} at a readable PEM file of certificate authorities",
+            path.display()
+        ))
+    })?;
+    if !pem
+        .windows(CERTIFICATE_MARK.len())
+        .any(|w| w == CERTIFICATE_MARK)
+    {
+        return Err(Error::input(format!(
+            "the CA bundle {} named by {setting} holds no PEM certificate \
+             (no {:?} line); point {setting} at a PEM file of certificate authorities",
+            path.display(),
+            std::str::from_utf8(CERTIFICATE_MARK).unwrap_or_default()
+        )));
+    }
+    Ok(pem)
+}
 
 /// Whether a failure's cause chain is the server's certificate failing the
 /// check (rustls words it "invalid peer certificate: ...").

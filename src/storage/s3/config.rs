@@ -14,7 +14,7 @@ use aws_sdk_s3::config::{
     RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::Client;
-use aws_smithy_http_client::tls::TlsContext;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use crate::error::{Error, Result};
 use crate::storage::s3_http::{self, Connections};
@@ -65,14 +65,13 @@ impl S3Config {
         format!("s3://{} at {}", self.bucket, self.endpoint)
     }
 
-    /// The SDK client for this store, its connections made with `tls`
-    /// (`None`: plain HTTP).
-    pub(super) async fn client(&self, tls: Option<TlsContext>) -> Result<Client> {
+    /// The SDK client for this store, its requests sent through `http`.
+    pub(super) async fn client(&self, http: SharedHttpClient) -> Client {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
             .credentials_provider(credentials())
             .endpoint_url(&self.endpoint)
-            .http_client(s3_http::client(tls, self.connections)?)
+            .http_client(http)
             .retry_config(RetryConfig::standard().with_max_attempts(s3_http::ATTEMPTS))
             // No attempt timeout: the stall limit ends an attempt that stopped
             // moving, however long a large part legitimately takes.
@@ -98,7 +97,7 @@ impl S3Config {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
-        Ok(Client::from_conf(s3))
+        Client::from_conf(s3)
     }
 }
 

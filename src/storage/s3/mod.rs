@@ -42,9 +42,9 @@ impl S3Store {
             true => Some(Trust::resolve(config.ca_bundle.as_deref()).await),
             false => None,
         };
-        let tls = trust.as_ref().map(Trust::tls_context).transpose()?;
+        let http = s3_http::client(&config.endpoint, trust.as_ref(), config.connections)?;
         Ok(S3Store {
-            client: config.client(tls).await?,
+            client: config.client(http).await,
             credentials: config::credentials(),
             config,
             trust,
