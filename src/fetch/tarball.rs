@@ -10,6 +10,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint::failpoint;
 use crate::layout::{self, Revision};
 use crate::record::{self, Record};
+use tracing::warn;
 
 /// Why a tarball is refused: what the store holds is not what was
 /// published, or not a tarball of the revision.
@@ -94,6 +95,7 @@ impl Fetcher {
             Err(e) if e.kind == ErrorKind::Verification => return Err(e),
             other => other?,
         };
+        let record = record.filter(|record| describes(record, revision));
         // aliBuild reads a store object that redirects to another key there.
         let (source, size) = match info.website_redirect.as_deref() {
             None => (key.to_string(), info.size),
@@ -112,7 +114,7 @@ impl Fetcher {
         };
         report.size = Some(size);
         if let Some(record) = &record {
-            check_against(record, revision, size, None)?;
+            check_against(record, size, None)?;
         }
         if self.in_place(path, size, record.as_ref()).await? {
             report.state = State::Present;
@@ -169,7 +171,7 @@ impl Fetcher {
             // Bytes other than the published ones are said so first, as
             // `verify` says it, whatever the gzip+tar check found of them.
             if let (Some(record), Some(sha256)) = (record, &read.sha256) {
-                check_against(record, revision, size, Some(sha256))?;
+                check_against(record, size, Some(sha256))?;
             }
             read.verdict
                 .map_err(|e| Corrupt(format!("the store tarball: {}", e.message)))?;
@@ -221,20 +223,31 @@ fn beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.alitx-fetch"))
 }
 
+/// Whether `record` is of this build of `revision`: a record naming
+/// another hash under its number (the revision was unpublished, a late
+/// record of it came back, another build took the number) says nothing
+/// about these bytes, which are then checked as a record-less tarball.
+fn describes(record: &Record, revision: &Revision) -> bool {
+    let ours = record.revision.hash == revision.hash;
+    if !ours {
+        warn!(
+            "the publication record of {} names hash {}, not {}, the hash the store holds it under: \
+             a record of an earlier build, not checked against",
+            revision.full_version(),
+            record.revision.hash,
+            revision.hash
+        );
+    }
+    ours
+}
+
 /// Refuse a tarball of `size` bytes (with `sha256`, once read) that is not
 /// the one `record` describes.
 fn check_against(
     record: &Record,
-    revision: &Revision,
     size: u64,
     sha256: Option<&str>,
 ) -> std::result::Result<(), Corrupt> {
-    if record.revision.hash != revision.hash {
-        return Err(Corrupt(format!(
-            "its publication record names hash {}, the store has it under {}",
-            record.revision.hash, revision.hash
-        )));
-    }
     if record.size != size {
         return Err(Corrupt(format!(
             "it has {size} bytes, its publication record {}",

@@ -13,6 +13,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::common::*;
+use alitx::layout::Revision;
 use serde_json::Value;
 
 const CORRUPT: i32 = 6;
@@ -270,6 +271,44 @@ fn without_a_record_a_tarball_must_be_a_gzipped_tar_of_its_revision() {
         assert_eq!(packages["plain"]["corruption"], Value::Null, "{kind}");
         let store_dir = fresh.path().join(wd.pkgs[1].revision().store_key());
         assert_eq!(tree(store_dir.parent().unwrap()), BTreeMap::new(), "{kind}");
+    });
+}
+
+/// A record of another build under the revision's number (the revision
+/// was unpublished, a late record of it came back, another hash took the
+/// number) says nothing about the tarball the store holds: it is fetched,
+/// checked as a record-less tarball, not refused.
+#[test]
+fn a_record_of_another_build_of_the_revision_is_not_held_against_its_tarball() {
+    let rt = runtime();
+    let wd = WorkDir::named(&["zlib"]);
+    each_backend(|kind, store| {
+        upload_all(&wd, &store);
+        let revision = wd.pkgs[0].revision();
+        let record_key = alitx::record::key_of(&revision);
+        let mut record = rt.block_on(store.records())[&record_key].clone();
+        let other = hash_of("an earlier build of zlib");
+        record.revision = Revision::new(ARCH, "zlib", "v1", "1", &other).unwrap();
+        record.key = record.revision.store_key();
+        let body = serde_json::to_vec(&record).unwrap();
+        rt.block_on(store.put_foreign(&record_key, &body));
+
+        let fresh = tempfile::tempdir().unwrap();
+        let out = alitx(&fetch_args(&store, fresh.path(), &wanted(&wd)));
+        assert_exit(&out, 0);
+        let zlib = &by_package(&json(&out))["zlib"];
+        assert_eq!(zlib["state"], "fetched", "{kind}: {zlib}");
+        assert_eq!(zlib["checked_against_record"], false, "{kind}");
+        assert!(
+            stderr(&out).contains(&format!("names hash {other}")),
+            "{kind}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            fs::read(fresh.path().join(revision.store_key())).unwrap(),
+            fs::read(wd.tarball_path(0)).unwrap(),
+            "{kind}"
+        );
     });
 }
 
