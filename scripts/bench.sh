@@ -14,7 +14,7 @@
 #   and the uploaders (alitx, aliBuild's boto3, s5cmd) on core 1 (taskset),
 #   so that the ratio to the raw copy measures the uploader, not CPU sharing.
 #   latency: alitx and aliBuild's boto3 over HTTPS through a delay proxy at
-#   RTTS (default "0 5 20" ms), with connections, full TLS handshakes and
+#   RTTS (default "0 5 20" ms; "direct": no proxy), with connections, full TLS handshakes and
 #   requests per package (scripts/bench_latency.py; smaller workloads: W1
 #   64 MiB, W2 10 packages).
 #   fetch: a build whose packages are all in the store, stock aliBuild's

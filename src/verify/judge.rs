@@ -9,8 +9,36 @@ use crate::journal::SHA256_METADATA;
 use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
 use crate::record::{self, LinksDigest, Record};
 use crate::storage::{get_small, md5_hex, Small};
+use tracing::warn;
 
 impl Reader {
+    /// `record`, unless it is of another build than the one the package
+    /// link names: its hash's tarball gone, the linked one there (the
+    /// revision was unpublished, a late record of it came back, another
+    /// hash took the number). That says nothing about the linked tarball,
+    /// which is then judged as one without a record.
+    async fn unless_of_another_build(
+        &self,
+        record: Record,
+        candidate: &Candidate,
+        linked: &str,
+    ) -> Result<Option<Record>> {
+        let linked_key =
+            layout::store_key(&candidate.architecture, linked, &candidate.tarball_name());
+        let (theirs, ours) =
+            tokio::join!(self.store.head(&record.key), self.store.head(&linked_key));
+        if theirs?.is_some() || ours?.is_none() {
+            return Ok(Some(record));
+        }
+        warn!(
+            "the publication record of {} names hash {}, whose tarball is gone, not {linked}, the hash its package link names: \
+             a record of an earlier build, not checked against",
+            candidate.id(),
+            record.revision.hash
+        );
+        Ok(None)
+    }
+
     /// The verdict on one revision; `None` if it is not published.
     pub(super) async fn verify_revision(&self, candidate: Candidate) -> Option<RevisionReport> {
         let mut report = RevisionReport {
@@ -93,6 +121,13 @@ impl Reader {
         let linked_hash = link_body
             .as_deref()
             .and_then(|body| hash_named_by(arch, &candidate.tarball_name(), body));
+        let record = match (record, &linked_hash) {
+            (Some(record), Some(linked)) if record.revision.hash != *linked => {
+                self.unless_of_another_build(record, candidate, linked)
+                    .await?
+            }
+            (record, _) => record,
+        };
         let link_problem = match (&link_body, &linked_hash, &record) {
             (None, _, Some(_)) => Some(format!("its package link {link_key} is missing")),
             (Some(body), None, _) => Some(format!(

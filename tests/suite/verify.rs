@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::common::*;
+use alitx::layout::Revision;
 use alitx::record::{self, Record};
 use alitx::storage::PutMode;
 use alitx::tarball::sha256_of;
@@ -435,6 +436,55 @@ fn stock_revisions_have_no_record_and_bad_records_are_corrupt() {
         let verdict = &verdicts[&id(&wd, 0)];
         assert!(
             reasons(verdict).contains("not a complete gzip'd tar"),
+            "{kind}: {verdict}"
+        );
+    });
+}
+
+/// A record naming another hash than the package link, whose tarball is
+/// gone (an unpublished build's record written back late, the number
+/// since taken by another hash), is not held against the linked tarball:
+/// the revision is judged as one without a record. With the other hash's
+/// tarball there too, the two disagree and the revision is corrupt.
+#[test]
+fn a_record_of_another_build_is_not_held_against_the_linked_tarball() {
+    let rt = runtime();
+    let wd = WorkDir::named(&["zlib"]);
+    each_backend(|kind, store| {
+        upload_all(&wd, &store);
+        let revision = wd.pkgs[0].revision();
+        let record_key = record::key_of(&revision);
+        let mut late = rt.block_on(store.records())[&record_key].clone();
+        let other = hash_of("an earlier build of zlib");
+        late.revision = Revision::new(ARCH, "zlib", "v1", "1", &other).unwrap();
+        late.key = late.revision.store_key();
+        rt.block_on(store.put_foreign(&record_key, &serde_json::to_vec(&late).unwrap()));
+
+        let (code, verdicts, _) = verify(&store, &[]);
+        let verdict = &verdicts[&id(&wd, 0)];
+        assert_eq!(
+            (code, &verdict["class"]),
+            (0, &Value::from("no-record")),
+            "{kind}: {verdict}"
+        );
+        assert_eq!(verdict["hash"], wd.pkgs[0].hash.as_str(), "{kind}");
+        assert_eq!(
+            verdict["sha256"],
+            sha256_of(&wd.tarball_path(0)).unwrap().as_str(),
+            "{kind}"
+        );
+
+        let bytes = std::fs::read(wd.tarball_path(0)).unwrap();
+        rt.block_on(store.put_foreign(&late.key, &bytes));
+        let (code, verdicts, _) = verify(&store, &[]);
+        let verdict = &verdicts[&id(&wd, 0)];
+        assert_eq!(
+            (code, &verdict["class"]),
+            (CORRUPT, &Value::from("corrupt")),
+            "{kind}"
+        );
+        assert!(
+            reasons(verdict).contains(&format!("publication record hash {other}")),
             "{kind}: {verdict}"
         );
     });
