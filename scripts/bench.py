@@ -211,6 +211,41 @@ def raw_copy(sw, bucket, specs):
     return total, peak
 
 
+def package_objects(sw, spec):
+    """(key, local file) of every object aliBuild uploads for `spec`: its
+    tarball, and each link as a file holding the link's target (the body
+    aliBuild gives it), written once beside the work dir."""
+    name = spec["package"]
+    objects = [(store_key(spec), os.path.join(sw, store_key(spec)))]
+    dirs = [os.path.join("TARS", ARCH, name)] + [os.path.join("TARS", ARCH, dist, name, f"{name}-v1-1")
+                                                 for dist in ("dist", "dist-direct", "dist-runtime")]
+    for d in dirs:
+        for link in sorted(os.listdir(os.path.join(sw, d))):
+            key = os.path.join(d, link)
+            body = os.path.join(os.path.dirname(sw), "link-bodies", key)
+            if not os.path.exists(body):
+                os.makedirs(os.path.dirname(body), exist_ok=True)
+                with open(body, "w") as f:
+                    f.write(os.readlink(os.path.join(sw, key)))
+            objects.append((key, body))
+    return objects
+
+
+def parallel_floor(sw, bucket, specs, endpoint=ENDPOINT, env=None):
+    """What a parallel client needs for the same objects: every object of
+    a package (tarball and links) written at once by one `s5cmd run`,
+    packages one after another."""
+    total, peak = 0.0, 0.0
+    for spec in specs:
+        objects = package_objects(sw, spec)
+        commands = os.path.join(os.path.dirname(sw), f"s5cmd-{spec['package']}.txt")
+        with open(commands, "w") as f:
+            f.writelines(f'cp "{path}" "s3://{bucket}/{key}"\n' for key, path in objects)
+        secs, rss, _ = run(["s5cmd", "--endpoint-url", endpoint, "run", commands], env=env)
+        total, peak = total + secs, max(peak, rss)
+    return total, peak
+
+
 def measure(name, sw, specs, uploaders, bucket_for=None):
     """Interleave the uploaders run by run, rotating who goes first, after
     one untimed warm-up round (a fresh gateway is slow at first). Each run

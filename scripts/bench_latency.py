@@ -9,7 +9,9 @@ log, whose "req done" lines count the requests).
 
 Uploaders: alitx, one process per package (`alitx upload`); serve, one
 alitx process for all (`alitx serve-uploads`, as scripts/alibuild-alitx
-runs it); boto3, aliBuild's upload step (one process). Workloads, smaller
+runs it); boto3, aliBuild's upload step (one process); with FLOOR=1, floor:
+the same objects written by s5cmd, a package's all at once, packages one
+after another (bench.parallel_floor). Workloads, smaller
 than bench.py's: W1 one package, W1_BYTES (default 64 MiB) and 3 x 200
 links; W2 W2_PACKAGES (default 10) packages of 1 MiB and 3 x 50 links. Per
 RTT (and workload of WORKLOADS, default "W1 W2"): an untimed warm-up round, then RUNS rounds of the uploaders
@@ -126,6 +128,8 @@ def main():
     work = tempfile.mkdtemp(prefix="alitx-bench-latency-")
     uploaders = bench.with_before({"alitx": bench.alitx_upload, "serve": bench.alitx_serve_upload,
                                    "boto3": bench.boto3_upload})
+    if os.environ.get("FLOOR") == "1":
+        uploaders["floor"] = bench.parallel_floor
     rows = []
     try:
         w1 = os.path.join(work, "w1")
