@@ -5,6 +5,7 @@
 //! one atomic step readers treat as the commit point. An interrupted upload
 //! is rolled forward or back from its journal. See `docs/protocol.md`.
 
+pub mod budget;
 pub mod check;
 pub mod cli;
 pub mod deletion;

@@ -216,7 +216,9 @@ pub(super) enum Command {
     /// tells it, is kept). Exit 0 when every package is fetched, present,
     /// or not in the store; 6 when a tarball is corrupt (nothing is left in
     /// its place; the message says which revision and the commands that
-    /// fix the store); 1 on any other failure.
+    /// fix the store); 1 on any other failure. The packages are served in
+    /// the order given (a build's order): the first ones finish first, and
+    /// --json-lines reports each one as soon as it is done.
     #[command(after_help = AFTER_HELP, disable_version_flag = true)]
     Fetch(FetchArgs),
     /// Print a completion script for SHELL on stdout.
@@ -246,6 +248,11 @@ impl Command {
             Command::Verify(a) => Some(&a.output),
             Command::Fetch(a) => Some(&a.output),
         }
+    }
+
+    /// Whether the command prints lines of JSON (`fetch --json-lines`).
+    pub(super) fn json_lines(&self) -> bool {
+        matches!(self, Command::Fetch(a) if a.json_lines)
     }
 
     /// The store flags, for commands that talk to a store.
@@ -474,6 +481,15 @@ pub(super) struct FetchArgs {
     /// A PKG without hashes fetches its links only.
     #[arg(required = true, value_name = "PKG[@HASH[,HASH...]]")]
     pub(super) packages: Vec<fetch::Wanted>,
+    /// Print on stdout one line of JSON per package as soon as it is done
+    /// (its links laid and its tarball in place, or known absent, failed or
+    /// corrupt), with the fields of a package of --json's `packages`; then
+    /// one last line with --json's other fields (`clean`, `store`,
+    /// `work_dir`, `architecture`, `summary`). A fetch that fails as a whole
+    /// prints --json's error object (`status`, `error`, `exit_code`) as a
+    /// line instead.
+    #[arg(long, conflicts_with = "json")]
+    pub(super) json_lines: bool,
     #[command(flatten)]
     pub(super) output: OutputArgs,
 }
@@ -483,7 +499,7 @@ impl FetchArgs {
         fetch::FetchOptions {
             concurrency: self.concurrency as usize,
             memory: self.memory << 20,
-            progress: !self.output.json && std::io::stderr().is_terminal(),
+            progress: !self.output.json && !self.json_lines && std::io::stderr().is_terminal(),
             ..fetch::FetchOptions::new(
                 &self.store.remote_store,
                 self.work_dir.clone(),

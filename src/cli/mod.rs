@@ -22,8 +22,8 @@ use crate::workdir;
 
 use args::{Cli, Command, FetchArgs, UploadArgs, VerifyArgs};
 use output::{
-    print_check, print_completions, print_fetch, print_journals, print_json, print_outcome,
-    print_repair, print_verify, report_outcomes,
+    print_check, print_completions, print_fetch, print_journals, print_json, print_json_line,
+    print_outcome, print_repair, print_verify, report_outcomes,
 };
 
 /// Parse the command line, run the command, and return the exit code.
@@ -32,6 +32,7 @@ pub fn main() -> i32 {
     let output = cli.command.output();
     init_logging(output.map_or(0, |o| o.verbose));
     let json = output.is_some_and(|o| o.json);
+    let json_lines = cli.command.json_lines();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,7 +40,9 @@ pub fn main() -> i32 {
     match runtime.block_on(run_within_timeout(cli.command)) {
         Ok(code) => code,
         Err(err) => {
-            if json {
+            if json_lines {
+                print_json_line(&error_json(&err));
+            } else if json {
                 print_json(&error_json(&err));
             }
             eprintln!("alitx: error: {err}");
@@ -48,7 +51,7 @@ pub fn main() -> i32 {
     }
 }
 
-/// What `--json` prints for a command that failed.
+/// What `--json` (and `--json-lines`) prints for a command that failed.
 fn error_json(err: &Error) -> serde_json::Value {
     json!({
         "status": "error",
@@ -292,14 +295,23 @@ fn upload_plan(args: &UploadArgs, progress: bool) -> Result<(workdir::LocalRevis
 async fn fetch(args: FetchArgs) -> Result<i32> {
     let options = args.options();
     let store = args.store.open_for_reads(options.concurrency).await?;
-    let report = crate::fetch::fetch(store, args.packages, &options).await?;
-    // What went wrong goes to stderr in both modes: a build log shows it.
-    for p in &report.packages {
+    let report = crate::fetch::fetch_each(store, args.packages, &options, |p| {
+        // What went wrong goes to stderr in every mode: a build log shows it.
         for reason in &p.reasons {
             eprintln!("alitx: {}: {reason}", p.package);
         }
-    }
-    if args.output.json {
+        if args.json_lines {
+            print_json_line(p);
+        }
+    })
+    .await?;
+    if args.json_lines {
+        let mut end = serde_json::to_value(&report).expect("the report serialises");
+        end.as_object_mut()
+            .expect("the report is an object")
+            .remove("packages");
+        print_json_line(&end);
+    } else if args.output.json {
         print_json(&report);
     } else {
         print_fetch(&report);

@@ -336,6 +336,14 @@ pub(super) fn print_json<T: Serialize + ?Sized>(value: &T) {
     );
 }
 
+/// `value` as one line of JSON on stdout (`--json-lines`).
+pub(super) fn print_json_line<T: Serialize + ?Sized>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("output serialises")
+    );
+}
+
 /// The shell completion script clap derives from the command definitions.
 pub(super) fn print_completions(shell: clap_complete::Shell) {
     clap_complete::generate(shell, &mut Cli::command(), "alitx", &mut std::io::stdout());

@@ -19,13 +19,14 @@ use crate::error::{Error, Result};
 pub(super) type Links = BTreeMap<Vec<u8>, Vec<u8>>;
 
 impl Fetcher {
-    /// Fetch and lay out the links of `package`; how many there are.
-    pub(super) async fn fetch_links(&self, package: &str) -> Result<usize> {
+    /// Fetch and lay out the links of `package` (its requests served at
+    /// `priority`); how many there are.
+    pub(super) async fn fetch_links(&self, priority: u64, package: &str) -> Result<usize> {
         let dir = format!("TARS/{}/{package}/", self.architecture);
         let manifest_key = format!("TARS/{}/{package}.manifest", self.architecture);
         let (manifest, listing) = tokio::join!(
-            self.request(self.store.get(&manifest_key)),
-            self.request(self.store.list_dir(&dir, false))
+            self.request(priority, self.store.get(&manifest_key)),
+            self.request(priority, self.store.list_dir(&dir, false))
         );
         let mut links = manifest?.map_or_else(Links::new, |body| parse_manifest(&body));
         let leftovers: Vec<String> = listing?
@@ -37,7 +38,7 @@ impl Fetcher {
             .collect();
         let bodies = futures::future::try_join_all(leftovers.iter().map(|name| {
             let key = format!("{dir}{name}");
-            async move { self.request(self.store.get(&key)).await }
+            async move { self.request(priority, self.store.get(&key)).await }
         }))
         .await?;
         for (name, body) in leftovers.iter().zip(bodies) {

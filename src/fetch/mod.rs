@@ -2,7 +2,9 @@
 //! work dir, laid out exactly as aliBuild's own `b3://` fetch lays it: each
 //! package's links (`links`) and the tarball of its first candidate hash
 //! the store has (`tarball`). Every package at once, within one budget of
-//! requests in flight and one of memory; each tarball read in parallel
+//! requests in flight and one of memory, both served in the order the
+//! packages are given (a build's order), so that the first ones finish
+//! first; each package reported as it finishes; each tarball read in parallel
 //! ranges, checked as it streams, renamed into place only when complete and
 //! checked: a killed fetch leaves nothing where aliBuild looks, and the
 //! re-run fetches only what is missing. See `docs/fetch.md`.
@@ -18,8 +20,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
+use crate::budget::Budget;
 use crate::error::Result;
 use crate::storage::Store;
 use crate::verify::{Reader, PERMIT_BYTES};
@@ -136,18 +138,19 @@ struct Fetcher {
     architecture: String,
     work_dir: PathBuf,
     /// Requests in flight, shared with the reader's ranged GETs.
-    requests: Arc<Semaphore>,
+    requests: Arc<Budget>,
     reader: Reader,
 }
 
 impl Fetcher {
-    /// `work`, a request to the store, once one of the budget is free.
-    async fn request<T>(&self, work: impl Future<Output = T>) -> T {
-        let _permit = self.requests.acquire().await.expect("never closed");
+    /// `work`, a request to the store for the package at `priority` (its
+    /// place in the order given), once the budget serves it.
+    async fn request<T>(&self, priority: u64, work: impl Future<Output = T>) -> T {
+        let _request = self.requests.acquire(priority, 1).await;
         work.await
     }
 
-    async fn fetch_package(&self, wanted: Wanted) -> PackageReport {
+    async fn fetch_package(&self, priority: u64, wanted: Wanted) -> PackageReport {
         let mut report = PackageReport {
             package: wanted.package,
             hashes: wanted.hashes,
@@ -162,8 +165,10 @@ impl Fetcher {
             reasons: Vec::new(),
         };
         let package = report.package.clone();
-        let (links, tarball) =
-            tokio::join!(self.fetch_links(&package), self.fetch_tarball(&mut report));
+        let (links, tarball) = tokio::join!(
+            self.fetch_links(priority, &package),
+            self.fetch_tarball(priority, &mut report)
+        );
         if let Err(e) = tarball {
             report.state = State::Failed;
             report.reasons.push(e.message);
@@ -181,14 +186,26 @@ impl Fetcher {
     }
 }
 
-/// Fetch every package of `wanted` into the work dir.
+/// Fetch every package of `wanted` into the work dir, the first ones
+/// first.
 pub async fn fetch(
     store: Arc<dyn Store>,
     wanted: Vec<Wanted>,
     options: &FetchOptions,
 ) -> Result<FetchReport> {
+    fetch_each(store, wanted, options, |_| {}).await
+}
+
+/// [`fetch`], calling `finished` with each package's report as soon as
+/// that package is done.
+pub async fn fetch_each(
+    store: Arc<dyn Store>,
+    wanted: Vec<Wanted>,
+    options: &FetchOptions,
+    finished: impl Fn(&PackageReport),
+) -> Result<FetchReport> {
     let started = Instant::now();
-    let requests = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let requests = Budget::new(options.concurrency.max(1));
     let memory = options.memory.max(PERMIT_BYTES);
     let fetcher = Fetcher {
         store: store.clone(),
@@ -198,7 +215,7 @@ pub async fn fetch(
         requests: requests.clone(),
         reader: Reader {
             store: store.clone(),
-            permits: Arc::new(Semaphore::new((memory / PERMIT_BYTES) as usize)),
+            memory: Budget::new((memory / PERMIT_BYTES) as usize),
             concurrency: options.concurrency.max(1),
             requests,
             chunk_size: options.chunk_size.clamp(1, memory),
@@ -210,8 +227,14 @@ pub async fn fetch(
             ),
         },
     };
+    let (shared, finished) = (&fetcher, &finished);
     let packages: Vec<PackageReport> =
-        futures::future::join_all(wanted.into_iter().map(|w| fetcher.fetch_package(w))).await;
+        futures::future::join_all(wanted.into_iter().enumerate().map(|(i, w)| async move {
+            let report = shared.fetch_package(i as u64, w).await;
+            finished(&report);
+            report
+        }))
+        .await;
     fetcher.reader.bar.finish_and_clear();
     let count = |state: State| packages.iter().filter(|p| p.state == state).count();
     let summary = Summary {

@@ -23,16 +23,24 @@ impl From<Corrupt> for Error {
 }
 
 impl Fetcher {
-    /// Fetch the tarball `report.hashes` names into `report`; an error for a
-    /// store or local failure.
-    pub(super) async fn fetch_tarball(&self, report: &mut PackageReport) -> Result<()> {
+    /// Fetch the tarball `report.hashes` names into `report` (its requests
+    /// and memory served at `priority`); an error for a store or local
+    /// failure.
+    pub(super) async fn fetch_tarball(
+        &self,
+        priority: u64,
+        report: &mut PackageReport,
+    ) -> Result<()> {
         if report.hashes.is_empty() {
             report.state = State::LinksOnly;
             return Ok(());
         }
         let listings = futures::future::try_join_all(report.hashes.iter().map(|hash| {
             let dir = format!("TARS/{}/store/{}/{hash}/", self.architecture, &hash[..2]);
-            async move { self.request(self.store.list_dir(&dir, false)).await }
+            async move {
+                self.request(priority, self.store.list_dir(&dir, false))
+                    .await
+            }
         }))
         .await?;
         // aliBuild fetches the first object of the first candidate's directory.
@@ -60,7 +68,7 @@ impl Fetcher {
             })?;
         let path = self.work_dir.join(&key);
         report.path = Some(key.clone());
-        match self.place(&revision, &key, &path, report).await {
+        match self.place(priority, &revision, &key, &path, report).await {
             Err(e) if e.kind == ErrorKind::Verification => {
                 report.state = State::Corrupt;
                 report
@@ -77,14 +85,15 @@ impl Fetcher {
     /// already; a `Verification` error when the store's copy is refused.
     async fn place(
         &self,
+        priority: u64,
         revision: &Revision,
         key: &str,
         path: &Path,
         report: &mut PackageReport,
     ) -> Result<()> {
         let (info, record) = tokio::join!(
-            self.request(self.store.head(key)),
-            self.request(record::read(&*self.store, revision))
+            self.request(priority, self.store.head(key)),
+            self.request(priority, record::read(&*self.store, revision))
         );
         let info = info?.ok_or_else(|| {
             Error::store(format!(
@@ -105,7 +114,7 @@ impl Fetcher {
                         "it redirects to {redirect:?}, not a key of this store"
                     ))
                 })?;
-                let found = self.request(self.store.head(target)).await?;
+                let found = self.request(priority, self.store.head(target)).await?;
                 let found = found.ok_or_else(|| {
                     Corrupt(format!("it redirects to {target}, which does not exist"))
                 })?;
@@ -122,7 +131,7 @@ impl Fetcher {
             return Ok(());
         }
         let sha256 = self
-            .download(&source, size, revision, path, record.as_ref())
+            .download(priority, &source, size, revision, path, record.as_ref())
             .await?;
         report.state = State::Fetched;
         report.sha256 = Some(sha256);
@@ -150,6 +159,7 @@ impl Fetcher {
     /// into place; its SHA-256. Whatever fails, the file beside is removed.
     async fn download(
         &self,
+        priority: u64,
         source: &str,
         size: u64,
         revision: &Revision,
@@ -166,7 +176,7 @@ impl Fetcher {
         let checked: Result<String> = async {
             let read = self
                 .reader
-                .read_tarball(source, size, revision, Some(copy))
+                .read_tarball(priority, source, size, revision, Some(copy))
                 .await?;
             // Bytes other than the published ones are said so first, as
             // `verify` says it, whatever the gzip+tar check found of them.

@@ -207,7 +207,8 @@ impl Reader {
         report.size = Some(size);
         self.bar.inc_length(size);
         let (read, link_problems) = tokio::join!(
-            self.read_tarball(&source, size, &revision, None),
+            // One priority for every revision: first come, first served.
+            self.read_tarball(0, &source, size, &revision, None),
             self.check_links(&revision, &link_key, link_body.is_some(), record.as_ref())
         );
         let (read, link_problems) = (read?, link_problems?);

@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
+use crate::budget::Budget;
 use crate::error::Result;
 use crate::record::{self, Record};
 use crate::storage::Store;
@@ -191,10 +191,10 @@ pub async fn verify(store: Arc<dyn Store>, options: &VerifyOptions) -> Result<Ve
     let memory = concurrency as u64 * MEMORY_UNIT;
     let reader = Reader {
         store: store.clone(),
-        permits: Arc::new(Semaphore::new((memory / PERMIT_BYTES) as usize)),
+        memory: Budget::new((memory / PERMIT_BYTES) as usize),
         concurrency,
         // The memory budget alone bounds verify's GETs.
-        requests: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+        requests: Budget::new(usize::MAX),
         chunk_size: options.chunk_size.clamp(1, memory),
         bytes_read: AtomicU64::new(0),
         bar: crate::progress::bar(

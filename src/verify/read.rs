@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::PERMIT_BYTES;
+use crate::budget::{Budget, Grant};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::Revision;
 use crate::storage::{Segments, Store};
@@ -21,7 +21,7 @@ use crate::tarball::{Piece, Verifier};
 /// permits until the verifier has consumed it, which bounds memory.
 struct Range {
     data: Segments,
-    _permit: OwnedSemaphorePermit,
+    _memory: Grant,
 }
 
 impl Piece for Range {
@@ -64,12 +64,13 @@ pub(crate) struct TarballRead {
 /// requests in flight and the progress bar.
 pub(crate) struct Reader {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) permits: Arc<Semaphore>,
+    /// Tarball bytes held, in units of `PERMIT_BYTES`.
+    pub(crate) memory: Arc<Budget>,
     /// Ranged GETs queued per tarball ahead of the one consumed.
     pub(crate) concurrency: usize,
     /// Requests in flight to the store: each ranged GET holds one while it
     /// runs (`fetch` shares it with its listings and link reads).
-    pub(crate) requests: Arc<Semaphore>,
+    pub(crate) requests: Arc<Budget>,
     pub(crate) chunk_size: u64,
     pub(crate) bytes_read: AtomicU64,
     pub(crate) bar: indicatif::ProgressBar,
@@ -79,9 +80,11 @@ impl Reader {
     /// Stream `key` (`size` bytes) once through SHA-256 and the gzip+tar
     /// verifier, in ranged GETs of `chunk_size`, several in flight; with
     /// `copy_to`, write the bytes in order to that file too (a write error
-    /// ends the read with that error).
+    /// ends the read with that error). Its memory and requests are served
+    /// at `priority` (see `Budget`).
     pub(crate) async fn read_tarball(
         &self,
+        priority: u64,
         key: &str,
         size: u64,
         revision: &Revision,
@@ -95,24 +98,21 @@ impl Reader {
         // does, so the piece consumed next can always arrive, however many
         // tarballs share the permits.
         let (gets, mut arrivals) = tokio::sync::mpsc::channel(self.concurrency);
-        let (store, permits, source) = (self.store.clone(), self.permits.clone(), key.to_string());
+        let (store, memory, source) = (self.store.clone(), self.memory.clone(), key.to_string());
         let requests = self.requests.clone();
         let chunk = self.chunk_size;
         let dispatcher = AbortOnDrop(tokio::spawn(async move {
             for offset in (0..size.div_ceil(chunk)).map(|i| i * chunk) {
                 let expected = chunk.min(size - offset);
-                let permit = permits
-                    .clone()
-                    .acquire_many_owned(expected.div_ceil(PERMIT_BYTES) as u32)
-                    .await
-                    .expect("the semaphore is never closed");
+                let units = expected.div_ceil(PERMIT_BYTES) as usize;
+                let held = memory.acquire(priority, units).await;
                 let (store, key, requests) = (store.clone(), source.clone(), requests.clone());
                 let get = AbortOnDrop(tokio::spawn(async move {
-                    let _request = requests.acquire().await.expect("never closed");
+                    let _request = requests.acquire(priority, 1).await;
                     match store.get_range(&key, offset, expected).await? {
                         Some(data) if data.len() as u64 == expected => Ok(Range {
                             data,
-                            _permit: permit,
+                            _memory: held,
                         }),
                         _ => Err(Error::store(format!(
                             "{key} changed while it was read (it had {size} bytes); run verify again"

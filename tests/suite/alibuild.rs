@@ -844,8 +844,9 @@ fn the_helper_completes_a_revision_a_killed_stock_upload_left() {
 /// the listing, tarballs) is byte for byte what stock aliBuild fetches,
 /// nothing is built, aliBuild's own fetch never runs (its `--debug` lines
 /// are absent), and the end of the build says how long aliBuild waited in
-/// its fetch calls. With `ALITX_FETCH=0` aliBuild fetches, to the same;
-/// and so it does when the prefetch is killed or the store refuses it.
+/// its fetch calls; aliBuild unpacks a package before `alitx fetch` ends.
+/// With `ALITX_FETCH=0` aliBuild fetches, to the same; and so it does when
+/// the prefetch is killed or the store refuses it.
 #[test]
 fn the_helper_prefetches_what_stock_alibuild_fetches() {
     let Some((python, recipes)) = setup("s3") else {
@@ -911,6 +912,48 @@ fn the_helper_prefetches_what_stock_alibuild_fetches() {
     assert!(!alibuild_fetching.iter().any(|l| log.contains(l)), "{log}");
     assert_eq!(ours, stock);
 
+    // An `alitx` for the helper: `script`, run by sh.
+    let wrapper = |name: &str, script: &str| {
+        let path = recipes.dir.path().join(name);
+        fs::write(&path, format!("#!/bin/sh\n{script}")).unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let alitx = env!("CARGO_BIN_EXE_alitx");
+
+    // aliBuild's fetch of a package waits for that package's line, not for
+    // alitx fetch to end: an alitx fetch that ends only once aliBuild has
+    // unpacked a package (else after 20 s) holds up nothing.
+    let unpacked = recipes.dir.path().join("unpacked before the fetch ended");
+    let held = wrapper(
+        "alitx-held-fetch",
+        &format!(
+            r#"[ "$1" = fetch ] || exec {alitx} "$@"
+{alitx} "$@"; code=$?
+previous=
+for arg; do [ "$previous" = --work-dir ] && work_dir=$arg; previous=$arg; done
+for i in $(seq 200); do
+  for hash in "$work_dir"/{ARCH}/*/*/.build-hash; do
+    [ -e "$hash" ] && {{ echo "$hash" > "{}"; exit $code; }}
+  done
+  sleep 0.1
+done
+exit $code
+"#,
+            unpacked.display()
+        ),
+    );
+    let (log, ours) = build_from_store(true, &[("ALITX", &held)]);
+    assert!(
+        unpacked.exists(),
+        "aliBuild unpacked nothing before alitx fetch ended: {log}"
+    );
+    assert!(
+        log.contains(" fetch calls (alitx fetch prefetched 4 packages in "),
+        "{log}"
+    );
+    assert_eq!(ours, stock);
+
     let (log, ours) = build_from_store(true, &[("ALITX_FETCH", "0")]);
     assert!(
         log.contains(" fetch calls (aliBuild's own fetch)")
@@ -923,7 +966,7 @@ fn the_helper_prefetches_what_stock_alibuild_fetches() {
     // file beside a tarball's place, which aliBuild does not take for one.
     let (log, mut ours) = build_from_store(true, &[("ALITX_FAILPOINT", "fetch-placing zlibx")]);
     assert!(
-        log.contains("alibuild-alitx: alitx fetch failed (killed by SIGKILL): aliBuild fetches every package itself")
+        log.contains("alibuild-alitx: alitx fetch failed (killed by SIGKILL): aliBuild fetches itself every package alitx had not finished")
             && log.contains(" fetch calls (alitx fetch failed: aliBuild's own fetch)")
             && alibuild_fetching.iter().all(|l| log.contains(l)),
         "{log}"
@@ -933,18 +976,13 @@ fn the_helper_prefetches_what_stock_alibuild_fetches() {
 
     // A store that refuses alitx's prefetch (its credentials here): one
     // warning, and aliBuild fetches every package itself.
-    let refused = recipes.dir.path().join("alitx-refused-fetch");
-    let script = format!(
-        "#!/bin/sh\n[ \"$1\" = fetch ] && export AWS_SECRET_ACCESS_KEY=refused\nexec {} \"$@\"\n",
-        env!("CARGO_BIN_EXE_alitx")
+    let refused = wrapper(
+        "alitx-refused-fetch",
+        &format!(
+            "[ \"$1\" = fetch ] && export AWS_SECRET_ACCESS_KEY=refused\nexec {alitx} \"$@\"\n"
+        ),
     );
-    fs::write(&refused, script).unwrap();
-    fs::set_permissions(
-        &refused,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let (log, ours) = build_from_store(true, &[("ALITX", refused.to_str().unwrap())]);
+    let (log, ours) = build_from_store(true, &[("ALITX", &refused)]);
     assert_eq!(
         log.matches("alibuild-alitx: alitx fetch could not fetch any package (")
             .count(),

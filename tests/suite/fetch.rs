@@ -6,7 +6,8 @@
 //! tarball that is not what its record says, or without a record not a
 //! gzip'd tar of its revision, is refused with exit 6 and leaves nothing in
 //! its place; a fetch killed half-way leaves nothing partial and its re-run
-//! fetches what is missing.
+//! fetches what is missing; `--json-lines` reports each package on its own
+//! line, then the rest of the report.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -168,6 +169,108 @@ fn a_fresh_work_dir_gets_the_links_and_tarballs_alibuild_would_fetch() {
             "{kind}"
         );
     });
+}
+
+/// `fetch --json-lines`: a line per package, each the package's report as
+/// `--json` gives it, then a line with `--json`'s other fields; a fetch that
+/// fails as a whole prints `--json`'s error object as its one line.
+#[test]
+fn json_lines_report_each_package_then_the_rest_of_the_report() {
+    let wd = WorkDir::chain(3, 1 << 20);
+    let lines = |out: &std::process::Output| -> Vec<Value> {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+            .collect()
+    };
+    each_backend(|kind, store| {
+        upload_all(&wd, &store);
+        let mut asked = wanted(&wd);
+        asked.push(format!("absent@{}", hash_of("absent")));
+        asked.push("links-only".into());
+        let whole_dir = tempfile::tempdir().unwrap();
+        let whole = json(&alitx(&fetch_args(&store, whole_dir.path(), &asked)));
+        let fresh = tempfile::tempdir().unwrap();
+        let mut args = fetch_args(&store, fresh.path(), &asked);
+        args.iter_mut()
+            .filter(|a| *a == "--json")
+            .for_each(|a| *a = "--json-lines".into());
+        let out = alitx(&args);
+        assert_exit(&out, 0);
+
+        let found = lines(&out);
+        assert_eq!(found.len(), asked.len() + 1, "{kind}: {found:?}");
+        let (end, packages) = found.split_last().unwrap();
+        let mut reported: Vec<&str> = packages
+            .iter()
+            .map(|p| p["package"].as_str().unwrap())
+            .collect();
+        reported.sort();
+        assert_eq!(
+            reported,
+            ["absent", "links-only", "pkg0", "pkg1", "pkg2"],
+            "{kind}"
+        );
+        // Each line is the package's report as `--json` gives it, field
+        // for field (both fetched into a fresh work dir).
+        for line in packages {
+            let expected = whole["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["package"] == line["package"])
+                .unwrap_or_else(|| panic!("{kind}: not in --json: {line}"));
+            assert_eq!(line, expected, "{kind}");
+        }
+        let mut rest = whole.as_object().unwrap().clone();
+        rest.remove("packages");
+        let end_fields: Vec<&String> = end.as_object().unwrap().keys().collect();
+        assert_eq!(end_fields, rest.keys().collect::<Vec<_>>(), "{kind}: {end}");
+        for field in ["clean", "store", "architecture"] {
+            assert_eq!(end[field], rest[field], "{kind}: {field}");
+        }
+        assert_eq!(
+            end["work_dir"],
+            fresh.path().display().to_string(),
+            "{kind}"
+        );
+        let counts = |summary: &Value| {
+            let mut counts = summary.as_object().unwrap().clone();
+            counts.remove("seconds");
+            counts
+        };
+        assert_eq!(counts(&end["summary"]), counts(&rest["summary"]), "{kind}");
+        assert_eq!(end["summary"]["fetched"], 3, "{kind}");
+        let found = tree(&fresh.path().join(format!("TARS/{ARCH}")));
+        assert!(found == expected_tree(&wd), "{kind}: {:?}", found.keys());
+    });
+
+    // A store that is not there: the fetch fails as a whole.
+    let missing = tempfile::tempdir().unwrap();
+    let store = missing.path().join("no store");
+    let out = alitx(&args(&[
+        "fetch",
+        "--json-lines",
+        "--remote-store",
+        store.to_str().unwrap(),
+        "--work-dir",
+        missing.path().to_str().unwrap(),
+        "--architecture",
+        ARCH,
+        "zlib",
+    ]));
+    assert_exit(&out, 1);
+    let found = lines(&out);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["status"], "error");
+    assert_eq!(found[0]["exit_code"], 1);
+    assert!(
+        found[0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no store")),
+        "{}",
+        found[0]
+    );
 }
 
 #[test]
