@@ -21,9 +21,11 @@ Per RTT, after an untimed warm-up, RUNS rounds (order rotated) of:
   helper  scripts/alibuild-alitx (its prefetch by `alitx fetch`, run
           through /usr/bin/time, where installed, for its peak RSS)
   floor   every tarball of the store downloaded at once (boto3, 32 threads)
-(FETCH_WAYS, default "stock helper floor", picks among them.) The table: medians of the build's wall time, of the time aliBuild waited
-in its fetch calls (the floor: its whole download), ratios, requests per
-package, and the largest peak RSS of the prefetch and of the floor.
+(FETCH_WAYS, default "stock helper floor", picks among them.) The table:
+medians of the build's wall time, of the time aliBuild waited in its fetch
+calls (the floor: its whole download), of the helper's `alitx fetch` from
+start to end (it runs beside aliBuild), ratios, requests per package, and
+the largest peak RSS of the prefetch and of the floor.
 """
 
 import os
@@ -158,10 +160,11 @@ def recipes(root):
 
 def timed_alitx(work):
     """An ALITX for the helper that runs alitx through /usr/bin/time, and
-    the file where each of its runs leaves its peak RSS (KiB) and command."""
+    the file where each of its runs leaves its peak RSS (KiB), its wall
+    time (s) and command."""
     wrapper, rss = os.path.join(work, "alitx"), os.path.join(work, "alitx-rss")
     with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\nexec {TIME} -a -o "{rss}" -f "%M %C" "{os.environ["ALITX"]}" "$@"\n')
+        f.write(f'#!/bin/sh\nexec {TIME} -a -o "{rss}" -f "%M %e %C" "{os.environ["ALITX"]}" "$@"\n')
     os.chmod(wrapper, 0o755)
     return wrapper, rss
 
@@ -169,7 +172,7 @@ def timed_alitx(work):
 def build(how, alidist, top, bucket, endpoint):
     """A build of `top` from `bucket` into a fresh work dir: (wall seconds,
     seconds aliBuild waited in its fetch calls, the peak RSS of the
-    helper's `alitx fetch` in MiB; NaN for stock)."""
+    helper's `alitx fetch` in MiB and its wall seconds; NaN for stock)."""
     runner = [HELPER] if how == "helper" else ["-c", STOCK]
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_CA_BUNDLE": CA,
            "PYTHONHASHSEED": "0"}
@@ -183,17 +186,18 @@ def build(how, alidist, top, bucket, endpoint):
                                "--remote-store", f"b3://{bucket}"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         seconds = time.monotonic() - started
-        rss = float("nan")
+        rss = prefetch = float("nan")
         if timed:
             with open(rss_log) as f:
-                fetches = [int(line.split()[0]) for line in f if " fetch " in line]
+                fetches = [line.split()[:2] for line in f if " fetch " in line]
             if not fetches:
                 sys.exit("the helper ran no `alitx fetch`")
-            rss = max(fetches) / 1024
+            rss = max(int(kib) for kib, _ in fetches) / 1024
+            prefetch = sum(float(secs) for _, secs in fetches)
     waited = WAITED.search(proc.stdout)
     if proc.returncode != 0 or not waited:
         sys.exit(f"{how} build failed:\n{proc.stdout.decode(errors='replace')[-3000:]}")
-    return seconds, float(waited.group(1)), rss
+    return seconds, float(waited.group(1)), rss, prefetch
 
 
 def floor(bucket, endpoint):
@@ -205,7 +209,7 @@ def floor(bucket, endpoint):
         seconds = time.monotonic() - started
     if status != 0:
         sys.exit("the floor's download failed")
-    return seconds, seconds, usage.ru_maxrss / 1024
+    return seconds, seconds, usage.ru_maxrss / 1024, seconds
 
 
 def main():
@@ -236,22 +240,23 @@ def main():
         for rtt in RTTS:
             proxy = bench_latency.Proxy(rtt)
             try:
-                results = {w: ([], [], [], []) for w in ways}
+                results = {w: ([], [], [], [], []) for w in ways}
                 for run in ways.values():
                     run(proxy.endpoint)
                 order = list(ways.items())
                 for r in range(RUNS):
                     for way, run in order[r % len(order):] + order[:r % len(order)]:
                         requests = bench_latency.requests_served() if "RGW_LOG" in os.environ else 0
-                        wall, waited, rss = run(proxy.endpoint)
+                        wall, waited, rss, fetching = run(proxy.endpoint)
                         requests = (bench_latency.requests_served() - requests
                                     if "RGW_LOG" in os.environ else float("nan"))
-                        for values, v in zip(results[way], (wall, waited, requests / (PACKAGES + 1), rss)):
+                        for values, v in zip(results[way], (wall, waited, requests / (PACKAGES + 1),
+                                                            fetching, rss)):
                             values.append(v)
                         print(f"  RTT {rtt:g} ms, run {r + 1}: {way:6} {wall:7.2f} s, fetch "
-                              f"{waited:6.2f} s, {requests / (PACKAGES + 1):5.1f} requests per "
+                              f"{waited:6.2f} s, prefetch {fetching:6.2f} s, {requests / (PACKAGES + 1):5.1f} requests per "
                               f"package, peak RSS {rss:6.1f} MiB", flush=True)
-                rows.append((rtt, {w: [statistics.median(v) for v in vs[:3]] + [max(vs[3])]
+                rows.append((rtt, {w: [statistics.median(v) for v in vs[:4]] + [max(vs[4])]
                                    for w, vs in results.items()}))
             finally:
                 proxy.stop()
@@ -260,18 +265,19 @@ def main():
         shutil.rmtree(work)
     print(f"\nA build of {PACKAGES + 1} packages ({total >> 20} MiB) from the store into a fresh "
           f"work dir, HTTPS through the delay proxy; medians over {RUNS} runs. fetch: the time "
-          f"aliBuild waited in its fetch calls (floor: all tarballs at once); peak RSS (MiB): "
+          f"aliBuild waited in its fetch calls (floor: all tarballs at once); prefetch: the "
+          f"helper's `alitx fetch` from start to end, beside aliBuild; peak RSS (MiB): "
           f"the largest of the helper's `alitx fetch` and of the floor's process")
     print(f"  {'RTT':>4} {'stock s':>8} {'helper s':>9} {'helper/stock':>13} {'vs RTT 0':>9} "
           f"{'stock fetch':>12} {'helper fetch':>13} {'floor':>6} {'fetch h/s':>10} "
-          f"{'h/floor':>8} {'req/pkg s':>10} {'req/pkg h':>10} {'RSS fetch':>10} {'RSS floor':>10}")
+          f"{'h/floor':>8} {'prefetch':>9} {'pf/floor':>9} {'req/pkg s':>10} {'req/pkg h':>10} {'RSS fetch':>10} {'RSS floor':>10}")
     base = rows[0][1]["helper"][0] if rows and rows[0][0] == 0 else float("nan")
-    unmeasured = [float("nan")] * 4
+    unmeasured = [float("nan")] * 5
     for rtt, m in rows:
         s, h, f = (m.get(w, unmeasured) for w in ("stock", "helper", "floor"))
         print(f"  {rtt:4g} {s[0]:8.2f} {h[0]:9.2f} {h[0] / s[0]:13.2f} {h[0] / base:9.2f} "
               f"{s[1]:12.2f} {h[1]:13.2f} {f[1]:6.2f} {h[1] / s[1]:10.2f} {h[1] / f[1]:8.2f} "
-              f"{s[2]:10.1f} {h[2]:10.1f} {h[3]:10.1f} {f[3]:10.1f}")
+              f"{h[3]:9.2f} {h[3] / f[1]:9.2f} {s[2]:10.1f} {h[2]:10.1f} {h[4]:10.1f} {f[4]:10.1f}")
 
 
 if __name__ == "__main__":
