@@ -5,12 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
+use tracing::warn;
+
 use super::{Fetcher, PackageReport, State};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint::failpoint;
 use crate::layout::{self, Revision};
 use crate::record::{self, Record};
-use tracing::warn;
 
 /// Why a tarball is refused: what the store holds is not what was
 /// published, or not a tarball of the revision.

@@ -1,6 +1,8 @@
 //! The verdict on one revision: its package link, record, tarball and own
 //! dist links, each checked against the others.
 
+use tracing::warn;
+
 use super::read::Reader;
 use super::select::{read_record, Candidate};
 use super::{Class, Damaged, RevisionReport};
@@ -9,7 +11,6 @@ use crate::journal::SHA256_METADATA;
 use crate::layout::{self, LinkKind, Revision, DIST_DIRS};
 use crate::record::{self, LinksDigest, Record};
 use crate::storage::{get_small, md5_hex, Small};
-use tracing::warn;
 
 impl Reader {
     /// `record`, unless it is of another build than the one the package
